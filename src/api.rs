@@ -1,0 +1,487 @@
+//! The API: routing, auth, every REST handler and WebSocket op of the
+//! contract, over the session table and the turn engine.
+//!
+//! [`App`] is the whole server state that is not a socket. The reactor
+//! hands it parsed requests and WebSocket messages and carries out what it
+//! returns (or what it gives the [`Sink`]); unit tests do the same with a
+//! [`crate::sink::Recorder`].
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::events::{self, ErrorData};
+use crate::http::{Request, Response};
+use crate::sessions::{valid_session_id, SessionTable};
+use crate::sink::{ConnId, Sink};
+use crate::turns::{self, StepOutcome, Turn};
+use crate::ws::{self, ClientOp};
+
+pub const UNAUTHORIZED: &str = "Invalid or missing API key";
+pub const APPROVAL_UNSUPPORTED: &str = "Deferred approvals are not supported in server mode yet.";
+const NOT_RUNNING: &str = "No turn is running";
+const TOO_MANY_SESSIONS: &str = "Too many sessions";
+/// Longest interval between two sweeps of stale sessions.
+const SWEEP_EVERY: Duration = Duration::from_secs(300);
+
+/// What the reactor does with a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HttpOutcome {
+    Respond(Response),
+    /// The answer comes later through [`Sink::respond`] (a chat turn runs);
+    /// the connection reads no further request until then.
+    Pending,
+    Upgrade(Upgrade),
+}
+
+/// Switch this connection to a WebSocket of `session_id`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Upgrade {
+    pub session_id: String,
+    /// The `101` response, ready to write.
+    pub response: Vec<u8>,
+    /// False: the client had no valid key; close it with 4001 at once.
+    pub authorized: bool,
+}
+
+/// What the turn engine needs next from the loop.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TurnsState {
+    /// Some turn can stream more now: poll without sleeping.
+    Runnable,
+    /// Turns wait for slow clients to drain: poll again soon.
+    Paused,
+    Idle,
+}
+
+enum Route {
+    Health,
+    Sessions,
+    Session(String),
+    History(String),
+    Chat,
+    Ws(String),
+}
+
+impl Route {
+    fn allowed(&self) -> &'static [&'static str] {
+        match self {
+            Route::Health | Route::History(_) | Route::Ws(_) => &["GET"],
+            Route::Sessions => &["GET", "POST"],
+            Route::Session(_) => &["DELETE"],
+            Route::Chat => &["POST"],
+        }
+    }
+}
+
+pub struct App {
+    config: Config,
+    pub sessions: SessionTable,
+    /// Ids of sessions with a running turn, in the order they started.
+    active: Vec<String>,
+    next_sweep: Instant,
+    health_body: Vec<u8>,
+}
+
+impl App {
+    pub fn new(config: Config, now: Instant) -> Self {
+        let health_body = json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")})
+            .to_string()
+            .into_bytes();
+        let sessions = SessionTable::new(config.limits.max_sessions);
+        let mut app = App {
+            config,
+            sessions,
+            active: Vec::new(),
+            next_sweep: now,
+            health_body,
+        };
+        app.next_sweep = now + app.sweep_interval();
+        app
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn sweep_interval(&self) -> Duration {
+        self.config.limits.session_ttl.map_or(SWEEP_EVERY, |ttl| ttl.min(SWEEP_EVERY))
+    }
+
+    fn authorized(&self, candidate: Option<&[u8]>) -> bool {
+        match (&self.config.api_key, candidate) {
+            (None, _) => true,
+            (Some(key), Some(c)) => key_matches(c, key.as_bytes()),
+            (Some(_), None) => false,
+        }
+    }
+
+    /// Answers one HTTP request from connection `from`.
+    pub fn handle_http(&mut self, req: Request, from: ConnId, now: Instant, sink: &mut dyn Sink) -> HttpOutcome {
+        let path = percent_decode(&req.head.path);
+        let Some(route) = route(&path) else {
+            return HttpOutcome::Respond(Response::detail(404, "Not Found"));
+        };
+        if let Route::Ws(id) = route {
+            return self.upgrade(&req, id, now);
+        }
+        if !route.allowed().contains(&req.head.method.as_str()) {
+            let allow = route.allowed().join(", ");
+            return HttpOutcome::Respond(Response::detail(405, "Method Not Allowed").with_header("allow", allow));
+        }
+        if !matches!(route, Route::Health) && !self.authorized(req.head.api_key.as_deref()) {
+            return HttpOutcome::Respond(Response::detail(401, UNAUTHORIZED));
+        }
+        let response = match route {
+            Route::Health => Response::json(200, self.health_body.clone()),
+            Route::Sessions if req.head.method == "POST" => match self.sessions.create(now) {
+                Ok(id) => Response::json(201, self.sessions.info_json(&id).unwrap_or_default()),
+                Err(_) => Response::detail(503, TOO_MANY_SESSIONS),
+            },
+            Route::Sessions => Response::json(200, self.sessions.list_json()),
+            Route::History(id) if !valid_session_id(&id) => invalid_id(),
+            Route::History(id) => match self.sessions.history_json(&id) {
+                Some(body) => {
+                    self.touch(&id, now);
+                    Response::json(200, body)
+                }
+                None => session_not_found(),
+            },
+            Route::Session(id) if !valid_session_id(&id) => invalid_id(),
+            Route::Session(id) => {
+                // Deleting a session cancels its turns (their REST callers get 409).
+                turns::cancel(&mut self.sessions, &id, sink);
+                match self.sessions.remove(&id) {
+                    Some(_) => Response::json(204, Vec::new()),
+                    None => session_not_found(),
+                }
+            }
+            Route::Chat => return self.chat(&req.body, from, now),
+            Route::Ws(_) => unreachable_route(),
+        };
+        HttpOutcome::Respond(response)
+    }
+
+    fn touch(&mut self, id: &str, now: Instant) {
+        if let Some(s) = self.sessions.get_mut(id) {
+            s.last_activity = now;
+        }
+    }
+
+    fn chat(&mut self, body: &[u8], from: ConnId, now: Instant) -> HttpOutcome {
+        let (content, session_id) = match validate_chat_body(body) {
+            Ok(parts) => parts,
+            Err(errors) => {
+                let body = json!({ "detail": errors }).to_string().into_bytes();
+                return HttpOutcome::Respond(Response::json(422, body));
+            }
+        };
+        let id = match session_id {
+            None => match self.sessions.create(now) {
+                Ok(id) => id,
+                Err(_) => return HttpOutcome::Respond(Response::detail(503, TOO_MANY_SESSIONS)),
+            },
+            Some(id) if !valid_session_id(&id) => return HttpOutcome::Respond(invalid_id()),
+            Some(id) => {
+                if self.sessions.get_or_create(&id, now).is_err() {
+                    return HttpOutcome::Respond(Response::detail(503, TOO_MANY_SESSIONS));
+                }
+                id
+            }
+        };
+        match self.submit(&id, Turn::new(content, Some(from)), now) {
+            Ok(()) => HttpOutcome::Pending,
+            Err(turns::Busy) => HttpOutcome::Respond(turns::coded_error(429, "busy", turns::BUSY_MESSAGE)),
+        }
+    }
+
+    fn submit(&mut self, id: &str, turn: Turn, now: Instant) -> Result<(), turns::Busy> {
+        if turns::submit(&mut self.sessions, id, turn, self.config.limits.max_queued_turns, now)? {
+            self.active.push(id.to_owned());
+        }
+        Ok(())
+    }
+
+    fn upgrade(&mut self, req: &Request, id: String, now: Instant) -> HttpOutcome {
+        let head = &req.head;
+        // A plain GET is not a WebSocket route (FastAPI answers it 404).
+        if !head.upgrade_websocket {
+            return HttpOutcome::Respond(Response::detail(404, "Not Found"));
+        }
+        let accept = match ws::check_handshake(head) {
+            Ok(accept) => accept,
+            Err(response) => return HttpOutcome::Respond(response),
+        };
+        let mut protocol = None;
+        let authorized = self.config.api_key.is_none()
+            || self.authorized(head.api_key.as_deref())
+            || {
+                protocol = ws::key_from_subprotocols(&head.ws_protocols, |k| self.authorized(Some(k)));
+                protocol.is_some()
+            };
+        if authorized {
+            if !valid_session_id(&id) {
+                return HttpOutcome::Respond(invalid_id());
+            }
+            if let Some(query) = &head.query {
+                if let Some(Err(())) = since_param(query) {
+                    return HttpOutcome::Respond(Response::detail(400, "Invalid since"));
+                }
+            }
+            if self.sessions.get_or_create(&id, now).is_err() {
+                return HttpOutcome::Respond(Response::detail(503, TOO_MANY_SESSIONS));
+            }
+        }
+        HttpOutcome::Upgrade(Upgrade {
+            session_id: id,
+            response: ws::switching_protocols(&accept, protocol),
+            authorized,
+        })
+    }
+
+    /// A WebSocket client of `session_id` is open and subscribed.
+    pub fn ws_opened(&mut self, conn: ConnId, session_id: &str, now: Instant) {
+        self.sessions.subscribe(session_id, conn);
+        self.touch(session_id, now);
+    }
+
+    /// A WebSocket client has gone (for whatever reason).
+    pub fn ws_closed(&mut self, conn: ConnId, session_id: &str, now: Instant) {
+        self.sessions.unsubscribe(session_id, conn);
+        self.touch(session_id, now);
+    }
+
+    /// A binary frame: not a frame of the contract.
+    pub fn ws_binary(&mut self, conn: ConnId, sink: &mut dyn Sink) {
+        sink.send(conn, &events::error_frame(None, "Invalid message format"));
+    }
+
+    /// One text frame from a WebSocket client of `session_id`.
+    pub fn ws_text(&mut self, conn: ConnId, session_id: &str, text: &str, now: Instant, sink: &mut dyn Sink) {
+        let reply = |sink: &mut dyn Sink, code: Option<&str>, message: &str| {
+            sink.send(conn, &events::error_frame(code, message));
+        };
+        match ws::parse_client_op(text) {
+            ClientOp::Message(content) => {
+                // Looked up per turn: a session deleted over REST comes back.
+                if self.sessions.get_or_create(session_id, now).is_err() {
+                    return reply(sink, Some("too_many_sessions"), TOO_MANY_SESSIONS);
+                }
+                if self.submit(session_id, Turn::new(content, None), now).is_err() {
+                    reply(sink, Some("busy"), turns::BUSY_MESSAGE);
+                }
+            }
+            ClientOp::EmptyMessage => reply(sink, None, "Empty message"),
+            ClientOp::Invalid => reply(sink, None, "Invalid message format"),
+            ClientOp::Unknown(op) => reply(sink, None, &format!("Unknown op: {op}")),
+            ClientOp::Approve => {
+                if self.sessions.get_or_create(session_id, now).is_err() {
+                    return reply(sink, Some("too_many_sessions"), TOO_MANY_SESSIONS);
+                }
+                let data = ErrorData {
+                    code: Some("approval_unsupported"),
+                    message: APPROVAL_UNSUPPORTED,
+                };
+                self.sessions.broadcast(session_id, "error", data, sink);
+            }
+            ClientOp::Cancel => {
+                if !turns::cancel(&mut self.sessions, session_id, sink) {
+                    reply(sink, Some("not_running"), NOT_RUNNING);
+                }
+            }
+        }
+    }
+
+    /// Streams the next step of every running turn.
+    pub fn run_turns(&mut self, now: Instant, sink: &mut dyn Sink) -> TurnsState {
+        let high_water = self.config.limits.max_ws_output_bytes / 2;
+        let mut state = TurnsState::Idle;
+        let mut i = 0;
+        while i < self.active.len() {
+            match turns::step(&mut self.sessions, &self.active[i], sink, now, high_water) {
+                StepOutcome::Progress => {
+                    state = TurnsState::Runnable;
+                    i += 1;
+                }
+                StepOutcome::Paused => {
+                    if state == TurnsState::Idle {
+                        state = TurnsState::Paused;
+                    }
+                    i += 1;
+                }
+                StepOutcome::Idle => {
+                    self.active.swap_remove(i);
+                }
+            }
+        }
+        state
+    }
+
+    /// When [`sweep`](Self::sweep) next wants to run.
+    pub fn next_sweep(&self) -> Instant {
+        self.next_sweep
+    }
+
+    /// Drops stale sessions (the original's `--session-ttl` sweep).
+    pub fn sweep(&mut self, now: Instant) -> usize {
+        if now < self.next_sweep {
+            return 0;
+        }
+        self.next_sweep = now + self.sweep_interval();
+        match self.config.limits.session_ttl {
+            Some(ttl) => self.sessions.sweep(now, ttl),
+            None => 0,
+        }
+    }
+}
+
+fn unreachable_route() -> Response {
+    Response::detail(500, "Internal Server Error")
+}
+
+fn invalid_id() -> Response {
+    Response::detail(400, "Invalid session id")
+}
+
+fn session_not_found() -> Response {
+    Response::detail(404, "Session not found")
+}
+
+/// Compares a client's key with ours in time that depends only on the
+/// length of ours, not on where they first differ.
+pub fn key_matches(candidate: &[u8], key: &[u8]) -> bool {
+    let mut diff = candidate.len() ^ key.len();
+    for (i, &k) in key.iter().enumerate() {
+        let c = candidate.get(i).copied().unwrap_or(0);
+        diff |= usize::from(std::hint::black_box(c ^ k));
+    }
+    std::hint::black_box(diff) == 0
+}
+
+fn route(path: &str) -> Option<Route> {
+    let rest = path.strip_prefix("/api/")?;
+    let segments: Vec<&str> = rest.split('/').collect();
+    let route = match segments.as_slice() {
+        ["health"] => Route::Health,
+        ["sessions"] => Route::Sessions,
+        ["chat"] => Route::Chat,
+        ["sessions", id] if !id.is_empty() => Route::Session((*id).to_owned()),
+        ["sessions", id, "history"] if !id.is_empty() => Route::History((*id).to_owned()),
+        ["ws", id] if !id.is_empty() => Route::Ws((*id).to_owned()),
+        _ => return None,
+    };
+    Some(route)
+}
+
+/// `%XX` decoding of a request path (as ASGI servers hand it to FastAPI);
+/// bytes that are not UTF-8 become U+FFFD, which no route or id accepts.
+pub fn percent_decode(path: &str) -> String {
+    if !path.contains('%') {
+        return path.to_owned();
+    }
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `since=N` from a query string: None when absent, Err when not a
+/// non-negative integer.
+pub fn since_param(query: &str) -> Option<Result<u64, ()>> {
+    let value = query
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .find(|(k, _)| *k == "since")?
+        .1;
+    let ok = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+    Some(if ok { value.parse().map_err(|_| ()) } else { Err(()) })
+}
+
+/// pydantic's validation of `{"content": str, "session_id": str | null}`,
+/// with FastAPI's 422 error list when it fails. An empty `session_id` means
+/// none, as in the original.
+pub fn validate_chat_body(body: &[u8]) -> Result<(String, Option<String>), Vec<Value>> {
+    if body.is_empty() {
+        return Err(vec![json!({"type": "missing", "loc": ["body"], "msg": "Field required", "input": null})]);
+    }
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            // Python reports the offset where decoding stopped: the end, at EOF.
+            let pos = if e.is_eof() { body.len() } else { byte_offset(body, e.line(), e.column()) };
+            let reason = e.to_string();
+            let reason = reason.split(" at line ").next().unwrap_or("JSON decode error");
+            return Err(vec![json!({
+                "type": "json_invalid",
+                "loc": ["body", pos],
+                "msg": "JSON decode error",
+                "input": {},
+                "ctx": {"error": reason},
+            })]);
+        }
+    };
+    let Value::Object(map) = &value else {
+        return Err(vec![json!({
+            "type": "model_attributes_type",
+            "loc": ["body"],
+            "msg": "Input should be a valid dictionary or object to extract fields from",
+            "input": value,
+        })]);
+    };
+    let mut errors = Vec::new();
+    let content = match map.get("content") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            errors.push(string_type(&["body", "content"], other));
+            None
+        }
+        None => {
+            errors.push(json!({"type": "missing", "loc": ["body", "content"], "msg": "Field required", "input": value}));
+            None
+        }
+    };
+    let session_id = match map.get("session_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            errors.push(string_type(&["body", "session_id"], other));
+            None
+        }
+    };
+    match content {
+        Some(content) if errors.is_empty() => Ok((content, session_id)),
+        _ => Err(errors),
+    }
+}
+
+fn string_type(loc: &[&str], input: &Value) -> Value {
+    json!({"type": "string_type", "loc": loc, "msg": "Input should be a valid string", "input": input})
+}
+
+/// serde_json reports 1-based line and column; FastAPI reports an offset.
+fn byte_offset(body: &[u8], line: usize, column: usize) -> usize {
+    let line_start: usize = body
+        .split(|&b| b == b'\n')
+        .take(line.saturating_sub(1))
+        .map(|l| l.len() + 1)
+        .sum();
+    (line_start + column.saturating_sub(1)).min(body.len())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,102 @@
+//! Wall-clock timestamps in the contract's format, and random session ids.
+//!
+//! Both are tiny enough to write by hand: RFC 3339 with microseconds is
+//! Howard Hinnant's `civil_from_days` plus a `format!`, and an id is 16 bytes
+//! from `getrandom(2)` printed as hex.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// `2026-02-16T09:30:12.123456Z` for `t` (UTC, always microseconds, `Z`).
+pub fn rfc3339_micros(t: SystemTime) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let micros = since.subsec_micros();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+/// The current time, formatted by [`rfc3339_micros`].
+pub fn now_rfc3339() -> String {
+    rfc3339_micros(SystemTime::now())
+}
+
+/// Days since 1970-01-01 → (year, month 1..=12, day 1..=31), proleptic Gregorian.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // [0, 146096]
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+    let mp = (5 * doy + 2) / 153; // [0, 11]
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32; // [1, 31]
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32; // [1, 12]
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// A new session id: 32 lowercase hex characters from the OS's randomness.
+///
+/// `getrandom(2)` does not fail on Linux once the pool is initialised (it
+/// blocks until then, which only matters in the first seconds of boot); if
+/// it ever did, a time-and-counter id keeps the server answering rather than
+/// panicking, and is still unique within this process.
+pub fn new_session_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static FALLBACK: AtomicU64 = AtomicU64::new(0);
+        let n = FALLBACK.fetch_add(1, Ordering::Relaxed);
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        bytes[..8].copy_from_slice(&t.to_le_bytes());
+        bytes[8..].copy_from_slice(&n.to_le_bytes());
+    }
+    hex(&bytes)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn at(secs: u64, micros: u32) -> String {
+        rfc3339_micros(UNIX_EPOCH + Duration::new(secs, micros * 1000))
+    }
+
+    #[test]
+    fn formats_known_instants() {
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(at(951_782_400, 1), "2000-02-29T00:00:00.000001Z");
+        assert_eq!(at(4_107_542_400, 0), "2100-03-01T00:00:00.000000Z");
+        assert_eq!(at(1_771_234_212, 123_456), "2026-02-16T09:30:12.123456Z");
+        assert_eq!(at(253_402_300_799, 999_999), "9999-12-31T23:59:59.999999Z");
+    }
+
+    #[test]
+    fn ids_are_32_lowercase_hex_and_distinct() {
+        let a = new_session_id();
+        let b = new_session_id();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+        assert_ne!(a, b);
+    }
+}

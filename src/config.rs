@@ -1,0 +1,313 @@
+//! The command line (`lexopt`) and environment, turned into a [`Config`].
+//!
+//! Sans-IO: [`parse`] takes the arguments and an environment lookup, so the
+//! tests drive it without touching the process. `main` prints what it returns.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+/// Everything `autopoiesis serve` can be told. Defaults are the contract's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    /// `AUTOPOIESIS_API_KEY` when set and non-empty. Only ever read from the
+    /// environment: a flag would show the key in `ps` output.
+    pub api_key: Option<String>,
+    pub limits: Limits,
+}
+
+/// Every bound the server enforces; each is a flag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_head_bytes: usize,
+    pub max_body_bytes: usize,
+    pub max_ws_message_bytes: usize,
+    pub max_ws_output_bytes: usize,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_connections: usize,
+    pub max_sessions: usize,
+    pub max_queued_turns: usize,
+    pub session_ttl: Option<Duration>,
+    pub ws_ping_interval: Duration,
+    pub ws_idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head_bytes: 16 * 1024,
+            max_body_bytes: 1024 * 1024,
+            max_ws_message_bytes: 1024 * 1024,
+            max_ws_output_bytes: 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            max_connections: 16_384,
+            max_sessions: 100_000,
+            max_queued_turns: 8,
+            session_ttl: Some(Duration::from_secs(1800)),
+            ws_ping_interval: Duration::from_secs(30),
+            ws_idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host: "127.0.0.1".into(),
+            port: 8420,
+            api_key: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Serve(Config),
+    /// Print this text on stdout and exit 0.
+    Help(&'static str),
+    Version,
+}
+
+/// A usage error: printed on stderr with a hint, exit status 2.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub const TOP_HELP: &str = "\
+autopoiesis: the HTTP and WebSocket server of the autopoiesis agent
+
+Usage: autopoiesis serve [OPTIONS]
+       autopoiesis --version
+
+Commands:
+  serve    run the server (see `autopoiesis serve --help`)
+";
+
+pub const SERVE_HELP: &str = "\
+Usage: autopoiesis serve [OPTIONS]
+
+Runs the HTTP and WebSocket server (one thread, one mio reactor).
+Flags win over the environment.
+
+Options:
+  --host HOST                 bind address [env AUTOPOIESIS_HOST] (default 127.0.0.1)
+  --port PORT                 bind port, 0 = any free port [env AUTOPOIESIS_PORT] (default 8420)
+  --max-head-bytes N          request line + headers limit, over it 431 (default 16384)
+  --max-body-bytes N          request body limit, over it 413 (default 1048576)
+  --max-ws-message-bytes N    WebSocket message limit, over it close 1009 (default 1048576)
+  --max-ws-output-bytes N     unsent output per WebSocket, over it close 1008 (default 1048576)
+  --header-timeout SECS       time to send a complete request head, then 408 (default 10)
+  --keepalive-timeout SECS    idle keep-alive connections are closed after this (default 60)
+  --max-connections N         open connections; the next one gets 503 and is closed (default 16384)
+  --max-sessions N            sessions held; creating one more gets 503 (default 100000)
+  --max-queued-turns N        turns waiting per session, past it busy / 429 (default 8)
+  --session-ttl SECS          drop sessions with no client and no activity, 0 = never (default 1800)
+  --ws-ping-interval SECS     ping a silent WebSocket client after this (default 30)
+  --ws-idle-timeout SECS      close a WebSocket client silent this long (default 60)
+  -h, --help                  print this help
+  -V, --version               print the version
+
+Environment:
+  AUTOPOIESIS_API_KEY         when set and non-empty, every route but GET /api/health needs
+                              it as X-API-Key (WebSocket: header or the subprotocol
+                              autopoiesis.key.<KEY>)
+";
+
+/// Parses `args` (without the program name) with `env` as the environment.
+pub fn parse<I, E>(args: I, env: E) -> Result<Command, UsageError>
+where
+    I: IntoIterator<Item = OsString>,
+    E: Fn(&str) -> Option<String>,
+{
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_args(args);
+    match parser.next().map_err(usage)? {
+        Some(Long("help") | Short('h')) => return Ok(Command::Help(TOP_HELP)),
+        Some(Long("version") | Short('V')) => return Ok(Command::Version),
+        Some(Value(cmd)) if cmd == "serve" => {}
+        Some(Value(cmd)) => {
+            return Err(UsageError(format!(
+                "unknown command '{}'",
+                cmd.to_string_lossy()
+            )))
+        }
+        Some(other) => return Err(usage(other.unexpected())),
+        None => return Err(UsageError("missing command: try 'autopoiesis serve'".into())),
+    }
+
+    let mut config = Config::default();
+    if let Some(host) = env("AUTOPOIESIS_HOST").filter(|h| !h.is_empty()) {
+        config.host = host;
+    }
+    if let Some(port) = env("AUTOPOIESIS_PORT").filter(|p| !p.is_empty()) {
+        config.port = port
+            .parse()
+            .map_err(|_| UsageError(format!("invalid AUTOPOIESIS_PORT '{port}'")))?;
+    }
+    config.api_key = env("AUTOPOIESIS_API_KEY").filter(|k| !k.is_empty());
+
+    let l = &mut config.limits;
+    while let Some(arg) = parser.next().map_err(usage)? {
+        match arg {
+            Long("help") | Short('h') => return Ok(Command::Help(SERVE_HELP)),
+            Long("version") | Short('V') => return Ok(Command::Version),
+            Long("host") => config.host = parser.value().map_err(usage)?.string().map_err(usage)?,
+            Long("port") => config.port = number(&mut parser, "--port")?,
+            Long("max-head-bytes") => l.max_head_bytes = positive(&mut parser, "--max-head-bytes")?,
+            Long("max-body-bytes") => l.max_body_bytes = number(&mut parser, "--max-body-bytes")?,
+            Long("max-ws-message-bytes") => {
+                l.max_ws_message_bytes = positive(&mut parser, "--max-ws-message-bytes")?
+            }
+            Long("max-ws-output-bytes") => {
+                l.max_ws_output_bytes = positive(&mut parser, "--max-ws-output-bytes")?
+            }
+            Long("header-timeout") => l.header_timeout = seconds(&mut parser, "--header-timeout")?,
+            Long("keepalive-timeout") => {
+                l.keepalive_timeout = seconds(&mut parser, "--keepalive-timeout")?
+            }
+            Long("max-connections") => {
+                l.max_connections = positive(&mut parser, "--max-connections")?
+            }
+            Long("max-sessions") => l.max_sessions = positive(&mut parser, "--max-sessions")?,
+            Long("max-queued-turns") => l.max_queued_turns = number(&mut parser, "--max-queued-turns")?,
+            Long("session-ttl") => {
+                let ttl: u64 = number(&mut parser, "--session-ttl")?;
+                l.session_ttl = (ttl > 0).then(|| Duration::from_secs(ttl));
+            }
+            Long("ws-ping-interval") => {
+                l.ws_ping_interval = seconds(&mut parser, "--ws-ping-interval")?
+            }
+            Long("ws-idle-timeout") => l.ws_idle_timeout = seconds(&mut parser, "--ws-idle-timeout")?,
+            other => return Err(usage(other.unexpected())),
+        }
+    }
+    Ok(Command::Serve(config))
+}
+
+fn usage(e: lexopt::Error) -> UsageError {
+    UsageError(e.to_string())
+}
+
+fn number<T: std::str::FromStr>(p: &mut lexopt::Parser, flag: &str) -> Result<T, UsageError> {
+    let raw = p.value().map_err(usage)?;
+    let text = raw.to_string_lossy();
+    text.parse()
+        .map_err(|_| UsageError(format!("invalid value '{text}' for {flag}: expected a whole number")))
+}
+
+fn positive(p: &mut lexopt::Parser, flag: &str) -> Result<usize, UsageError> {
+    match number::<usize>(p, flag)? {
+        0 => Err(UsageError(format!("{flag} must be at least 1"))),
+        n => Ok(n),
+    }
+}
+
+fn seconds(p: &mut lexopt::Parser, flag: &str) -> Result<Duration, UsageError> {
+    match number::<u64>(p, flag)? {
+        0 => Err(UsageError(format!("{flag} must be at least 1 second"))),
+        n => Ok(Duration::from_secs(n)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Command, UsageError> {
+        let env: Vec<(String, String)> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        parse(args.iter().map(OsString::from), |k| {
+            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
+    }
+
+    fn serve(args: &[&str], env: &[(&str, &str)]) -> Config {
+        match run(args, env) {
+            Ok(Command::Serve(c)) => c,
+            other => panic!("expected serve, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_contracts() {
+        let c = serve(&["serve"], &[]);
+        assert_eq!(c, Config::default());
+        assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 8420));
+        assert_eq!(c.api_key, None);
+    }
+
+    #[test]
+    fn flags_win_over_environment() {
+        let env = [("AUTOPOIESIS_HOST", "0.0.0.0"), ("AUTOPOIESIS_PORT", "9000")];
+        let c = serve(&["serve"], &env);
+        assert_eq!((c.host.as_str(), c.port), ("0.0.0.0", 9000));
+        let c = serve(&["serve", "--host", "::1", "--port=0"], &env);
+        assert_eq!((c.host.as_str(), c.port), ("::1", 0));
+    }
+
+    #[test]
+    fn empty_api_key_means_no_auth() {
+        assert_eq!(serve(&["serve"], &[("AUTOPOIESIS_API_KEY", "")]).api_key, None);
+        let c = serve(&["serve"], &[("AUTOPOIESIS_API_KEY", "s3cret")]);
+        assert_eq!(c.api_key.as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn limits_are_flags() {
+        let c = serve(
+            &[
+                "serve",
+                "--max-head-bytes",
+                "1024",
+                "--max-body-bytes",
+                "10",
+                "--session-ttl",
+                "0",
+                "--header-timeout",
+                "3",
+                "--max-connections",
+                "5",
+            ],
+            &[],
+        );
+        assert_eq!(c.limits.max_head_bytes, 1024);
+        assert_eq!(c.limits.max_body_bytes, 10);
+        assert_eq!(c.limits.session_ttl, None);
+        assert_eq!(c.limits.header_timeout, Duration::from_secs(3));
+        assert_eq!(c.limits.max_connections, 5);
+    }
+
+    #[test]
+    fn help_and_version() {
+        assert_eq!(run(&["--version"], &[]), Ok(Command::Version));
+        assert_eq!(run(&["serve", "--help"], &[]), Ok(Command::Help(SERVE_HELP)));
+        assert_eq!(run(&["-h"], &[]), Ok(Command::Help(TOP_HELP)));
+    }
+
+    #[test]
+    fn usage_errors() {
+        for bad in [
+            &["serve", "--bogus"][..],
+            &["serve", "--port", "70000"],
+            &["serve", "--port", "x"],
+            &["serve", "--port"],
+            &["serve", "--header-timeout", "0"],
+            &["serve", "extra"],
+            &["frobnicate"],
+            &[],
+        ] {
+            assert!(run(bad, &[]).is_err(), "{bad:?} should be a usage error");
+        }
+        assert!(run(&["serve"], &[("AUTOPOIESIS_PORT", "nope")]).is_err());
+    }
+}

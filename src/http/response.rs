@@ -1,0 +1,109 @@
+//! Response bytes: status line, the few headers we send, body.
+
+/// A response the API layer produced, not yet framed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    /// Headers beyond Content-Type / Content-Length / Connection.
+    pub headers: Vec<(&'static str, String)>,
+    /// JSON, or empty (204).
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A JSON body with `status`.
+    pub fn json(status: u16, body: Vec<u8>) -> Self {
+        Response {
+            status,
+            headers: Vec::new(),
+            body,
+        }
+    }
+
+    /// FastAPI's error shape `{"detail": "<message>"}`.
+    pub fn detail(status: u16, message: &str) -> Self {
+        let body = serde_json::to_vec(&serde_json::json!({ "detail": message })).unwrap_or_default();
+        Response::json(status, body)
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// The whole response as bytes. `keep_alive: false` adds `Connection: close`.
+    pub fn encode(&self, keep_alive: bool) -> Vec<u8> {
+        use std::io::Write;
+        let mut out = Vec::with_capacity(128 + self.body.len());
+        let _ = write!(out, "HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        // 204 and 304 carry neither a body nor its headers (RFC 9110 §8.6).
+        if self.status != 204 {
+            let _ = write!(
+                out,
+                "content-type: application/json\r\ncontent-length: {}\r\n",
+                self.body.len()
+            );
+        }
+        for (name, value) in &self.headers {
+            let _ = write!(out, "{name}: {value}\r\n");
+        }
+        if !keep_alive {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if self.status != 204 {
+            out.extend_from_slice(&self.body);
+        }
+        out
+    }
+}
+
+/// The interim response to `Expect: 100-continue`.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        422 => "Unprocessable Entity",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_json_with_length_and_close() {
+        let bytes = Response::detail(404, "Not Found").encode(false);
+        let text = String::from_utf8(bytes).unwrap();
+        assert_eq!(
+            text,
+            "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 22\r\n\
+             connection: close\r\n\r\n{\"detail\":\"Not Found\"}"
+        );
+    }
+
+    #[test]
+    fn no_content_has_no_body_headers() {
+        let text = String::from_utf8(Response::json(204, Vec::new()).encode(true)).unwrap();
+        assert_eq!(text, "HTTP/1.1 204 No Content\r\n\r\n");
+    }
+}

@@ -1,0 +1,34 @@
+//! `autopoiesis serve`: the HTTP and WebSocket server of the autopoiesis
+//! agent, on one thread running one hand-rolled `mio` reactor.
+//!
+//! Everything but [`reactor`] is sans-IO: it takes bytes or events and
+//! returns bytes or actions, so unit tests and fuzz targets drive it without
+//! sockets. The reactor is the thin shell that turns readiness into calls.
+//!
+//! # Module map
+//!
+//! | module | owns | called by |
+//! |---|---|---|
+//! | [`config`] | the command line and environment → [`config::Config`] | `main` |
+//! | [`http`] | HTTP/1.1 request state machine, chunked bodies, response bytes | [`reactor`] (per connection), fuzz targets |
+//! | [`ws`] | the upgrade handshake, server frame encoding, client ops | [`api`], [`reactor`], fuzz targets |
+//! | [`api`] | [`api::App`]: routing, auth, REST handlers, WebSocket ops | [`reactor`] |
+//! | [`sessions`] | the session table, history, `seq`, subscribers, broadcast | [`api`], [`turns`] |
+//! | [`turns`] | per-session turn queue, the echo agent's stepwise streaming, cancel | [`api`] |
+//! | [`echo`] | the echo agent's word tokenizer | [`turns`] |
+//! | [`events`] | server → client event JSON, framed once for all subscribers | [`sessions`], [`api`] |
+//! | [`sink`] | [`sink::ConnId`] and the [`sink::Sink`] trait the core answers through | [`api`], [`turns`], [`reactor`] |
+//! | [`clock`] | RFC 3339 timestamps, random session ids | [`sessions`], [`turns`] |
+//! | [`reactor`] | the mio loop: listener, connection slab, timers, signals | `main` |
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod echo;
+pub mod events;
+pub mod http;
+pub mod reactor;
+pub mod sessions;
+pub mod sink;
+pub mod turns;
+pub mod ws;

@@ -1,0 +1,314 @@
+//! The session table: sessions in creation order, their history, their
+//! `seq` counters, and the WebSocket subscribers of each session id.
+//!
+//! Owned by [`crate::api::App`] on the reactor thread; nothing here is
+//! shared or locked. Subscribers are kept per session *id*, apart from the
+//! session itself, because a client stays attached to its id when the
+//! session is deleted over REST (its next message creates it again, as in
+//! the original server).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::clock;
+use crate::events;
+use crate::sink::{ConnId, Sink};
+use crate::turns::Turn;
+
+/// One conversation.
+#[derive(Debug)]
+pub struct Session {
+    pub created_at: String,
+    /// Position in creation order (the listing order).
+    ordinal: u64,
+    /// pydantic-ai `ModelMessage`s, each kept as its JSON text: the history
+    /// endpoint splices them without re-serializing.
+    messages: Vec<String>,
+    /// The last `seq` given to a broadcast event of this session.
+    pub seq: u64,
+    pub last_activity: Instant,
+    /// The turn streaming now, if any.
+    pub running: Option<Turn>,
+    /// Turns waiting for `running` to finish, in arrival order.
+    pub queue: VecDeque<Turn>,
+}
+
+impl Session {
+    pub fn message_count(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn push_message(&mut self, message: &impl Serialize) {
+        if let Ok(json) = serde_json::to_string(message) {
+            self.messages.push(json);
+        }
+    }
+}
+
+/// `SessionInfo` of the contract.
+#[derive(Serialize)]
+pub struct SessionInfo<'a> {
+    pub id: &'a str,
+    pub created_at: &'a str,
+    pub message_count: usize,
+}
+
+/// Creating a session would pass `--max-sessions`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TableFull;
+
+#[derive(Debug)]
+pub struct SessionTable {
+    sessions: HashMap<String, Session>,
+    order: BTreeMap<u64, String>,
+    next_ordinal: u64,
+    subscribers: HashMap<String, Vec<ConnId>>,
+    max_sessions: usize,
+}
+
+impl SessionTable {
+    pub fn new(max_sessions: usize) -> Self {
+        SessionTable {
+            sessions: HashMap::new(),
+            order: BTreeMap::new(),
+            next_ordinal: 0,
+            subscribers: HashMap::new(),
+            max_sessions,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Session> {
+        self.sessions.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut Session> {
+        self.sessions.get_mut(id)
+    }
+
+    /// A new session under a fresh random id; returns the id.
+    pub fn create(&mut self, now: Instant) -> Result<String, TableFull> {
+        loop {
+            let id = clock::new_session_id();
+            if !self.sessions.contains_key(&id) {
+                self.get_or_create(&id, now)?;
+                return Ok(id);
+            }
+        }
+    }
+
+    /// The session `id`, created if it does not exist.
+    pub fn get_or_create(&mut self, id: &str, now: Instant) -> Result<&mut Session, TableFull> {
+        if !self.sessions.contains_key(id) {
+            if self.sessions.len() >= self.max_sessions {
+                return Err(TableFull);
+            }
+            let ordinal = self.next_ordinal;
+            self.next_ordinal += 1;
+            self.order.insert(ordinal, id.to_owned());
+            let session = Session {
+                created_at: clock::now_rfc3339(),
+                ordinal,
+                messages: Vec::new(),
+                seq: 0,
+                last_activity: now,
+                running: None,
+                queue: VecDeque::new(),
+            };
+            self.sessions.insert(id.to_owned(), session);
+        }
+        self.sessions.get_mut(id).ok_or(TableFull)
+    }
+
+    /// Removes the session; its subscribers stay attached to the id.
+    pub fn remove(&mut self, id: &str) -> Option<Session> {
+        let session = self.sessions.remove(id)?;
+        self.order.remove(&session.ordinal);
+        Some(session)
+    }
+
+    pub fn info_json(&self, id: &str) -> Option<Vec<u8>> {
+        let s = self.sessions.get(id)?;
+        serde_json::to_vec(&info(id, s)).ok()
+    }
+
+    /// `[SessionInfo, ...]` in creation order.
+    pub fn list_json(&self) -> Vec<u8> {
+        let list: Vec<SessionInfo> = self
+            .order
+            .values()
+            .filter_map(|id| self.sessions.get(id).map(|s| info(id, s)))
+            .collect();
+        serde_json::to_vec(&list).unwrap_or_else(|_| b"[]".to_vec())
+    }
+
+    /// `{"session_id": id, "messages": [...]}`.
+    pub fn history_json(&self, id: &str) -> Option<Vec<u8>> {
+        let s = self.sessions.get(id)?;
+        let mut out = Vec::with_capacity(64 + s.messages.iter().map(|m| m.len() + 1).sum::<usize>());
+        out.extend_from_slice(b"{\"session_id\":");
+        let _ = serde_json::to_writer(&mut out, id);
+        out.extend_from_slice(b",\"messages\":[");
+        for (i, m) in s.messages.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(m.as_bytes());
+        }
+        out.extend_from_slice(b"]}");
+        Some(out)
+    }
+
+    pub fn subscribe(&mut self, id: &str, conn: ConnId) {
+        self.subscribers.entry(id.to_owned()).or_default().push(conn);
+    }
+
+    pub fn unsubscribe(&mut self, id: &str, conn: ConnId) {
+        if let Some(list) = self.subscribers.get_mut(id) {
+            list.retain(|c| *c != conn);
+            if list.is_empty() {
+                self.subscribers.remove(id);
+            }
+        }
+    }
+
+    pub fn subscribers(&self, id: &str) -> &[ConnId] {
+        self.subscribers.get(id).map_or(&[], Vec::as_slice)
+    }
+
+    /// Gives the next `seq` of session `id` to an event, serializes it once
+    /// and queues the same bytes to every subscriber. Returns the `seq`.
+    pub fn broadcast(&mut self, id: &str, op: &str, data: impl Serialize, sink: &mut dyn Sink) -> Option<u64> {
+        let session = self.sessions.get_mut(id)?;
+        session.seq += 1;
+        let seq = session.seq;
+        let frame = events::event_frame(op, data, Some(seq));
+        for &conn in self.subscribers(id) {
+            sink.send(conn, &frame);
+        }
+        Some(seq)
+    }
+
+    /// Removes sessions with no subscriber, no turn and no activity for
+    /// `ttl`. Returns how many went.
+    pub fn sweep(&mut self, now: Instant, ttl: Duration) -> usize {
+        let stale: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(id, s)| {
+                s.running.is_none()
+                    && s.queue.is_empty()
+                    && !self.subscribers.contains_key(id.as_str())
+                    && now.saturating_duration_since(s.last_activity) >= ttl
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &stale {
+            self.remove(id);
+        }
+        stale.len()
+    }
+}
+
+fn info<'a>(id: &'a str, s: &'a Session) -> SessionInfo<'a> {
+    SessionInfo {
+        id,
+        created_at: &s.created_at,
+        message_count: s.messages.len(),
+    }
+}
+
+/// `^[A-Za-z0-9._-]{1,128}$`: the ids a client may name.
+pub fn valid_session_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::Recorder;
+
+    #[test]
+    fn ids() {
+        assert!(valid_session_id("abc-DEF_1.2"));
+        assert!(valid_session_id(&"a".repeat(128)));
+        assert!(!valid_session_id(&"a".repeat(129)));
+        assert!(!valid_session_id(""));
+        assert!(!valid_session_id("a b"));
+        assert!(!valid_session_id("a/b"));
+        assert!(!valid_session_id("é"));
+    }
+
+    #[test]
+    fn listing_keeps_creation_order_after_deletes() {
+        let now = Instant::now();
+        let mut t = SessionTable::new(10);
+        for id in ["c", "a", "b"] {
+            t.get_or_create(id, now).unwrap();
+        }
+        t.remove("a");
+        t.get_or_create("a", now).unwrap();
+        let list: serde_json::Value = serde_json::from_slice(&t.list_json()).unwrap();
+        let ids: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["c", "b", "a"]);
+    }
+
+    #[test]
+    fn table_is_bounded() {
+        let now = Instant::now();
+        let mut t = SessionTable::new(2);
+        t.create(now).unwrap();
+        t.get_or_create("x", now).unwrap();
+        assert_eq!(t.create(now), Err(TableFull));
+        assert!(t.get_or_create("x", now).is_ok(), "an existing session is not a new one");
+    }
+
+    #[test]
+    fn broadcast_serializes_once_and_numbers_events() {
+        let now = Instant::now();
+        let mut t = SessionTable::new(10);
+        t.get_or_create("s", now).unwrap();
+        t.get_or_create("other", now).unwrap();
+        let (a, b, c) = (ConnId { slot: 1, serial: 1 }, ConnId { slot: 2, serial: 2 }, ConnId { slot: 3, serial: 3 });
+        t.subscribe("s", a);
+        t.subscribe("s", b);
+        t.subscribe("other", c);
+        let mut sink = Recorder::default();
+        assert_eq!(t.broadcast("s", "token", events::Content { content: "x" }, &mut sink), Some(1));
+        assert_eq!(t.broadcast("s", "done", events::Content { content: "x" }, &mut sink), Some(2));
+        assert_eq!(sink.sent.len(), 4);
+        // The same allocation went to both clients.
+        assert_eq!(sink.sent[0].1.as_ptr(), sink.sent[1].1.as_ptr());
+        assert_eq!(sink.texts_to(a), sink.texts_to(b));
+        assert!(sink.texts_to(c).is_empty());
+        assert!(sink.texts_to(a)[1].ends_with(r#","seq":2}"#));
+        t.unsubscribe("s", a);
+        assert_eq!(t.subscribers("s"), &[b]);
+    }
+
+    #[test]
+    fn sweep_spares_watched_and_recent_sessions() {
+        let t0 = Instant::now();
+        let mut t = SessionTable::new(10);
+        t.get_or_create("old", t0).unwrap();
+        t.get_or_create("watched", t0).unwrap();
+        t.subscribe("watched", ConnId { slot: 0, serial: 0 });
+        let later = t0 + Duration::from_secs(100);
+        t.get_or_create("new", later).unwrap();
+        assert_eq!(t.sweep(later, Duration::from_secs(50)), 1);
+        assert!(t.get("old").is_none());
+        assert!(t.get("watched").is_some() && t.get("new").is_some());
+    }
+}

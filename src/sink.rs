@@ -1,0 +1,73 @@
+//! How the sans-IO core talks back to the reactor.
+//!
+//! The core never holds a socket. It names connections by [`ConnId`] and
+//! hands what they should receive to a [`Sink`]; the reactor implements it
+//! over its connection slab, tests implement it with [`Recorder`].
+
+use bytes::Bytes;
+
+use crate::http::Response;
+
+/// A connection, as the core knows it: its slab slot plus a serial number
+/// that is never reused, so a message for a connection that has closed (and
+/// whose slot now holds another) is dropped rather than misdelivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    pub slot: usize,
+    pub serial: u64,
+}
+
+pub trait Sink {
+    /// Queue one WebSocket frame (already encoded) to a client.
+    fn send(&mut self, to: ConnId, frame: &Bytes);
+    /// The response of an HTTP request that was answered later (a chat turn).
+    fn respond(&mut self, to: ConnId, response: Response);
+    /// Close a WebSocket client with `code` after what is queued for it.
+    fn close(&mut self, to: ConnId, code: u16, reason: &str);
+    /// Bytes queued for `to` and not yet written to its socket.
+    fn backlog(&self, to: ConnId) -> usize;
+}
+
+/// What a [`Sink`] was given, in order; for tests and fuzz targets.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    pub sent: Vec<(ConnId, Bytes)>,
+    pub responses: Vec<(ConnId, Response)>,
+    pub closed: Vec<(ConnId, u16, String)>,
+    /// Backlog to report per connection (default 0).
+    pub backlogs: Vec<(ConnId, usize)>,
+}
+
+impl Recorder {
+    /// The payload text of every frame sent to `to` (frames are unmasked
+    /// server text frames; the header is skipped).
+    pub fn texts_to(&self, to: ConnId) -> Vec<String> {
+        self.sent
+            .iter()
+            .filter(|(id, _)| *id == to)
+            .map(|(_, f)| {
+                let skip = match f[1] {
+                    126 => 4,
+                    127 => 10,
+                    _ => 2,
+                };
+                String::from_utf8_lossy(&f[skip..]).into_owned()
+            })
+            .collect()
+    }
+}
+
+impl Sink for Recorder {
+    fn send(&mut self, to: ConnId, frame: &Bytes) {
+        self.sent.push((to, frame.clone()));
+    }
+    fn respond(&mut self, to: ConnId, response: Response) {
+        self.responses.push((to, response));
+    }
+    fn close(&mut self, to: ConnId, code: u16, reason: &str) {
+        self.closed.push((to, code, reason.to_owned()));
+    }
+    fn backlog(&self, to: ConnId) -> usize {
+        self.backlogs.iter().find(|(id, _)| *id == to).map_or(0, |(_, n)| *n)
+    }
+}
