@@ -14,6 +14,7 @@
 
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use serde_json::json;
 
 use crate::clock;
@@ -60,6 +61,13 @@ impl Turn {
         self.started_at = clock::now_rfc3339();
         self
     }
+}
+
+/// `POST /api/chat`'s answer, fields in the original's order.
+#[derive(Serialize)]
+struct ChatReply<'a> {
+    session_id: &'a str,
+    content: &'a str,
 }
 
 /// The session's queue is full.
@@ -138,8 +146,11 @@ pub fn step(table: &mut SessionTable, id: &str, sink: &mut dyn Sink, now: Instan
     record(table, id, &turn);
     table.broadcast(id, "done", Content { content: &turn.prompt }, sink);
     if let Some(waiter) = turn.waiter {
-        let body = json!({ "session_id": id, "content": turn.prompt });
-        sink.respond(waiter, Response::json(200, body.to_string().into_bytes()));
+        let body = ChatReply {
+            session_id: id,
+            content: &turn.prompt,
+        };
+        sink.respond(waiter, Response::json(200, serde_json::to_vec(&body).unwrap_or_default()));
     }
     start_next(table, id, now)
 }

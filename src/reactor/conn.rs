@@ -1,0 +1,304 @@
+//! A connection's I/O half: the socket, its output queue, and the states a
+//! connection moves through (HTTP → WebSocket → closing). The slab that
+//! owns them is keyed by `mio::Token`.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::Shutdown;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes};
+use mio::net::TcpStream;
+use tungstenite::WebSocket;
+
+use crate::http::RequestParser;
+
+/// Most buffers handed to one `writev`.
+const IOV_BATCH: usize = 64;
+
+/// A socket plus the bytes queued for it.
+///
+/// tungstenite writes through this type too: `Write::write` only queues, so
+/// tungstenite never holds a partial frame and never blocks, and broadcast
+/// frames (shared [`Bytes`]) can be queued between its writes safely. The
+/// reactor drains the queue with `writev` until the kernel says WouldBlock.
+pub struct Transport {
+    pub tcp: TcpStream,
+    out: VecDeque<Bytes>,
+    queued: usize,
+    /// The front buffer has been partly written: it must go out whole.
+    front_started: bool,
+}
+
+impl Transport {
+    pub fn new(tcp: TcpStream) -> Self {
+        Transport {
+            tcp,
+            out: VecDeque::new(),
+            queued: 0,
+            front_started: false,
+        }
+    }
+
+    /// Bytes queued and not yet written to the socket.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    pub fn push(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.queued += bytes.len();
+            self.out.push_back(bytes);
+        }
+    }
+
+    /// Writes queued bytes until the queue is empty (`Ok(true)`) or the
+    /// socket would block (`Ok(false)`).
+    pub fn flush_out(&mut self) -> io::Result<bool> {
+        while !self.out.is_empty() {
+            let mut slices = [IoSlice::new(&[]); IOV_BATCH];
+            let mut n = 0;
+            for (slot, buf) in slices.iter_mut().zip(self.out.iter()) {
+                *slot = IoSlice::new(buf);
+                n += 1;
+            }
+            let written = match self.tcp.write_vectored(&slices[..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.queued -= written;
+            let mut left = written;
+            while left > 0 {
+                let Some(front) = self.out.front_mut() else { break };
+                if front.len() <= left {
+                    left -= front.len();
+                    self.out.pop_front();
+                    self.front_started = false;
+                } else {
+                    front.advance(left);
+                    self.front_started = true;
+                    left = 0;
+                }
+            }
+        }
+        if self.out.capacity() > 64 {
+            self.out.shrink_to(16);
+        }
+        Ok(true)
+    }
+
+    /// Drops every queued buffer that has not started to go out, so that a
+    /// close frame can follow at once (the client that stopped reading gets
+    /// it after the frame in flight, never in the middle of one).
+    pub fn drop_unsent(&mut self) {
+        let keep = usize::from(self.front_started);
+        while self.out.len() > keep {
+            if let Some(b) = self.out.pop_back() {
+                self.queued -= b.len();
+            }
+        }
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.push(Bytes::copy_from_slice(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An HTTP/1.1 connection between requests or inside one.
+pub struct HttpConn {
+    pub io: Transport,
+    /// Received bytes the parser has not consumed (at most one head limit
+    /// plus one read).
+    pub inbuf: Vec<u8>,
+    pub parser: RequestParser,
+    /// A request's answer comes later (a chat turn); nothing else is parsed
+    /// until it is queued, so responses leave in request order.
+    pub waiting: bool,
+    /// Whether the waiting request allows another after it.
+    pub waiting_keep_alive: bool,
+    /// False once a response said `Connection: close`.
+    pub keep_alive: bool,
+    /// The client has shut down its sending side.
+    pub peer_eof: bool,
+    /// Requests answered on this connection so far.
+    pub served: u64,
+    /// When the current request's first byte arrived (or the connection
+    /// opened): the header timeout counts from here.
+    pub request_started: Instant,
+    /// Last read or write that moved bytes.
+    pub last_progress: Instant,
+}
+
+impl HttpConn {
+    pub fn new(io: Transport, parser: RequestParser, now: Instant) -> Self {
+        HttpConn {
+            io,
+            inbuf: Vec::new(),
+            parser,
+            waiting: false,
+            waiting_keep_alive: true,
+            keep_alive: true,
+            peer_eof: false,
+            served: 0,
+            request_started: now,
+            last_progress: now,
+        }
+    }
+
+    /// Between requests with nothing buffered.
+    pub fn is_idle(&self) -> bool {
+        self.parser.is_idle() && self.inbuf.is_empty() && !self.waiting
+    }
+}
+
+/// An upgraded connection, framed by tungstenite over a [`Transport`].
+pub struct WsConn {
+    pub ws: WebSocket<Transport>,
+    pub session: Rc<str>,
+    /// Last frame of any kind from the client.
+    pub last_heard: Instant,
+    pub ping_sent: bool,
+}
+
+/// A connection on its way out: queued bytes are flushed, then the write
+/// side is shut down and input is read and discarded until the client
+/// closes or `deadline` passes. Closing this way (rather than dropping the
+/// socket with unread input, which makes the kernel send RST) lets the
+/// client read the last response or close frame.
+pub struct ClosingConn {
+    pub io: Transport,
+    pub deadline: Instant,
+    pub write_shut: bool,
+}
+
+impl ClosingConn {
+    /// Makes progress; returns true when the socket can be dropped.
+    pub fn advance(&mut self) -> bool {
+        match self.io.flush_out() {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(_) => return true,
+        }
+        if !self.write_shut {
+            self.write_shut = true;
+            if self.io.tcp.shutdown(Shutdown::Write).is_err() {
+                return true;
+            }
+        }
+        let mut scratch = [0u8; 4096];
+        loop {
+            match self.io.tcp.read(&mut scratch) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+pub enum State {
+    Http(Box<HttpConn>),
+    Ws(Box<WsConn>),
+    Closing(ClosingConn),
+    /// Only while a connection moves between states.
+    Moving,
+}
+
+pub struct Conn {
+    /// Unique for the life of the process; see [`crate::sink::ConnId`].
+    pub serial: u64,
+    pub state: State,
+}
+
+impl Conn {
+    pub fn transport_mut(&mut self) -> Option<&mut Transport> {
+        match &mut self.state {
+            State::Http(h) => Some(&mut h.io),
+            State::Ws(w) => Some(w.ws.get_mut()),
+            State::Closing(c) => Some(&mut c.io),
+            State::Moving => None,
+        }
+    }
+}
+
+/// Connections by slot (= `mio::Token`); freed slots are reused.
+#[derive(Default)]
+pub struct Slab {
+    entries: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    len: usize,
+}
+
+impl Slab {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// One past the highest slot ever used (for scans).
+    pub fn capacity(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The slot the next insert will use.
+    pub fn vacant_slot(&self) -> usize {
+        self.free.last().copied().unwrap_or(self.entries.len())
+    }
+
+    pub fn insert(&mut self, conn: Conn) -> usize {
+        self.len += 1;
+        match self.free.pop() {
+            Some(slot) => {
+                self.entries[slot] = Some(conn);
+                slot
+            }
+            None => {
+                self.entries.push(Some(conn));
+                self.entries.len() - 1
+            }
+        }
+    }
+
+    pub fn get_mut(&mut self, slot: usize) -> Option<&mut Conn> {
+        self.entries.get_mut(slot).and_then(Option::as_mut)
+    }
+
+    pub fn remove(&mut self, slot: usize) -> Option<Conn> {
+        let conn = self.entries.get_mut(slot)?.take()?;
+        self.len -= 1;
+        self.free.push(slot);
+        Some(conn)
+    }
+}
+
+impl Slab {
+    pub fn get(&self, slot: usize) -> Option<&Conn> {
+        self.entries.get(slot).and_then(Option::as_ref)
+    }
+
+    pub fn entries_serial(&self, slot: usize) -> Option<u64> {
+        self.get(slot).map(|c| c.serial)
+    }
+}

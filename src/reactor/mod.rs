@@ -1,0 +1,817 @@
+//! The reactor: one thread, one `mio::Poll`, every socket non-blocking and
+//! edge-triggered. Readiness comes in; the sans-IO core ([`App`], the HTTP
+//! parser, tungstenite) decides; the bytes it produces go out.
+//!
+//! One loop iteration: poll (the timeout is the nearest deadline, or zero
+//! when a turn can stream more), handle every ready socket, step every
+//! running turn once, fire expired timers, then `writev` every connection
+//! that got output. Writing once per iteration, not once per event, is what
+//! lets a broadcast of many small frames leave in few syscalls.
+
+mod conn;
+
+use std::io::{self, Read};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::{Message, WebSocket};
+
+use crate::api::{App, HttpOutcome, TurnsState, Upgrade};
+use crate::config::{Config, Limits};
+use crate::http::{response, ParserLimits, Progress, RequestParser, Response};
+use crate::sink::{ConnId, Sink};
+use crate::ws::{self, close};
+use conn::{ClosingConn, Conn, HttpConn, Slab, State, Transport, WsConn};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const SIGNALS: Token = Token(usize::MAX - 2);
+
+/// Bytes read per `read` call.
+const READ_CHUNK: usize = 16 * 1024;
+/// Requests or WebSocket messages handled per connection per iteration,
+/// so one busy client cannot starve the others.
+const WORK_PER_TURN: usize = 32;
+/// An HTTP connection stops parsing pipelined requests while this much of
+/// its output is unsent (the client is not reading its responses).
+const HTTP_OUT_HIGH: usize = 256 * 1024;
+/// How long a closing connection may take to read its last bytes.
+const LINGER: Duration = Duration::from_secs(2);
+/// Timers are checked at least this often while connections are open.
+const TICK: Duration = Duration::from_secs(1);
+/// How often turns paused for a slow client are looked at again.
+const PAUSED_RECHECK: Duration = Duration::from_millis(10);
+/// How long shutdown waits for connections to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// tungstenite's read buffer: big enough for a few frames per syscall,
+/// small enough that an idle WebSocket costs a few KiB (the default 128 KiB
+/// is zero-filled on every read).
+const WS_READ_BUFFER: usize = 4096;
+
+pub struct Server {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    signals: Signals,
+    app: App,
+    conns: Slab,
+    next_serial: u64,
+    limits: Limits,
+    ws_config: WebSocketConfig,
+    /// Slots with output queued this iteration.
+    dirty: Vec<usize>,
+    /// HTTP connections whose deferred answer arrived: parse on.
+    wake: Vec<usize>,
+    /// WebSocket clients the sink closed; the core still has to forget them.
+    gone_ws: Vec<(ConnId, Rc<str>)>,
+    /// Connections that stopped with work left (fairness budget).
+    retry: Vec<usize>,
+    accept_paused: bool,
+    turns: TurnsState,
+    next_tick: Instant,
+    shutdown_deadline: Option<Instant>,
+}
+
+/// Raises the soft open-file limit to the hard limit, so that the
+/// connection cap, not the default 1024, bounds the connections.
+fn raise_nofile_limit(want: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let old = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                lim.rlim_cur = old;
+            }
+        }
+    }
+    if (lim.rlim_cur as u128) < want as u128 + 32 {
+        eprintln!(
+            "autopoiesis: warning: open-file limit is {} (hard limit {}), below --max-connections {}; \
+             accepts will fail with EMFILE before the cap is reached",
+            lim.rlim_cur, lim.rlim_max, want
+        );
+    }
+}
+
+impl Server {
+    /// Binds the listener and sets up signals. Errors name what failed.
+    pub fn bind(config: Config) -> Result<Server, String> {
+        let what = format!("{}:{}", config.host, config.port);
+        let addr = (config.host.as_str(), config.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {what}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("cannot resolve {what}: no address"))?;
+        let mut listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {what}: {e}"))?;
+        let local_addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(|e| e.to_string())?;
+        let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(|e| e.to_string())?;
+        raise_nofile_limit(config.limits.max_connections);
+
+        let limits = config.limits.clone();
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(WS_READ_BUFFER)
+            .write_buffer_size(0)
+            .max_write_buffer_size(usize::MAX)
+            .max_message_size(Some(limits.max_ws_message_bytes))
+            .max_frame_size(Some(limits.max_ws_message_bytes));
+        let now = Instant::now();
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            local_addr,
+            signals,
+            app: App::new(config, now),
+            conns: Slab::default(),
+            next_serial: 0,
+            limits,
+            ws_config,
+            dirty: Vec::new(),
+            wake: Vec::new(),
+            gone_ws: Vec::new(),
+            retry: Vec::new(),
+            accept_paused: false,
+            turns: TurnsState::Idle,
+            next_tick: now + TICK,
+            shutdown_deadline: None,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Runs until SIGINT/SIGTERM and the drain after it.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(now),
+                    SIGNALS => {
+                        if self.on_signals(now) {
+                            return Ok(());
+                        }
+                    }
+                    Token(slot) => self.on_ready(slot, now),
+                }
+            }
+            for slot in std::mem::take(&mut self.retry) {
+                self.on_ready(slot, now);
+            }
+            self.turns = self.app.run_turns(now, &mut sink!(self));
+            self.settle(now);
+            if now >= self.next_tick {
+                self.tick(now);
+            }
+            let swept = self.app.sweep(now);
+            if swept > 0 {
+                eprintln!("autopoiesis: removed {swept} stale session(s)");
+            }
+            self.flush_dirty(now);
+            if let Some(deadline) = self.shutdown_deadline {
+                if self.conns.is_empty() || now >= deadline {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.retry.is_empty() || self.turns == TurnsState::Runnable {
+            return Some(Duration::ZERO);
+        }
+        let mut next = self.app.next_sweep();
+        if !self.conns.is_empty() || self.accept_paused {
+            next = next.min(self.next_tick);
+        }
+        if let Some(d) = self.shutdown_deadline {
+            next = next.min(d);
+        }
+        let mut timeout = next.saturating_duration_since(now);
+        if self.turns == TurnsState::Paused {
+            timeout = timeout.min(PAUSED_RECHECK);
+        }
+        Some(timeout)
+    }
+
+    fn conn_id(&self, slot: usize) -> Option<ConnId> {
+        let serial = self.conns.entries_serial(slot)?;
+        Some(ConnId { slot, serial })
+    }
+
+    fn accept(&mut self, now: Instant) {
+        loop {
+            let Some(listener) = &self.listener else { return };
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    self.accept_paused = false;
+                    self.admit(stream, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept_paused = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOMEM: the pending connection stays in the
+                    // backlog. Try again when a connection closes or at the next
+                    // tick, never in a tight loop.
+                    if !self.accept_paused {
+                        eprintln!("autopoiesis: accept failed, pausing accepts: {e}");
+                    }
+                    self.accept_paused = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut stream: TcpStream, now: Instant) {
+        if self.conns.len() >= self.limits.max_connections {
+            // Over the cap: one best-effort 503 and close, never queued.
+            use std::io::Write;
+            let body = Response::detail(503, "Too many connections").encode(false);
+            let _ = stream.write(&body);
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let slot = self.conns.vacant_slot();
+        // Readable and writable, edge-triggered, once: interest never has to
+        // change, so there is no reregister syscall on the hot path.
+        if self
+            .poll
+            .registry()
+            .register(&mut stream, Token(slot), Interest::READABLE | Interest::WRITABLE)
+            .is_err()
+        {
+            return;
+        }
+        self.next_serial += 1;
+        let parser = RequestParser::new(self.parser_limits());
+        let conn = Conn {
+            serial: self.next_serial,
+            state: State::Http(Box::new(HttpConn::new(Transport::new(stream), parser, now))),
+        };
+        let inserted = self.conns.insert(conn);
+        debug_assert_eq!(inserted, slot);
+    }
+
+    fn parser_limits(&self) -> ParserLimits {
+        ParserLimits {
+            max_head: self.limits.max_head_bytes,
+            max_body: self.limits.max_body_bytes,
+        }
+    }
+
+    /// Returns true when the process should exit now.
+    fn on_signals(&mut self, now: Instant) -> bool {
+        let mut got = false;
+        for _ in self.signals.pending() {
+            got = true;
+        }
+        if !got {
+            return false;
+        }
+        if self.shutdown_deadline.is_some() {
+            eprintln!("autopoiesis: second signal, exiting now");
+            return true;
+        }
+        eprintln!("autopoiesis: shutting down");
+        self.shutdown_deadline = Some(now + SHUTDOWN_GRACE);
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        for slot in 0..self.conns.capacity() {
+            let Some(conn) = self.conns.get_mut(slot) else { continue };
+            match &mut conn.state {
+                State::Ws(_) => self.close_ws(slot, close::GOING_AWAY, "Server shutting down", now),
+                State::Http(h) if h.is_idle() && h.io.queued() == 0 => self.to_closing(slot, now),
+                State::Http(h) => h.keep_alive = false,
+                _ => {}
+            }
+        }
+        false
+    }
+
+    fn on_ready(&mut self, slot: usize, now: Instant) {
+        let Some(conn) = self.conns.get_mut(slot) else { return };
+        match &mut conn.state {
+            State::Http(_) => self.drive_http(slot, now),
+            State::Ws(_) => self.drive_ws(slot, now),
+            State::Closing(c) => {
+                if c.advance() {
+                    self.drop_conn(slot, now);
+                }
+            }
+            State::Moving => {}
+        }
+        self.dirty.push(slot);
+    }
+
+    /// Parses and answers requests, reading as needed, until the socket
+    /// would block, a request waits for a turn, or the budget runs out.
+    fn drive_http(&mut self, slot: usize, now: Instant) {
+        let Some(id) = self.conn_id(slot) else { return };
+        let mut budget = WORK_PER_TURN;
+        loop {
+            let Some(Conn { state: State::Http(h), .. }) = self.conns.get_mut(slot) else {
+                return;
+            };
+            if h.waiting || !h.keep_alive || h.io.queued() > HTTP_OUT_HIGH {
+                break;
+            }
+            let was_idle = h.parser.is_idle() && h.inbuf.is_empty();
+            let (used, progress) = h.parser.advance(&h.inbuf);
+            h.inbuf.drain(..used);
+            match progress {
+                Progress::NeedMore => match read_some(&mut h.io, &mut h.inbuf) {
+                    ReadResult::Data => {
+                        h.last_progress = now;
+                        if was_idle {
+                            h.request_started = now;
+                        }
+                    }
+                    ReadResult::WouldBlock => break,
+                    ReadResult::Eof => {
+                        h.peer_eof = true;
+                        break;
+                    }
+                    ReadResult::Error => return self.drop_conn(slot, now),
+                },
+                Progress::SendContinue => h.io.push(Bytes::from_static(response::CONTINUE)),
+                Progress::Reject(reject) => {
+                    let resp = Response::detail(reject.status, reject.detail);
+                    h.io.push(Bytes::from(resp.encode(false)));
+                    h.keep_alive = false;
+                    break;
+                }
+                Progress::Request(req) => {
+                    let keep_alive = req.head.keep_alive && self.shutdown_deadline.is_none();
+                    if h.inbuf.capacity() > READ_CHUNK && h.inbuf.is_empty() {
+                        h.inbuf = Vec::new();
+                    }
+                    let outcome = self.app.handle_http(req, id, now, &mut sink!(self));
+                    let Some(Conn { state: State::Http(h), .. }) = self.conns.get_mut(slot) else {
+                        return;
+                    };
+                    h.served += 1;
+                    h.request_started = now;
+                    match outcome {
+                        HttpOutcome::Respond(resp) => {
+                            h.io.push(Bytes::from(resp.encode(keep_alive)));
+                            h.keep_alive = keep_alive;
+                        }
+                        HttpOutcome::Pending => {
+                            h.waiting = true;
+                            h.waiting_keep_alive = keep_alive;
+                        }
+                        HttpOutcome::Upgrade(upgrade) => return self.upgrade(slot, id, upgrade, now),
+                    }
+                    budget -= 1;
+                    if budget == 0 {
+                        self.retry.push(slot);
+                        break;
+                    }
+                }
+            }
+        }
+        self.dirty.push(slot);
+        self.maybe_finish_http(slot, now);
+    }
+
+    /// Moves an HTTP connection that has nothing more to do to closing.
+    fn maybe_finish_http(&mut self, slot: usize, now: Instant) {
+        let Some(Conn { state: State::Http(h), .. }) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if h.waiting {
+            return;
+        }
+        let done = !h.keep_alive || (h.peer_eof && (h.is_idle() || !h.parser.is_idle()));
+        if done {
+            self.to_closing(slot, now);
+        }
+    }
+
+    fn to_closing(&mut self, slot: usize, now: Instant) {
+        let Some(conn) = self.conns.get_mut(slot) else { return };
+        let io = match std::mem::replace(&mut conn.state, State::Moving) {
+            State::Http(h) => h.io,
+            State::Ws(w) => w.ws.into_inner(),
+            State::Closing(c) => {
+                conn.state = State::Closing(c);
+                return;
+            }
+            State::Moving => return,
+        };
+        conn.state = State::Closing(ClosingConn {
+            io,
+            deadline: now + LINGER,
+            write_shut: false,
+        });
+        self.dirty.push(slot);
+    }
+
+    fn upgrade(&mut self, slot: usize, id: ConnId, upgrade: Upgrade, now: Instant) {
+        let Some(conn) = self.conns.get_mut(slot) else { return };
+        let State::Http(h) = std::mem::replace(&mut conn.state, State::Moving) else {
+            return;
+        };
+        let HttpConn { mut io, inbuf, .. } = *h;
+        io.push(Bytes::from(upgrade.response));
+        self.dirty.push(slot);
+        if !upgrade.authorized {
+            io.push(ws::close_frame(close::UNAUTHORIZED, "Unauthorized"));
+            conn.state = State::Closing(ClosingConn {
+                io,
+                deadline: now + LINGER,
+                write_shut: false,
+            });
+            return;
+        }
+        let session: Rc<str> = Rc::from(upgrade.session_id);
+        let ws = WebSocket::from_partially_read(io, inbuf, Role::Server, Some(self.ws_config));
+        conn.state = State::Ws(Box::new(WsConn {
+            ws,
+            session: session.clone(),
+            last_heard: now,
+            ping_sent: false,
+        }));
+        self.app.ws_opened(id, &session, now);
+        // Frames may already be buffered after the head: edge-triggered
+        // polling will not report them again.
+        self.drive_ws(slot, now);
+    }
+
+    /// Reads WebSocket messages until WouldBlock (or the budget) and hands
+    /// each to the core.
+    fn drive_ws(&mut self, slot: usize, now: Instant) {
+        let Some(id) = self.conn_id(slot) else { return };
+        for _ in 0..WORK_PER_TURN {
+            let Some(Conn { state: State::Ws(w), .. }) = self.conns.get_mut(slot) else {
+                return;
+            };
+            let result = w.ws.read();
+            if result.is_ok() {
+                w.last_heard = now;
+                w.ping_sent = false;
+            }
+            let session = w.session.clone();
+            self.dirty.push(slot);
+            match result {
+                Ok(Message::Text(text)) => self.app.ws_text(id, &session, text.as_str(), now, &mut sink!(self)),
+                Ok(Message::Binary(_)) => self.app.ws_binary(id, &mut sink!(self)),
+                // Pings are answered by tungstenite (the pong is queued in the
+                // transport); a client's close is answered by the next read.
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_)) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(tungstenite::Error::ConnectionClosed) => {
+                    // Our close reply is queued: flush it, then let go.
+                    self.app.ws_closed(id, &session, now);
+                    return self.to_closing(slot, now);
+                }
+                Err(tungstenite::Error::Capacity(_)) => {
+                    return self.close_ws(slot, close::TOO_BIG, "Message too big", now)
+                }
+                Err(tungstenite::Error::Utf8(_)) => {
+                    return self.close_ws(slot, close::INVALID_PAYLOAD, "Invalid UTF-8", now)
+                }
+                Err(tungstenite::Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)) => {
+                    return self.drop_conn(slot, now)
+                }
+                Err(tungstenite::Error::Protocol(_)) => {
+                    return self.close_ws(slot, close::PROTOCOL_ERROR, "Protocol error", now)
+                }
+                Err(_) => return self.drop_conn(slot, now),
+            }
+        }
+        self.retry.push(slot);
+    }
+
+    /// Closes a WebSocket with `code`: unsent output is dropped, the close
+    /// frame queued, and the core forgets the client.
+    fn close_ws(&mut self, slot: usize, code: u16, reason: &str, now: Instant) {
+        if let Some((id, session)) = close_ws_conn(&mut self.conns, slot, code, reason, now) {
+            self.app.ws_closed(id, &session, now);
+            self.dirty.push(slot);
+        }
+    }
+
+    fn drop_conn(&mut self, slot: usize, now: Instant) {
+        let Some(mut conn) = self.conns.remove(slot) else { return };
+        if let State::Ws(w) = &conn.state {
+            let id = ConnId {
+                slot,
+                serial: conn.serial,
+            };
+            self.app.ws_closed(id, &w.session.clone(), now);
+        }
+        if let Some(t) = conn.transport_mut() {
+            let _ = self.poll.registry().deregister(&mut t.tcp);
+        }
+        drop(conn);
+        if self.accept_paused {
+            self.accept(now);
+        }
+    }
+
+    /// Carries out what the core asked of the sink: forget closed clients,
+    /// resume HTTP connections whose answers arrived.
+    fn settle(&mut self, now: Instant) {
+        loop {
+            for (id, session) in std::mem::take(&mut self.gone_ws) {
+                self.app.ws_closed(id, &session, now);
+            }
+            let wake = std::mem::take(&mut self.wake);
+            if wake.is_empty() {
+                break;
+            }
+            for slot in wake {
+                self.drive_http(slot, now);
+            }
+        }
+    }
+
+    fn flush_dirty(&mut self, now: Instant) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for &slot in &dirty {
+            let Some(conn) = self.conns.get_mut(slot) else { continue };
+            let result = match &mut conn.state {
+                State::Closing(c) => {
+                    if c.advance() {
+                        self.drop_conn(slot, now);
+                    }
+                    continue;
+                }
+                State::Http(h) => {
+                    let before = h.io.queued();
+                    let r = h.io.flush_out();
+                    if h.io.queued() < before {
+                        h.last_progress = now;
+                    }
+                    r
+                }
+                State::Ws(w) => w.ws.get_mut().flush_out(),
+                State::Moving => continue,
+            };
+            match result {
+                Err(_) => self.drop_conn(slot, now),
+                Ok(drained) => {
+                    // An HTTP connection that stopped parsing because its
+                    // output was backed up can go on now.
+                    if drained {
+                        if let Some(Conn { state: State::Http(h), .. }) = self.conns.get_mut(slot) {
+                            if !h.waiting && h.keep_alive && (!h.inbuf.is_empty() || !h.parser.is_idle()) {
+                                self.retry.push(slot);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+        self.settle(now);
+    }
+
+    /// Fires expired deadlines: header and idle timeouts, WebSocket pings
+    /// and idle closes, lingering closes.
+    fn tick(&mut self, now: Instant) {
+        self.next_tick = now + TICK;
+        if self.accept_paused {
+            self.accept(now);
+        }
+        let l = self.limits.clone();
+        for slot in 0..self.conns.capacity() {
+            let Some(conn) = self.conns.get_mut(slot) else { continue };
+            let action = match &mut conn.state {
+                State::Http(h) => http_timer(h, now, &l),
+                State::Ws(w) => {
+                    let silent = now.saturating_duration_since(w.last_heard);
+                    if silent >= l.ws_idle_timeout {
+                        TimerAction::CloseWsIdle
+                    } else if silent >= l.ws_ping_interval && !w.ping_sent {
+                        w.ping_sent = true;
+                        let _ = w.ws.write(Message::Ping(Bytes::new()));
+                        self.dirty.push(slot);
+                        TimerAction::None
+                    } else {
+                        TimerAction::None
+                    }
+                }
+                State::Closing(c) if now >= c.deadline => TimerAction::Drop,
+                _ => TimerAction::None,
+            };
+            match action {
+                TimerAction::None => {}
+                TimerAction::Drop => self.drop_conn(slot, now),
+                TimerAction::CloseWsIdle => self.close_ws(slot, close::GOING_AWAY, "Idle timeout", now),
+                TimerAction::RequestTimeout => {
+                    if let Some(Conn { state: State::Http(h), .. }) = self.conns.get_mut(slot) {
+                        let resp = Response::detail(408, "Request Timeout");
+                        h.io.push(Bytes::from(resp.encode(false)));
+                        h.keep_alive = false;
+                    }
+                    self.to_closing(slot, now);
+                }
+                TimerAction::CloseQuietly => self.to_closing(slot, now),
+            }
+        }
+    }
+}
+
+enum TimerAction {
+    None,
+    Drop,
+    CloseWsIdle,
+    RequestTimeout,
+    CloseQuietly,
+}
+
+fn http_timer(h: &HttpConn, now: Instant, l: &Limits) -> TimerAction {
+    if h.waiting {
+        return TimerAction::None;
+    }
+    if h.parser.in_body() {
+        // Like nginx's client_body_timeout: time between reads that progress.
+        if now >= h.last_progress + l.header_timeout {
+            return TimerAction::RequestTimeout;
+        }
+    } else if !h.inbuf.is_empty() || (h.served == 0 && h.io.queued() == 0) {
+        // A head is arriving (or a new connection has sent nothing yet).
+        if now >= h.request_started + l.header_timeout {
+            return TimerAction::RequestTimeout;
+        }
+    } else if now >= h.last_progress + l.keepalive_timeout {
+        return TimerAction::CloseQuietly;
+    }
+    TimerAction::None
+}
+
+enum ReadResult {
+    Data,
+    WouldBlock,
+    Eof,
+    Error,
+}
+
+fn read_some(io: &mut Transport, inbuf: &mut Vec<u8>) -> ReadResult {
+    let mut chunk = [0u8; READ_CHUNK];
+    loop {
+        match io.tcp.read(&mut chunk) {
+            Ok(0) => return ReadResult::Eof,
+            Ok(n) => {
+                inbuf.extend_from_slice(&chunk[..n]);
+                return ReadResult::Data;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadResult::WouldBlock,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return ReadResult::Error,
+        }
+    }
+}
+
+/// Turns the WebSocket in `slot` into a closing connection that sends
+/// `code`. Returns the client's id and session for the core to forget.
+fn close_ws_conn(conns: &mut Slab, slot: usize, code: u16, reason: &str, now: Instant) -> Option<(ConnId, Rc<str>)> {
+    let conn = conns.get_mut(slot)?;
+    if !matches!(conn.state, State::Ws(_)) {
+        return None;
+    }
+    let State::Ws(w) = std::mem::replace(&mut conn.state, State::Moving) else {
+        return None;
+    };
+    let session = w.session.clone();
+    let mut io = w.ws.into_inner();
+    io.drop_unsent();
+    io.push(ws::close_frame(code, reason));
+    conn.state = State::Closing(ClosingConn {
+        io,
+        deadline: now + LINGER,
+        write_shut: false,
+    });
+    Some((
+        ConnId {
+            slot,
+            serial: conn.serial,
+        },
+        session,
+    ))
+}
+
+/// The reactor's side of [`Sink`]: frames and deferred responses go into
+/// connection queues (written at the end of the iteration).
+struct ConnSink<'a> {
+    conns: &'a mut Slab,
+    dirty: &'a mut Vec<usize>,
+    wake: &'a mut Vec<usize>,
+    gone_ws: &'a mut Vec<(ConnId, Rc<str>)>,
+    max_ws_output: usize,
+    now: Instant,
+}
+
+/// Borrows the fields a [`ConnSink`] needs, leaving `self.app` free.
+macro_rules! sink {
+    ($s:ident) => {
+        ConnSink {
+            conns: &mut $s.conns,
+            dirty: &mut $s.dirty,
+            wake: &mut $s.wake,
+            gone_ws: &mut $s.gone_ws,
+            max_ws_output: $s.limits.max_ws_output_bytes,
+            now: Instant::now(),
+        }
+    };
+}
+use sink;
+
+impl ConnSink<'_> {
+    fn live(&mut self, to: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(to.slot).filter(|c| c.serial == to.serial)
+    }
+}
+
+impl Sink for ConnSink<'_> {
+    fn send(&mut self, to: ConnId, frame: &Bytes) {
+        let max = self.max_ws_output;
+        let Some(conn) = self.live(to) else { return };
+        let State::Ws(w) = &mut conn.state else { return };
+        let io = w.ws.get_mut();
+        if io.queued() + frame.len() > max {
+            let now = self.now;
+            if let Some(gone) = close_ws_conn(self.conns, to.slot, close::POLICY, "Output buffer full", now) {
+                self.gone_ws.push(gone);
+            }
+        } else {
+            io.push(frame.clone());
+        }
+        self.dirty.push(to.slot);
+    }
+
+    fn respond(&mut self, to: ConnId, response: Response) {
+        let Some(conn) = self.live(to) else { return };
+        let State::Http(h) = &mut conn.state else { return };
+        if !h.waiting {
+            return;
+        }
+        h.waiting = false;
+        h.keep_alive = h.waiting_keep_alive;
+        h.io.push(Bytes::from(response.encode(h.keep_alive)));
+        self.dirty.push(to.slot);
+        self.wake.push(to.slot);
+    }
+
+    fn close(&mut self, to: ConnId, code: u16, reason: &str) {
+        if self.live(to).is_none() {
+            return;
+        }
+        if let Some(gone) = close_ws_conn(self.conns, to.slot, code, reason, self.now) {
+            self.gone_ws.push(gone);
+            self.dirty.push(to.slot);
+        }
+    }
+
+    fn backlog(&self, to: ConnId) -> usize {
+        match self.conns.get(to.slot) {
+            Some(Conn {
+                serial,
+                state: State::Ws(w),
+            }) if *serial == to.serial => w.ws.get_ref().queued(),
+            _ => 0,
+        }
+    }
+}
