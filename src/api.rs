@@ -106,7 +106,10 @@ impl App {
     }
 
     fn sweep_interval(&self) -> Duration {
-        self.config.limits.session_ttl.map_or(SWEEP_EVERY, |ttl| ttl.min(SWEEP_EVERY))
+        self.config
+            .limits
+            .session_ttl
+            .map_or(SWEEP_EVERY, |ttl| ttl.min(SWEEP_EVERY))
     }
 
     fn authorized(&self, candidate: Option<&[u8]>) -> bool {
@@ -118,7 +121,13 @@ impl App {
     }
 
     /// Answers one HTTP request from connection `from`.
-    pub fn handle_http(&mut self, req: Request, from: ConnId, now: Instant, sink: &mut dyn Sink) -> HttpOutcome {
+    pub fn handle_http(
+        &mut self,
+        req: Request,
+        from: ConnId,
+        now: Instant,
+        sink: &mut dyn Sink,
+    ) -> HttpOutcome {
         let path = percent_decode(&req.head.path);
         let Some(route) = route(&path) else {
             return HttpOutcome::Respond(Response::detail(404, "Not Found"));
@@ -128,7 +137,9 @@ impl App {
         }
         if !route.allowed().contains(&req.head.method.as_str()) {
             let allow = route.allowed().join(", ");
-            return HttpOutcome::Respond(Response::detail(405, "Method Not Allowed").with_header("allow", allow));
+            return HttpOutcome::Respond(
+                Response::detail(405, "Method Not Allowed").with_header("allow", allow),
+            );
         }
         if !matches!(route, Route::Health) && !self.authorized(req.head.api_key.as_deref()) {
             return HttpOutcome::Respond(Response::detail(401, UNAUTHORIZED));
@@ -192,12 +203,23 @@ impl App {
         };
         match self.submit(&id, Turn::new(content, Some(from)), now) {
             Ok(()) => HttpOutcome::Pending,
-            Err(turns::Busy) => HttpOutcome::Respond(turns::coded_error(429, "busy", turns::BUSY_MESSAGE)),
+            Err(turns::Busy) => {
+                HttpOutcome::Respond(turns::coded_error(429, "busy", turns::BUSY_MESSAGE))
+            }
         }
     }
 
     fn submit(&mut self, id: &str, turn: Turn, now: Instant) -> Result<(), turns::Busy> {
-        if turns::submit(&mut self.sessions, id, turn, self.config.limits.max_queued_turns, now)? {
+        let started = turns::submit(
+            &mut self.sessions,
+            id,
+            turn,
+            self.config.limits.max_queued_turns,
+            now,
+        )?;
+        // A cancelled session stays listed until its next step finds it
+        // idle; listing it twice would step it twice per iteration.
+        if started && !self.active.iter().any(|a| a == id) {
             self.active.push(id.to_owned());
         }
         Ok(())
@@ -214,10 +236,10 @@ impl App {
             Err(response) => return HttpOutcome::Respond(response),
         };
         let mut protocol = None;
-        let authorized = self.config.api_key.is_none()
-            || self.authorized(head.api_key.as_deref())
-            || {
-                protocol = ws::key_from_subprotocols(&head.ws_protocols, |k| self.authorized(Some(k)));
+        let authorized =
+            self.config.api_key.is_none() || self.authorized(head.api_key.as_deref()) || {
+                protocol =
+                    ws::key_from_subprotocols(&head.ws_protocols, |k| self.authorized(Some(k)));
                 protocol.is_some()
             };
         if authorized {
@@ -232,6 +254,17 @@ impl App {
             if self.sessions.get_or_create(&id, now).is_err() {
                 return HttpOutcome::Respond(Response::detail(503, TOO_MANY_SESSIONS));
             }
+        }
+        if !authorized {
+            // Select an offered protocol anyway: a browser fails a handshake
+            // that offered protocols and got none back, and then cannot see
+            // the 4001 close code that tells it the key was wrong.
+            protocol = head
+                .ws_protocols
+                .iter()
+                .find(|p| p.starts_with(ws::KEY_SUBPROTOCOL_PREFIX))
+                .or(head.ws_protocols.first())
+                .map(String::as_str);
         }
         HttpOutcome::Upgrade(Upgrade {
             session_id: id,
@@ -258,7 +291,14 @@ impl App {
     }
 
     /// One text frame from a WebSocket client of `session_id`.
-    pub fn ws_text(&mut self, conn: ConnId, session_id: &str, text: &str, now: Instant, sink: &mut dyn Sink) {
+    pub fn ws_text(
+        &mut self,
+        conn: ConnId,
+        session_id: &str,
+        text: &str,
+        now: Instant,
+        sink: &mut dyn Sink,
+    ) {
         let reply = |sink: &mut dyn Sink, code: Option<&str>, message: &str| {
             sink.send(conn, &events::error_frame(code, message));
         };
@@ -268,7 +308,10 @@ impl App {
                 if self.sessions.get_or_create(session_id, now).is_err() {
                     return reply(sink, Some("too_many_sessions"), TOO_MANY_SESSIONS);
                 }
-                if self.submit(session_id, Turn::new(content, None), now).is_err() {
+                if self
+                    .submit(session_id, Turn::new(content, None), now)
+                    .is_err()
+                {
                     reply(sink, Some("busy"), turns::BUSY_MESSAGE);
                 }
             }
@@ -385,7 +428,11 @@ pub fn percent_decode(path: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
             (b'%', Some(hi), Some(lo)) => {
                 out.push((hi * 16 + lo) as u8);
                 i += 3;
@@ -408,7 +455,11 @@ pub fn since_param(query: &str) -> Option<Result<u64, ()>> {
         .find(|(k, _)| *k == "since")?
         .1;
     let ok = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
-    Some(if ok { value.parse().map_err(|_| ()) } else { Err(()) })
+    Some(if ok {
+        value.parse().map_err(|_| ())
+    } else {
+        Err(())
+    })
 }
 
 /// pydantic's validation of `{"content": str, "session_id": str | null}`,
@@ -416,15 +467,24 @@ pub fn since_param(query: &str) -> Option<Result<u64, ()>> {
 /// none, as in the original.
 pub fn validate_chat_body(body: &[u8]) -> Result<(String, Option<String>), Vec<Value>> {
     if body.is_empty() {
-        return Err(vec![json!({"type": "missing", "loc": ["body"], "msg": "Field required", "input": null})]);
+        return Err(vec![
+            json!({"type": "missing", "loc": ["body"], "msg": "Field required", "input": null}),
+        ]);
     }
     let value: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
             // Python reports the offset where decoding stopped: the end, at EOF.
-            let pos = if e.is_eof() { body.len() } else { byte_offset(body, e.line(), e.column()) };
+            let pos = if e.is_eof() {
+                body.len()
+            } else {
+                byte_offset(body, e.line(), e.column())
+            };
             let reason = e.to_string();
-            let reason = reason.split(" at line ").next().unwrap_or("JSON decode error");
+            let reason = reason
+                .split(" at line ")
+                .next()
+                .unwrap_or("JSON decode error");
             return Err(vec![json!({
                 "type": "json_invalid",
                 "loc": ["body", pos],

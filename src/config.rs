@@ -142,7 +142,11 @@ where
             )))
         }
         Some(other) => return Err(usage(other.unexpected())),
-        None => return Err(UsageError("missing command: try 'autopoiesis serve'".into())),
+        None => {
+            return Err(UsageError(
+                "missing command: try 'autopoiesis serve'".into(),
+            ))
+        }
     }
 
     let mut config = Config::default();
@@ -179,7 +183,9 @@ where
                 l.max_connections = positive(&mut parser, "--max-connections")?
             }
             Long("max-sessions") => l.max_sessions = positive(&mut parser, "--max-sessions")?,
-            Long("max-queued-turns") => l.max_queued_turns = number(&mut parser, "--max-queued-turns")?,
+            Long("max-queued-turns") => {
+                l.max_queued_turns = number(&mut parser, "--max-queued-turns")?
+            }
             Long("session-ttl") => {
                 let ttl: u64 = number(&mut parser, "--session-ttl")?;
                 l.session_ttl = (ttl > 0).then(|| Duration::from_secs(ttl));
@@ -187,7 +193,9 @@ where
             Long("ws-ping-interval") => {
                 l.ws_ping_interval = seconds(&mut parser, "--ws-ping-interval")?
             }
-            Long("ws-idle-timeout") => l.ws_idle_timeout = seconds(&mut parser, "--ws-idle-timeout")?,
+            Long("ws-idle-timeout") => {
+                l.ws_idle_timeout = seconds(&mut parser, "--ws-idle-timeout")?
+            }
             other => return Err(usage(other.unexpected())),
         }
     }
@@ -201,8 +209,11 @@ fn usage(e: lexopt::Error) -> UsageError {
 fn number<T: std::str::FromStr>(p: &mut lexopt::Parser, flag: &str) -> Result<T, UsageError> {
     let raw = p.value().map_err(usage)?;
     let text = raw.to_string_lossy();
-    text.parse()
-        .map_err(|_| UsageError(format!("invalid value '{text}' for {flag}: expected a whole number")))
+    text.parse().map_err(|_| {
+        UsageError(format!(
+            "invalid value '{text}' for {flag}: expected a whole number"
+        ))
+    })
 }
 
 fn positive(p: &mut lexopt::Parser, flag: &str) -> Result<usize, UsageError> {
@@ -224,8 +235,10 @@ mod tests {
     use super::*;
 
     fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Command, UsageError> {
-        let env: Vec<(String, String)> =
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         parse(args.iter().map(OsString::from), |k| {
             env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
         })
@@ -248,7 +261,10 @@ mod tests {
 
     #[test]
     fn flags_win_over_environment() {
-        let env = [("AUTOPOIESIS_HOST", "0.0.0.0"), ("AUTOPOIESIS_PORT", "9000")];
+        let env = [
+            ("AUTOPOIESIS_HOST", "0.0.0.0"),
+            ("AUTOPOIESIS_PORT", "9000"),
+        ];
         let c = serve(&["serve"], &env);
         assert_eq!((c.host.as_str(), c.port), ("0.0.0.0", 9000));
         let c = serve(&["serve", "--host", "::1", "--port=0"], &env);
@@ -257,7 +273,10 @@ mod tests {
 
     #[test]
     fn empty_api_key_means_no_auth() {
-        assert_eq!(serve(&["serve"], &[("AUTOPOIESIS_API_KEY", "")]).api_key, None);
+        assert_eq!(
+            serve(&["serve"], &[("AUTOPOIESIS_API_KEY", "")]).api_key,
+            None
+        );
         let c = serve(&["serve"], &[("AUTOPOIESIS_API_KEY", "s3cret")]);
         assert_eq!(c.api_key.as_deref(), Some("s3cret"));
     }
@@ -290,7 +309,10 @@ mod tests {
     #[test]
     fn help_and_version() {
         assert_eq!(run(&["--version"], &[]), Ok(Command::Version));
-        assert_eq!(run(&["serve", "--help"], &[]), Ok(Command::Help(SERVE_HELP)));
+        assert_eq!(
+            run(&["serve", "--help"], &[]),
+            Ok(Command::Help(SERVE_HELP))
+        );
         assert_eq!(run(&["-h"], &[]), Ok(Command::Help(TOP_HELP)));
     }
 

@@ -59,18 +59,53 @@ mod tests {
 
     #[test]
     fn token_event_shape() {
-        let json = event_json("token", Content { content: "hi \"x\"" }, Some(7));
-        assert_eq!(json, br#"{"op":"token","data":{"content":"hi \"x\""},"seq":7}"#);
-        let frame = event_frame("token", Content { content: "hi \"x\"" }, Some(7));
+        let json = event_json(
+            "token",
+            Content {
+                content: "hi \"x\"",
+            },
+            Some(7),
+        );
+        assert_eq!(
+            json,
+            br#"{"op":"token","data":{"content":"hi \"x\""},"seq":7}"#
+        );
+        let frame = event_frame(
+            "token",
+            Content {
+                content: "hi \"x\"",
+            },
+            Some(7),
+        );
         assert_eq!(&frame[2..], &json[..]);
         assert_eq!(frame[1] as usize, json.len());
     }
 
     #[test]
     fn error_event_shapes() {
-        let json = event_json("error", ErrorData { code: None, message: "Empty message" }, None);
-        assert_eq!(json, br#"{"op":"error","data":{"message":"Empty message"}}"#);
-        let json = event_json("error", ErrorData { code: Some("busy"), message: "m" }, None);
-        assert_eq!(json, br#"{"op":"error","data":{"code":"busy","message":"m"}}"#);
+        let json = event_json(
+            "error",
+            ErrorData {
+                code: None,
+                message: "Empty message",
+            },
+            None,
+        );
+        assert_eq!(
+            json,
+            br#"{"op":"error","data":{"message":"Empty message"}}"#
+        );
+        let json = event_json(
+            "error",
+            ErrorData {
+                code: Some("busy"),
+                message: "m",
+            },
+            None,
+        );
+        assert_eq!(
+            json,
+            br#"{"op":"error","data":{"code":"busy","message":"m"}}"#
+        );
     }
 }

@@ -25,7 +25,11 @@ fn main() -> ExitCode {
         }
         Command::Serve(config) => config,
     };
-    let auth = if config.api_key.is_some() { "on" } else { "off" };
+    let auth = if config.api_key.is_some() {
+        "on"
+    } else {
+        "off"
+    };
     let mut server = match Server::bind(config) {
         Ok(s) => s,
         Err(e) => {

@@ -154,7 +154,8 @@ impl SessionTable {
     /// `{"session_id": id, "messages": [...]}`.
     pub fn history_json(&self, id: &str) -> Option<Vec<u8>> {
         let s = self.sessions.get(id)?;
-        let mut out = Vec::with_capacity(64 + s.messages.iter().map(|m| m.len() + 1).sum::<usize>());
+        let mut out =
+            Vec::with_capacity(64 + s.messages.iter().map(|m| m.len() + 1).sum::<usize>());
         out.extend_from_slice(b"{\"session_id\":");
         let _ = serde_json::to_writer(&mut out, id);
         out.extend_from_slice(b",\"messages\":[");
@@ -169,7 +170,10 @@ impl SessionTable {
     }
 
     pub fn subscribe(&mut self, id: &str, conn: ConnId) {
-        self.subscribers.entry(id.to_owned()).or_default().push(conn);
+        self.subscribers
+            .entry(id.to_owned())
+            .or_default()
+            .push(conn);
     }
 
     pub fn unsubscribe(&mut self, id: &str, conn: ConnId) {
@@ -187,7 +191,13 @@ impl SessionTable {
 
     /// Gives the next `seq` of session `id` to an event, serializes it once
     /// and queues the same bytes to every subscriber. Returns the `seq`.
-    pub fn broadcast(&mut self, id: &str, op: &str, data: impl Serialize, sink: &mut dyn Sink) -> Option<u64> {
+    pub fn broadcast(
+        &mut self,
+        id: &str,
+        op: &str,
+        data: impl Serialize,
+        sink: &mut dyn Sink,
+    ) -> Option<u64> {
         let session = self.sessions.get_mut(id)?;
         session.seq += 1;
         let seq = session.seq;
@@ -261,7 +271,12 @@ mod tests {
         t.remove("a");
         t.get_or_create("a", now).unwrap();
         let list: serde_json::Value = serde_json::from_slice(&t.list_json()).unwrap();
-        let ids: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+        let ids: Vec<&str> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap())
+            .collect();
         assert_eq!(ids, ["c", "b", "a"]);
     }
 
@@ -272,7 +287,10 @@ mod tests {
         t.create(now).unwrap();
         t.get_or_create("x", now).unwrap();
         assert_eq!(t.create(now), Err(TableFull));
-        assert!(t.get_or_create("x", now).is_ok(), "an existing session is not a new one");
+        assert!(
+            t.get_or_create("x", now).is_ok(),
+            "an existing session is not a new one"
+        );
     }
 
     #[test]
@@ -281,13 +299,23 @@ mod tests {
         let mut t = SessionTable::new(10);
         t.get_or_create("s", now).unwrap();
         t.get_or_create("other", now).unwrap();
-        let (a, b, c) = (ConnId { slot: 1, serial: 1 }, ConnId { slot: 2, serial: 2 }, ConnId { slot: 3, serial: 3 });
+        let (a, b, c) = (
+            ConnId { slot: 1, serial: 1 },
+            ConnId { slot: 2, serial: 2 },
+            ConnId { slot: 3, serial: 3 },
+        );
         t.subscribe("s", a);
         t.subscribe("s", b);
         t.subscribe("other", c);
         let mut sink = Recorder::default();
-        assert_eq!(t.broadcast("s", "token", events::Content { content: "x" }, &mut sink), Some(1));
-        assert_eq!(t.broadcast("s", "done", events::Content { content: "x" }, &mut sink), Some(2));
+        assert_eq!(
+            t.broadcast("s", "token", events::Content { content: "x" }, &mut sink),
+            Some(1)
+        );
+        assert_eq!(
+            t.broadcast("s", "done", events::Content { content: "x" }, &mut sink),
+            Some(2)
+        );
         assert_eq!(sink.sent.len(), 4);
         // The same allocation went to both clients.
         assert_eq!(sink.sent[0].1.as_ptr(), sink.sent[1].1.as_ptr());

@@ -68,6 +68,9 @@ impl Sink for Recorder {
         self.closed.push((to, code, reason.to_owned()));
     }
     fn backlog(&self, to: ConnId) -> usize {
-        self.backlogs.iter().find(|(id, _)| *id == to).map_or(0, |(_, n)| *n)
+        self.backlogs
+            .iter()
+            .find(|(id, _)| *id == to)
+            .map_or(0, |(_, n)| *n)
     }
 }

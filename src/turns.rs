@@ -77,7 +77,13 @@ pub struct Busy;
 /// Runs `turn` now if session `id` is idle, else queues it (at most
 /// `max_queued` waiting). `Ok(true)` means it started and the session must
 /// be stepped.
-pub fn submit(table: &mut SessionTable, id: &str, turn: Turn, max_queued: usize, now: Instant) -> Result<bool, Busy> {
+pub fn submit(
+    table: &mut SessionTable,
+    id: &str,
+    turn: Turn,
+    max_queued: usize,
+    now: Instant,
+) -> Result<bool, Busy> {
     let Some(session) = table.get_mut(id) else {
         return Err(Busy);
     };
@@ -104,7 +110,13 @@ pub enum StepOutcome {
 }
 
 /// Streams the next few tokens of session `id`'s running turn.
-pub fn step(table: &mut SessionTable, id: &str, sink: &mut dyn Sink, now: Instant, high_water: usize) -> StepOutcome {
+pub fn step(
+    table: &mut SessionTable,
+    id: &str,
+    sink: &mut dyn Sink,
+    now: Instant,
+    high_water: usize,
+) -> StepOutcome {
     let Some(mut turn) = table.get_mut(id).and_then(|s| s.running.take()) else {
         return StepOutcome::Idle;
     };
@@ -133,7 +145,14 @@ pub fn step(table: &mut SessionTable, id: &str, sink: &mut dyn Sink, now: Instan
         if n == 0 {
             break;
         }
-        table.broadcast(id, "token", Content { content: &rest[..n] }, sink);
+        table.broadcast(
+            id,
+            "token",
+            Content {
+                content: &rest[..n],
+            },
+            sink,
+        );
         turn.streamed += n;
     }
     if turn.streamed < turn.prompt.len() {
@@ -144,13 +163,23 @@ pub fn step(table: &mut SessionTable, id: &str, sink: &mut dyn Sink, now: Instan
     // The turn is complete: history first, so a client that sees `done` and
     // refetches finds it; then `done`; then the REST caller's answer.
     record(table, id, &turn);
-    table.broadcast(id, "done", Content { content: &turn.prompt }, sink);
+    table.broadcast(
+        id,
+        "done",
+        Content {
+            content: &turn.prompt,
+        },
+        sink,
+    );
     if let Some(waiter) = turn.waiter {
         let body = ChatReply {
             session_id: id,
             content: &turn.prompt,
         };
-        sink.respond(waiter, Response::json(200, serde_json::to_vec(&body).unwrap_or_default()));
+        sink.respond(
+            waiter,
+            Response::json(200, serde_json::to_vec(&body).unwrap_or_default()),
+        );
     }
     start_next(table, id, now)
 }
@@ -177,7 +206,9 @@ fn start_next(table: &mut SessionTable, id: &str, now: Instant) -> StepOutcome {
 
 /// Appends the user's request and the reply streamed so far to the history.
 fn record(table: &mut SessionTable, id: &str, turn: &Turn) {
-    let Some(session) = table.get_mut(id) else { return };
+    let Some(session) = table.get_mut(id) else {
+        return;
+    };
     session.push_message(&json!({
         "kind": "request",
         "parts": [{"part_kind": "user-prompt", "content": turn.prompt, "timestamp": turn.started_at}],
@@ -253,7 +284,16 @@ mod tests {
     #[test]
     fn echo_turn_streams_tokens_then_done_to_every_client() {
         let (mut t, now) = setup();
-        assert_eq!(submit(&mut t, "s", Turn::new("hello big world".into(), Some(REST)), 8, now), Ok(true));
+        assert_eq!(
+            submit(
+                &mut t,
+                "s",
+                Turn::new("hello big world".into(), Some(REST)),
+                8,
+                now
+            ),
+            Ok(true)
+        );
         let mut sink = Recorder::default();
         run_to_idle(&mut t, &mut sink, now);
         let a = sink.texts_to(A);
@@ -271,8 +311,12 @@ mod tests {
         let (to, resp) = &sink.responses[0];
         assert_eq!((*to, resp.status), (REST, 200));
         let body: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
-        assert_eq!(body, json!({"session_id": "s", "content": "hello big world"}));
-        let history: serde_json::Value = serde_json::from_slice(&t.history_json("s").unwrap()).unwrap();
+        assert_eq!(
+            body,
+            json!({"session_id": "s", "content": "hello big world"})
+        );
+        let history: serde_json::Value =
+            serde_json::from_slice(&t.history_json("s").unwrap()).unwrap();
         let msgs = history["messages"].as_array().unwrap();
         assert_eq!(msgs.len(), 2);
         assert_eq!(msgs[0]["kind"], "request");
@@ -289,7 +333,10 @@ mod tests {
         let prompt = "w ".repeat(TOKENS_PER_STEP * 3);
         submit(&mut t, "s", Turn::new(prompt, None), 8, now).unwrap();
         let mut sink = Recorder::default();
-        assert_eq!(step(&mut t, "s", &mut sink, now, 1 << 20), StepOutcome::Progress);
+        assert_eq!(
+            step(&mut t, "s", &mut sink, now, 1 << 20),
+            StepOutcome::Progress
+        );
         assert_eq!(sink.texts_to(A).len(), TOKENS_PER_STEP);
         assert_eq!(run_to_idle(&mut t, &mut sink, now), 2);
         assert_eq!(sink.texts_to(A).len(), TOKENS_PER_STEP * 3 + 1);
@@ -298,13 +345,29 @@ mod tests {
     #[test]
     fn turns_queue_in_order_and_busy_past_the_limit() {
         let (mut t, now) = setup();
-        assert_eq!(submit(&mut t, "s", Turn::new("one".into(), None), 2, now), Ok(true));
-        assert_eq!(submit(&mut t, "s", Turn::new("two".into(), None), 2, now), Ok(false));
-        assert_eq!(submit(&mut t, "s", Turn::new("three".into(), None), 2, now), Ok(false));
-        assert_eq!(submit(&mut t, "s", Turn::new("four".into(), None), 2, now), Err(Busy));
+        assert_eq!(
+            submit(&mut t, "s", Turn::new("one".into(), None), 2, now),
+            Ok(true)
+        );
+        assert_eq!(
+            submit(&mut t, "s", Turn::new("two".into(), None), 2, now),
+            Ok(false)
+        );
+        assert_eq!(
+            submit(&mut t, "s", Turn::new("three".into(), None), 2, now),
+            Ok(false)
+        );
+        assert_eq!(
+            submit(&mut t, "s", Turn::new("four".into(), None), 2, now),
+            Err(Busy)
+        );
         let mut sink = Recorder::default();
         run_to_idle(&mut t, &mut sink, now);
-        let dones: Vec<String> = sink.texts_to(A).into_iter().filter(|f| f.contains("\"done\"")).collect();
+        let dones: Vec<String> = sink
+            .texts_to(A)
+            .into_iter()
+            .filter(|f| f.contains("\"done\""))
+            .collect();
         assert_eq!(dones.len(), 3);
         assert!(dones[0].contains("one") && dones[1].contains("two") && dones[2].contains("three"));
         assert_eq!(t.get("s").unwrap().message_count(), 6);
@@ -324,11 +387,17 @@ mod tests {
         let cancels = texts.iter().filter(|f| f.contains("\"cancelled\"")).count();
         assert_eq!(cancels, 2, "running and queued turn both end");
         assert_eq!(sink.responses[0].1.status, 409);
-        let history: serde_json::Value = serde_json::from_slice(&t.history_json("s").unwrap()).unwrap();
-        let reply = history["messages"][1]["parts"][0]["content"].as_str().unwrap();
+        let history: serde_json::Value =
+            serde_json::from_slice(&t.history_json("s").unwrap()).unwrap();
+        let reply = history["messages"][1]["parts"][0]["content"]
+            .as_str()
+            .unwrap();
         assert_eq!(reply, &prompt[..TOKENS_PER_STEP * 2]);
         assert_eq!(history["messages"].as_array().unwrap().len(), 2);
-        assert_eq!(step(&mut t, "s", &mut sink, now, 1 << 20), StepOutcome::Idle);
+        assert_eq!(
+            step(&mut t, "s", &mut sink, now, 1 << 20),
+            StepOutcome::Idle
+        );
     }
 
     #[test]
@@ -343,7 +412,10 @@ mod tests {
         assert!(sink.sent.is_empty());
         let later = now + STALL_LIMIT;
         assert_eq!(step(&mut t, "s", &mut sink, later, 500), StepOutcome::Idle);
-        assert_eq!(sink.closed, [(B, close::POLICY, "Client too slow".to_string())]);
+        assert_eq!(
+            sink.closed,
+            [(B, close::POLICY, "Client too slow".to_string())]
+        );
         assert_eq!(sink.texts_to(A).len(), 4);
     }
 }

@@ -27,7 +27,10 @@ pub fn accept_key(key: &str) -> String {
 /// or the response that refuses the upgrade (400 bad key, 426 bad version).
 pub fn check_handshake(head: &Head) -> Result<String, Response> {
     if head.minor_version != 1 || head.method != "GET" {
-        return Err(Response::detail(400, "WebSocket upgrade needs GET over HTTP/1.1"));
+        return Err(Response::detail(
+            400,
+            "WebSocket upgrade needs GET over HTTP/1.1",
+        ));
     }
     match head.ws_version.as_deref() {
         Some("13") => {}
@@ -39,7 +42,10 @@ pub fn check_handshake(head: &Head) -> Result<String, Response> {
     let key = head.ws_key.as_deref().unwrap_or("");
     let decoded = base64::engine::general_purpose::STANDARD.decode(key.trim());
     if !matches!(decoded, Ok(ref nonce) if nonce.len() == 16) {
-        return Err(Response::detail(400, "Missing or invalid Sec-WebSocket-Key"));
+        return Err(Response::detail(
+            400,
+            "Missing or invalid Sec-WebSocket-Key",
+        ));
     }
     Ok(accept_key(key.trim()))
 }
@@ -152,7 +158,7 @@ pub fn parse_client_op(text: &str) -> ClientOp {
 
 /// Whether a client's `Sec-WebSocket-Protocol` offer carries `key`; returns
 /// the offered protocol to select.
-pub fn key_from_subprotocols<'a>(offers: &'a [String], matches: impl Fn(&[u8]) -> bool) -> Option<&'a str> {
+pub fn key_from_subprotocols(offers: &[String], matches: impl Fn(&[u8]) -> bool) -> Option<&str> {
     offers.iter().map(String::as_str).find(|p| {
         p.strip_prefix(KEY_SUBPROTOCOL_PREFIX)
             .is_some_and(|k| matches(k.as_bytes()))
@@ -165,7 +171,10 @@ mod tests {
 
     #[test]
     fn rfc6455_accept_vector() {
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     fn head(key: Option<&str>, version: Option<&str>) -> Head {
@@ -182,13 +191,33 @@ mod tests {
     fn handshake_checks() {
         let ok = check_handshake(&head(Some("dGhlIHNhbXBsZSBub25jZQ=="), Some("13")));
         assert_eq!(ok, Ok("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".to_string()));
-        assert_eq!(check_handshake(&head(None, Some("13"))).unwrap_err().status, 400);
-        assert_eq!(check_handshake(&head(Some("c2hvcnQ="), Some("13"))).unwrap_err().status, 400);
-        assert_eq!(check_handshake(&head(Some("!!!"), Some("13"))).unwrap_err().status, 400);
+        assert_eq!(
+            check_handshake(&head(None, Some("13"))).unwrap_err().status,
+            400
+        );
+        assert_eq!(
+            check_handshake(&head(Some("c2hvcnQ="), Some("13")))
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            check_handshake(&head(Some("!!!"), Some("13")))
+                .unwrap_err()
+                .status,
+            400
+        );
         let old = check_handshake(&head(Some("dGhlIHNhbXBsZSBub25jZQ=="), Some("8"))).unwrap_err();
         assert_eq!(old.status, 426);
-        assert!(old.headers.contains(&("sec-websocket-version", "13".into())));
-        assert_eq!(check_handshake(&head(Some("dGhlIHNhbXBsZSBub25jZQ=="), None)).unwrap_err().status, 426);
+        assert!(old
+            .headers
+            .contains(&("sec-websocket-version", "13".into())));
+        assert_eq!(
+            check_handshake(&head(Some("dGhlIHNhbXBsZSBub25jZQ=="), None))
+                .unwrap_err()
+                .status,
+            426
+        );
     }
 
     #[test]
@@ -201,7 +230,10 @@ mod tests {
             assert_eq!(frame[0], 0x81);
             let (parsed_len, _) = match frame[1] {
                 126 => (u16::from_be_bytes([frame[2], frame[3]]) as usize, 4),
-                127 => (u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize, 10),
+                127 => (
+                    u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
                 n => (n as usize, 2),
             };
             assert_eq!(parsed_len, len);
@@ -214,15 +246,33 @@ mod tests {
     #[test]
     fn client_ops() {
         use ClientOp::*;
-        assert_eq!(parse_client_op(r#"{"op":"message","data":{"content":"hi"}}"#), Message("hi".into()));
-        assert_eq!(parse_client_op(r#"{"op":"message","data":{"content":""}}"#), EmptyMessage);
-        assert_eq!(parse_client_op(r#"{"op":"message","data":{}}"#), EmptyMessage);
+        assert_eq!(
+            parse_client_op(r#"{"op":"message","data":{"content":"hi"}}"#),
+            Message("hi".into())
+        );
+        assert_eq!(
+            parse_client_op(r#"{"op":"message","data":{"content":""}}"#),
+            EmptyMessage
+        );
+        assert_eq!(
+            parse_client_op(r#"{"op":"message","data":{}}"#),
+            EmptyMessage
+        );
         assert_eq!(parse_client_op(r#"{"op":"message"}"#), EmptyMessage);
-        assert_eq!(parse_client_op(r#"{"op":"message","data":{"content":null}}"#), Invalid);
-        assert_eq!(parse_client_op(r#"{"op":"message","data":{"content":5}}"#), Invalid);
+        assert_eq!(
+            parse_client_op(r#"{"op":"message","data":{"content":null}}"#),
+            Invalid
+        );
+        assert_eq!(
+            parse_client_op(r#"{"op":"message","data":{"content":5}}"#),
+            Invalid
+        );
         assert_eq!(parse_client_op(r#"{"op":"approve","data":{}}"#), Approve);
         assert_eq!(parse_client_op(r#"{"op":"cancel"}"#), Cancel);
-        assert_eq!(parse_client_op(r#"{"op":"dance"}"#), Unknown("dance".into()));
+        assert_eq!(
+            parse_client_op(r#"{"op":"dance"}"#),
+            Unknown("dance".into())
+        );
         assert_eq!(parse_client_op(r#"{"op":"message","data":[]}"#), Invalid);
         assert_eq!(parse_client_op(r#"{"op":5}"#), Invalid);
         assert_eq!(parse_client_op(r#"[1,2]"#), Invalid);
@@ -232,7 +282,10 @@ mod tests {
     #[test]
     fn key_subprotocol() {
         let offers = vec!["chat".to_string(), "autopoiesis.key.s3cret".to_string()];
-        assert_eq!(key_from_subprotocols(&offers, |k| k == b"s3cret"), Some("autopoiesis.key.s3cret"));
+        assert_eq!(
+            key_from_subprotocols(&offers, |k| k == b"s3cret"),
+            Some("autopoiesis.key.s3cret")
+        );
         assert_eq!(key_from_subprotocols(&offers, |k| k == b"other"), None);
     }
 }

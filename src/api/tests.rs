@@ -31,11 +31,26 @@ fn req(method: &str, target: &str, body: &str, key: Option<&str>) -> Request {
     }
 }
 
-fn call(app: &mut App, method: &str, target: &str, body: &str, key: Option<&str>) -> (u16, Value, Response) {
+fn call(
+    app: &mut App,
+    method: &str,
+    target: &str,
+    body: &str,
+    key: Option<&str>,
+) -> (u16, Value, Response) {
     let mut sink = Recorder::default();
-    match app.handle_http(req(method, target, body, key), REST, Instant::now(), &mut sink) {
+    match app.handle_http(
+        req(method, target, body, key),
+        REST,
+        Instant::now(),
+        &mut sink,
+    ) {
         HttpOutcome::Respond(r) => {
-            let v = if r.body.is_empty() { Value::Null } else { serde_json::from_slice(&r.body).unwrap() };
+            let v = if r.body.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&r.body).unwrap()
+            };
             (r.status, v, r)
         }
         other => panic!("expected a response, got {other:?}"),
@@ -62,15 +77,30 @@ fn health_never_needs_the_key() {
     let mut a = app(Some("k"));
     let (status, body, _) = call(&mut a, "GET", "/api/health", "", None);
     assert_eq!(status, 200);
-    assert_eq!(body, json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}));
+    assert_eq!(
+        body,
+        json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")})
+    );
 }
 
 #[test]
 fn unknown_paths_are_404_with_or_without_key() {
     let mut a = app(Some("k"));
-    for path in ["/", "/api", "/api/", "/api/nope", "/api/sessions/x/y", "/api/sessions//history", "/api/health/"] {
+    for path in [
+        "/",
+        "/api",
+        "/api/",
+        "/api/nope",
+        "/api/sessions/x/y",
+        "/api/sessions//history",
+        "/api/health/",
+    ] {
         let (status, body, _) = call(&mut a, "GET", path, "", None);
-        assert_eq!((status, body), (404, json!({"detail": "Not Found"})), "{path}");
+        assert_eq!(
+            (status, body),
+            (404, json!({"detail": "Not Found"})),
+            "{path}"
+        );
     }
 }
 
@@ -85,8 +115,15 @@ fn wrong_method_is_405_with_allow() {
         ("GET", "/api/chat", "POST"),
     ] {
         let (status, body, r) = call(&mut a, method, path, "", None);
-        assert_eq!((status, body), (405, json!({"detail": "Method Not Allowed"})));
-        assert!(r.headers.contains(&("allow", allow.to_string())), "{method} {path}: {:?}", r.headers);
+        assert_eq!(
+            (status, body),
+            (405, json!({"detail": "Method Not Allowed"}))
+        );
+        assert!(
+            r.headers.contains(&("allow", allow.to_string())),
+            "{method} {path}: {:?}",
+            r.headers
+        );
     }
 }
 
@@ -104,10 +141,20 @@ fn key_is_checked_before_404_and_422() {
     ] {
         for key in [None, Some("wrong"), Some("s3cre"), Some("s3cret!")] {
             let (status, b, _) = call(&mut a, method, path, body, key);
-            assert_eq!((status, b), (401, unauthorized.clone()), "{method} {path} {key:?}");
+            assert_eq!(
+                (status, b),
+                (401, unauthorized.clone()),
+                "{method} {path} {key:?}"
+            );
         }
     }
-    let (status, _, _) = call(&mut a, "GET", "/api/sessions/unknown/history", "", Some("s3cret"));
+    let (status, _, _) = call(
+        &mut a,
+        "GET",
+        "/api/sessions/unknown/history",
+        "",
+        Some("s3cret"),
+    );
     assert_eq!(status, 404);
     let (status, _, _) = call(&mut a, "POST", "/api/chat", "", Some("s3cret"));
     assert_eq!(status, 422);
@@ -136,15 +183,33 @@ fn session_lifecycle() {
     let (status, list, _) = call(&mut a, "GET", "/api/sessions", "", None);
     assert_eq!((status, list), (200, json!([info])));
 
-    let (status, history, _) = call(&mut a, "GET", &format!("/api/sessions/{id}/history"), "", None);
-    assert_eq!((status, history), (200, json!({"session_id": id, "messages": []})));
+    let (status, history, _) = call(
+        &mut a,
+        "GET",
+        &format!("/api/sessions/{id}/history"),
+        "",
+        None,
+    );
+    assert_eq!(
+        (status, history),
+        (200, json!({"session_id": id, "messages": []}))
+    );
 
     let (status, body, r) = call(&mut a, "DELETE", &format!("/api/sessions/{id}"), "", None);
     assert_eq!((status, body), (204, Value::Null));
     assert!(r.body.is_empty());
     let (status, body, _) = call(&mut a, "DELETE", &format!("/api/sessions/{id}"), "", None);
-    assert_eq!((status, body), (404, json!({"detail": "Session not found"})));
-    let (status, _, _) = call(&mut a, "GET", &format!("/api/sessions/{id}/history"), "", None);
+    assert_eq!(
+        (status, body),
+        (404, json!({"detail": "Session not found"}))
+    );
+    let (status, _, _) = call(
+        &mut a,
+        "GET",
+        &format!("/api/sessions/{id}/history"),
+        "",
+        None,
+    );
     assert_eq!(status, 404);
 }
 
@@ -158,17 +223,31 @@ fn invalid_session_ids_are_400() {
         format!("/api/sessions/{long}"),
         "/api/sessions/a%3Fb".to_string(),
     ] {
-        let method = if path.ends_with("history") { "GET" } else { "DELETE" };
+        let method = if path.ends_with("history") {
+            "GET"
+        } else {
+            "DELETE"
+        };
         let (status, body, _) = call(&mut a, method, &path, "", None);
-        assert_eq!((status, body), (400, json!({"detail": "Invalid session id"})), "{path}");
+        assert_eq!(
+            (status, body),
+            (400, json!({"detail": "Invalid session id"})),
+            "{path}"
+        );
     }
     // The path is decoded before routing, as Starlette does: %2F is a slash.
-    assert_eq!(call(&mut a, "GET", "/api/sessions/a%2Fb/history", "", None).0, 404);
+    assert_eq!(
+        call(&mut a, "GET", "/api/sessions/a%2Fb/history", "", None).0,
+        404
+    );
     // Percent-encoded valid characters decode to a valid id.
     let (status, _, _) = call(&mut a, "GET", "/api/sessions/%41bc/history", "", None);
     assert_eq!(status, 404);
     let (status, body) = chat(&mut a, r#"{"content":"x","session_id":"no way"}"#, None);
-    assert_eq!((status, body), (400, json!({"detail": "Invalid session id"})));
+    assert_eq!(
+        (status, body),
+        (400, json!({"detail": "Invalid session id"}))
+    );
 }
 
 #[test]
@@ -182,15 +261,29 @@ fn chat_runs_a_turn_and_keeps_history() {
 
     // null and "" also mean "new session"; an unknown id is created under that id.
     for sid in ["null", r#""""#] {
-        let (_, b) = chat(&mut a, &format!(r#"{{"content":"x","session_id":{sid}}}"#), None);
+        let (_, b) = chat(
+            &mut a,
+            &format!(r#"{{"content":"x","session_id":{sid}}}"#),
+            None,
+        );
         assert_ne!(b["session_id"], json!(id));
     }
     let (_, b) = chat(&mut a, r#"{"content":"again","session_id":"mine"}"#, None);
     assert_eq!(b["session_id"], "mine");
-    let (_, b) = chat(&mut a, &format!(r#"{{"content":"second","session_id":"{id}"}}"#), None);
+    let (_, b) = chat(
+        &mut a,
+        &format!(r#"{{"content":"second","session_id":"{id}"}}"#),
+        None,
+    );
     assert_eq!(b["content"], "second");
 
-    let (_, history, _) = call(&mut a, "GET", &format!("/api/sessions/{id}/history"), "", None);
+    let (_, history, _) = call(
+        &mut a,
+        "GET",
+        &format!("/api/sessions/{id}/history"),
+        "",
+        None,
+    );
     let msgs = history["messages"].as_array().unwrap();
     assert_eq!(msgs.len(), 4);
     assert_eq!(msgs[2]["parts"][0]["content"], "second");
@@ -203,15 +296,30 @@ fn chat_runs_a_turn_and_keeps_history() {
 fn chat_body_validation_is_fastapis() {
     let mut a = app(None);
     let cases = [
-        ("", json!([{"type": "missing", "loc": ["body"], "msg": "Field required", "input": null}])),
-        ("[1]", json!([{"type": "model_attributes_type", "loc": ["body"],
-            "msg": "Input should be a valid dictionary or object to extract fields from", "input": [1]}])),
-        ("{}", json!([{"type": "missing", "loc": ["body", "content"], "msg": "Field required", "input": {}}])),
-        (r#"{"content":5}"#, json!([{"type": "string_type", "loc": ["body", "content"],
-            "msg": "Input should be a valid string", "input": 5}])),
-        (r#"{"content":null,"session_id":7}"#, json!([
+        (
+            "",
+            json!([{"type": "missing", "loc": ["body"], "msg": "Field required", "input": null}]),
+        ),
+        (
+            "[1]",
+            json!([{"type": "model_attributes_type", "loc": ["body"],
+            "msg": "Input should be a valid dictionary or object to extract fields from", "input": [1]}]),
+        ),
+        (
+            "{}",
+            json!([{"type": "missing", "loc": ["body", "content"], "msg": "Field required", "input": {}}]),
+        ),
+        (
+            r#"{"content":5}"#,
+            json!([{"type": "string_type", "loc": ["body", "content"],
+            "msg": "Input should be a valid string", "input": 5}]),
+        ),
+        (
+            r#"{"content":null,"session_id":7}"#,
+            json!([
             {"type": "string_type", "loc": ["body", "content"], "msg": "Input should be a valid string", "input": null},
-            {"type": "string_type", "loc": ["body", "session_id"], "msg": "Input should be a valid string", "input": 7}])),
+            {"type": "string_type", "loc": ["body", "session_id"], "msg": "Input should be a valid string", "input": 7}]),
+        ),
     ];
     for (body, detail) in cases {
         let (status, b) = chat(&mut a, body, None);
@@ -238,7 +346,12 @@ fn busy_past_the_queue_limit() {
     let mut sink = Recorder::default();
     let body = r#"{"content":"x","session_id":"s"}"#;
     for expect_pending in [true, true, false] {
-        let out = a.handle_http(req("POST", "/api/chat", body, None), REST, Instant::now(), &mut sink);
+        let out = a.handle_http(
+            req("POST", "/api/chat", body, None),
+            REST,
+            Instant::now(),
+            &mut sink,
+        );
         match out {
             HttpOutcome::Pending => assert!(expect_pending),
             HttpOutcome::Respond(r) => {
@@ -278,16 +391,30 @@ fn websocket_upgrade_rules() {
     let u = upgrade(&mut a, ws_head("/api/ws/s", Some("k"), &[])).unwrap();
     assert!(u.authorized);
     assert!(!String::from_utf8_lossy(&u.response).contains("sec-websocket-protocol"));
-    let u = upgrade(&mut a, ws_head("/api/ws/s", None, &["x", "autopoiesis.key.k"])).unwrap();
+    let u = upgrade(
+        &mut a,
+        ws_head("/api/ws/s", None, &["x", "autopoiesis.key.k"]),
+    )
+    .unwrap();
     assert!(u.authorized);
-    assert!(String::from_utf8_lossy(&u.response).contains("sec-websocket-protocol: autopoiesis.key.k\r\n"));
-    let u = upgrade(&mut a, ws_head("/api/ws/s", None, &["autopoiesis.key.nope"])).unwrap();
+    assert!(String::from_utf8_lossy(&u.response)
+        .contains("sec-websocket-protocol: autopoiesis.key.k\r\n"));
+    let u = upgrade(
+        &mut a,
+        ws_head("/api/ws/s", None, &["autopoiesis.key.nope"]),
+    )
+    .unwrap();
     assert!(!u.authorized);
     // Never from the query string.
     let u = upgrade(&mut a, ws_head("/api/ws/s?api_key=k&key=k", None, &[])).unwrap();
     assert!(!u.authorized);
     // Bad id, bad since → 400 before the upgrade.
-    assert_eq!(upgrade(&mut a, ws_head("/api/ws/a%20b", Some("k"), &[])).unwrap_err().status, 400);
+    assert_eq!(
+        upgrade(&mut a, ws_head("/api/ws/a%20b", Some("k"), &[]))
+            .unwrap_err()
+            .status,
+        400
+    );
     for since in ["-1", "x", "", "1.5"] {
         let r = ws_head(&format!("/api/ws/s?since={since}"), Some("k"), &[]);
         assert_eq!(upgrade(&mut a, r).unwrap_err().status, 400, "since={since}");
@@ -327,7 +454,10 @@ fn websocket_ops() {
             r#"{"op":"error","data":{"message":"Invalid message format"}}"#,
         ]
     );
-    assert!(sink.texts_to(c2).is_empty(), "replies go to the sender only");
+    assert!(
+        sink.texts_to(c2).is_empty(),
+        "replies go to the sender only"
+    );
 
     a.ws_text(c2, "s", r#"{"op":"approve","data":{}}"#, now, &mut sink);
     let expected = r#"{"op":"error","data":{"code":"approval_unsupported","message":"Deferred approvals are not supported in server mode yet."},"seq":1}"#;
@@ -335,11 +465,23 @@ fn websocket_ops() {
     assert_eq!(sink.texts_to(c2), [expected]);
 
     // A message streams to both; after a REST delete the next message recreates the session.
-    a.ws_text(c1, "s", r#"{"op":"message","data":{"content":"hi there"}}"#, now, &mut sink);
+    a.ws_text(
+        c1,
+        "s",
+        r#"{"op":"message","data":{"content":"hi there"}}"#,
+        now,
+        &mut sink,
+    );
     while a.run_turns(now, &mut sink) != TurnsState::Idle {}
     assert_eq!(sink.texts_to(c2).len(), 4);
     assert_eq!(call(&mut a, "DELETE", "/api/sessions/s", "", None).0, 204);
-    a.ws_text(c1, "s", r#"{"op":"message","data":{"content":"back"}}"#, now, &mut sink);
+    a.ws_text(
+        c1,
+        "s",
+        r#"{"op":"message","data":{"content":"back"}}"#,
+        now,
+        &mut sink,
+    );
     while a.run_turns(now, &mut sink) != TurnsState::Idle {}
     assert_eq!(a.sessions.get("s").unwrap().message_count(), 2);
     assert!(sink.texts_to(c2).last().unwrap().contains(r#""done""#));
@@ -355,9 +497,17 @@ fn deleting_a_session_cancels_its_rest_turn() {
     let now = Instant::now();
     let long = "w ".repeat(2000);
     let body = json!({"content": long, "session_id": "s"}).to_string();
-    assert_eq!(a.handle_http(req("POST", "/api/chat", &body, None), REST, now, &mut sink), HttpOutcome::Pending);
+    assert_eq!(
+        a.handle_http(req("POST", "/api/chat", &body, None), REST, now, &mut sink),
+        HttpOutcome::Pending
+    );
     a.run_turns(now, &mut sink);
-    let out = a.handle_http(req("DELETE", "/api/sessions/s", "", None), ConnId { slot: 0, serial: 0 }, now, &mut sink);
+    let out = a.handle_http(
+        req("DELETE", "/api/sessions/s", "", None),
+        ConnId { slot: 0, serial: 0 },
+        now,
+        &mut sink,
+    );
     assert!(matches!(out, HttpOutcome::Respond(r) if r.status == 204));
     assert_eq!(sink.responses.len(), 1);
     assert_eq!(sink.responses[0].1.status, 409);

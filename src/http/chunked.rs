@@ -80,17 +80,27 @@ impl ChunkedDecoder {
                         return Err(ChunkError::TooLarge);
                     }
                     pos += line.len();
-                    self.state = if size == 0 { State::Trailer } else { State::Data(size) };
+                    self.state = if size == 0 {
+                        State::Trailer
+                    } else {
+                        State::Data(size)
+                    };
                 }
                 State::Data(remaining) => {
                     if rest.is_empty() {
                         return Ok(pos);
                     }
-                    let take = rest.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                    let take = rest
+                        .len()
+                        .min(usize::try_from(remaining).unwrap_or(usize::MAX));
                     body.extend_from_slice(&rest[..take]);
                     pos += take;
                     let left = remaining - take as u64;
-                    self.state = if left == 0 { State::DataCrlf } else { State::Data(left) };
+                    self.state = if left == 0 {
+                        State::DataCrlf
+                    } else {
+                        State::Data(left)
+                    };
                 }
                 State::DataCrlf => {
                     if rest.len() < 2 {
@@ -168,19 +178,26 @@ mod tests {
     #[test]
     fn rejects_bad_framing() {
         for bad in [
-            &b"\r\n"[..],                   // empty size line
-            b"-1\r\n",                     // sign
-            b"zz\r\n",                     // not hex
-            b"1\nx\r\n0\r\n\r\n",           // bare LF after size
-            b"3\r\nabcXY0\r\n\r\n",         // data not followed by CRLF
-            b"11111111111111111\r\n",      // 17 digits
+            &b"\r\n"[..],             // empty size line
+            b"-1\r\n",                // sign
+            b"zz\r\n",                // not hex
+            b"1\nx\r\n0\r\n\r\n",     // bare LF after size
+            b"3\r\nabcXY0\r\n\r\n",   // data not followed by CRLF
+            b"11111111111111111\r\n", // 17 digits
         ] {
             let mut dec = ChunkedDecoder::new(1 << 20, 1024);
-            assert_eq!(dec.decode(bad, &mut Vec::new()), Err(ChunkError::Invalid), "{bad:?}");
+            assert_eq!(
+                dec.decode(bad, &mut Vec::new()),
+                Err(ChunkError::Invalid),
+                "{bad:?}"
+            );
         }
         let long_line = vec![b'1'; MAX_SIZE_LINE + 1];
         let mut dec = ChunkedDecoder::new(1 << 20, 1024);
-        assert_eq!(dec.decode(&long_line, &mut Vec::new()), Err(ChunkError::Invalid));
+        assert_eq!(
+            dec.decode(&long_line, &mut Vec::new()),
+            Err(ChunkError::Invalid)
+        );
     }
 
     #[test]
@@ -190,7 +207,10 @@ mod tests {
         assert_eq!(dec.decode(b"5\r\nhello\r\n", &mut body), Ok(10));
         assert_eq!(dec.decode(b"4\r\n", &mut body), Err(ChunkError::TooLarge));
         let mut dec = ChunkedDecoder::new(8, 1024);
-        assert_eq!(dec.decode(b"ffffffffffffffff\r\n", &mut Vec::new()), Err(ChunkError::TooLarge));
+        assert_eq!(
+            dec.decode(b"ffffffffffffffff\r\n", &mut Vec::new()),
+            Err(ChunkError::TooLarge)
+        );
     }
 
     #[test]
@@ -198,6 +218,9 @@ mod tests {
         let mut input = b"0\r\n".to_vec();
         input.extend(std::iter::repeat_n(b'a', 2000));
         let mut dec = ChunkedDecoder::new(8, 1024);
-        assert_eq!(dec.decode(&input, &mut Vec::new()), Err(ChunkError::Invalid));
+        assert_eq!(
+            dec.decode(&input, &mut Vec::new()),
+            Err(ChunkError::Invalid)
+        );
     }
 }

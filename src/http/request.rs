@@ -79,8 +79,14 @@ pub enum Progress {
 #[derive(Debug)]
 enum State {
     Head,
-    Sized { head: Head, remaining: usize },
-    Chunked { head: Head, decoder: ChunkedDecoder },
+    Sized {
+        head: Head,
+        remaining: usize,
+    },
+    Chunked {
+        head: Head,
+        decoder: ChunkedDecoder,
+    },
     /// A rejection was returned; the parser takes no more input.
     Failed,
 }
@@ -143,7 +149,10 @@ impl RequestParser {
                     (used, Progress::NeedMore)
                 }
                 Err(ChunkError::TooLarge) => (0, Progress::Reject(TOO_LARGE)),
-                Err(ChunkError::Invalid) => (0, Progress::Reject(Reject::new(400, "Invalid chunked body"))),
+                Err(ChunkError::Invalid) => (
+                    0,
+                    Progress::Reject(Reject::new(400, "Invalid chunked body")),
+                ),
             },
         }
     }
@@ -178,7 +187,8 @@ impl RequestParser {
             Ok(parts) => parts,
             Err(reject) => return (0, Progress::Reject(reject)),
         };
-        let wants_continue = head.expect_continue && !matches!(body, BodyKind::None | BodyKind::Sized(0));
+        let wants_continue =
+            head.expect_continue && !matches!(body, BodyKind::None | BodyKind::Sized(0));
         self.body = Vec::new();
         match body {
             BodyKind::None | BodyKind::Sized(0) => return (head_len, self.finish(head)),
@@ -367,9 +377,21 @@ mod tests {
     #[test]
     fn keep_alive_rules() {
         assert!(!request(b"GET / HTTP/1.0\r\n\r\n").head.keep_alive);
-        assert!(request(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").head.keep_alive);
-        assert!(!request(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").head.keep_alive);
-        assert!(!request(b"GET / HTTP/1.1\r\nConnection: foo, CLOSE\r\n\r\n").head.keep_alive);
+        assert!(
+            request(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+                .head
+                .keep_alive
+        );
+        assert!(
+            !request(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .head
+                .keep_alive
+        );
+        assert!(
+            !request(b"GET / HTTP/1.1\r\nConnection: foo, CLOSE\r\n\r\n")
+                .head
+                .keep_alive
+        );
     }
 
     #[test]
@@ -409,16 +431,40 @@ mod tests {
 
     #[test]
     fn every_protocol_rejection() {
-        assert_eq!(status(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"), 400);
-        assert_eq!(status(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n"), 400);
+        assert_eq!(
+            status(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            status(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n"),
+            400
+        );
         assert_eq!(status(b"GET / HTTP/1.1\r\nContent-Length: +1\r\n\r\n"), 400);
-        assert_eq!(status(b"GET / HTTP/1.1\r\nContent-Length: 1,1\r\n\r\n"), 400);
+        assert_eq!(
+            status(b"GET / HTTP/1.1\r\nContent-Length: 1,1\r\n\r\n"),
+            400
+        );
         assert_eq!(status(b"GET / HTTP/1.1\r\nContent-Length: \r\n\r\n"), 400);
-        assert_eq!(status(b"GET / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n"), 400);
-        assert_eq!(status(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"), 400);
-        assert_eq!(status(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\r\n"), 400);
-        assert_eq!(status(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"), 501);
-        assert_eq!(status(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), 400);
+        assert_eq!(
+            status(b"GET / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            status(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
+            400
+        );
+        assert_eq!(
+            status(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            status(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            501
+        );
+        assert_eq!(
+            status(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            400
+        );
         assert_eq!(status(b"GET  / HTTP/1.1\r\n\r\n"), 400);
         assert_eq!(status(b"GET / HTTP/2.0\r\n\r\n"), 400);
         assert_eq!(status(b"GET /\r\n\r\n"), 400);
@@ -442,10 +488,16 @@ mod tests {
             many.extend_from_slice(format!("H{i}: v\r\n").as_bytes());
         }
         many.extend_from_slice(b"\r\n");
-        let mut p = RequestParser::new(ParserLimits { max_head: 1 << 16, max_body: 64 });
+        let mut p = RequestParser::new(ParserLimits {
+            max_head: 1 << 16,
+            max_body: 64,
+        });
         assert_eq!(p.advance(&many).1, Progress::Reject(HEAD_TOO_LARGE));
         // Body over the limit: declared, or decoded from chunks.
-        assert_eq!(status(b"POST / HTTP/1.1\r\nContent-Length: 65\r\n\r\n"), 413);
+        assert_eq!(
+            status(b"POST / HTTP/1.1\r\nContent-Length: 65\r\n\r\n"),
+            413
+        );
         let mut chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
         for _ in 0..3 {
             chunked.extend_from_slice(b"20\r\n");
@@ -458,8 +510,14 @@ mod tests {
     #[test]
     fn a_failed_parser_stays_failed() {
         let mut p = RequestParser::new(LIMITS);
-        assert!(matches!(p.advance(b"BAD REQUEST LINE\r\n\r\n").1, Progress::Reject(_)));
-        assert!(matches!(p.advance(b"GET / HTTP/1.1\r\n\r\n").1, Progress::Reject(_)));
+        assert!(matches!(
+            p.advance(b"BAD REQUEST LINE\r\n\r\n").1,
+            Progress::Reject(_)
+        ));
+        assert!(matches!(
+            p.advance(b"GET / HTTP/1.1\r\n\r\n").1,
+            Progress::Reject(_)
+        ));
     }
 
     #[test]

@@ -22,7 +22,8 @@ impl Response {
 
     /// FastAPI's error shape `{"detail": "<message>"}`.
     pub fn detail(status: u16, message: &str) -> Self {
-        let body = serde_json::to_vec(&serde_json::json!({ "detail": message })).unwrap_or_default();
+        let body =
+            serde_json::to_vec(&serde_json::json!({ "detail": message })).unwrap_or_default();
         Response::json(status, body)
     }
 

@@ -73,7 +73,9 @@ impl Transport {
             self.queued -= written;
             let mut left = written;
             while left > 0 {
-                let Some(front) = self.out.front_mut() else { break };
+                let Some(front) = self.out.front_mut() else {
+                    break;
+                };
                 if front.len() <= left {
                     left -= front.len();
                     self.out.pop_front();

@@ -116,13 +116,15 @@ impl Server {
             .map_err(|e| format!("cannot resolve {what}: {e}"))?
             .next()
             .ok_or_else(|| format!("cannot resolve {what}: no address"))?;
-        let mut listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {what}: {e}"))?;
+        let mut listener =
+            TcpListener::bind(addr).map_err(|e| format!("cannot listen on {what}: {e}"))?;
         let local_addr = listener.local_addr().map_err(|e| e.to_string())?;
         let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(|e| e.to_string())?;
-        let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        let mut signals = Signals::new([SIGINT, SIGTERM])
+            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(|e| e.to_string())?;
@@ -230,7 +232,9 @@ impl Server {
 
     fn accept(&mut self, now: Instant) {
         loop {
-            let Some(listener) = &self.listener else { return };
+            let Some(listener) = &self.listener else {
+                return;
+            };
             match listener.accept() {
                 Ok((stream, _)) => {
                     self.accept_paused = false;
@@ -240,7 +244,9 @@ impl Server {
                     self.accept_paused = false;
                     return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(e)
+                    if e.kind() == io::ErrorKind::Interrupted
+                        || e.kind() == io::ErrorKind::ConnectionAborted => {}
                 Err(e) => {
                     // EMFILE/ENFILE/ENOMEM: the pending connection stays in the
                     // backlog. Try again when a connection closes or at the next
@@ -270,7 +276,11 @@ impl Server {
         if self
             .poll
             .registry()
-            .register(&mut stream, Token(slot), Interest::READABLE | Interest::WRITABLE)
+            .register(
+                &mut stream,
+                Token(slot),
+                Interest::READABLE | Interest::WRITABLE,
+            )
             .is_err()
         {
             return;
@@ -311,10 +321,12 @@ impl Server {
             let _ = self.poll.registry().deregister(&mut listener);
         }
         for slot in 0..self.conns.capacity() {
-            let Some(conn) = self.conns.get_mut(slot) else { continue };
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
             match &mut conn.state {
                 State::Ws(_) => self.close_ws(slot, close::GOING_AWAY, "Server shutting down", now),
-                State::Http(h) if h.is_idle() && h.io.queued() == 0 => self.to_closing(slot, now),
+                State::Http(h) if h.is_idle() && h.io.queued() == 0 => self.begin_close(slot, now),
                 State::Http(h) => h.keep_alive = false,
                 _ => {}
             }
@@ -323,7 +335,9 @@ impl Server {
     }
 
     fn on_ready(&mut self, slot: usize, now: Instant) {
-        let Some(conn) = self.conns.get_mut(slot) else { return };
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
         match &mut conn.state {
             State::Http(_) => self.drive_http(slot, now),
             State::Ws(_) => self.drive_ws(slot, now),
@@ -343,7 +357,11 @@ impl Server {
         let Some(id) = self.conn_id(slot) else { return };
         let mut budget = WORK_PER_TURN;
         loop {
-            let Some(Conn { state: State::Http(h), .. }) = self.conns.get_mut(slot) else {
+            let Some(Conn {
+                state: State::Http(h),
+                ..
+            }) = self.conns.get_mut(slot)
+            else {
                 return;
             };
             if h.waiting || !h.keep_alive || h.io.queued() > HTTP_OUT_HIGH {
@@ -380,7 +398,11 @@ impl Server {
                         h.inbuf = Vec::new();
                     }
                     let outcome = self.app.handle_http(req, id, now, &mut sink!(self));
-                    let Some(Conn { state: State::Http(h), .. }) = self.conns.get_mut(slot) else {
+                    let Some(Conn {
+                        state: State::Http(h),
+                        ..
+                    }) = self.conns.get_mut(slot)
+                    else {
                         return;
                     };
                     h.served += 1;
@@ -394,7 +416,9 @@ impl Server {
                             h.waiting = true;
                             h.waiting_keep_alive = keep_alive;
                         }
-                        HttpOutcome::Upgrade(upgrade) => return self.upgrade(slot, id, upgrade, now),
+                        HttpOutcome::Upgrade(upgrade) => {
+                            return self.upgrade(slot, id, upgrade, now)
+                        }
                     }
                     budget -= 1;
                     if budget == 0 {
@@ -410,7 +434,11 @@ impl Server {
 
     /// Moves an HTTP connection that has nothing more to do to closing.
     fn maybe_finish_http(&mut self, slot: usize, now: Instant) {
-        let Some(Conn { state: State::Http(h), .. }) = self.conns.get_mut(slot) else {
+        let Some(Conn {
+            state: State::Http(h),
+            ..
+        }) = self.conns.get_mut(slot)
+        else {
             return;
         };
         if h.waiting {
@@ -418,12 +446,14 @@ impl Server {
         }
         let done = !h.keep_alive || (h.peer_eof && (h.is_idle() || !h.parser.is_idle()));
         if done {
-            self.to_closing(slot, now);
+            self.begin_close(slot, now);
         }
     }
 
-    fn to_closing(&mut self, slot: usize, now: Instant) {
-        let Some(conn) = self.conns.get_mut(slot) else { return };
+    fn begin_close(&mut self, slot: usize, now: Instant) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
         let io = match std::mem::replace(&mut conn.state, State::Moving) {
             State::Http(h) => h.io,
             State::Ws(w) => w.ws.into_inner(),
@@ -442,7 +472,9 @@ impl Server {
     }
 
     fn upgrade(&mut self, slot: usize, id: ConnId, upgrade: Upgrade, now: Instant) {
-        let Some(conn) = self.conns.get_mut(slot) else { return };
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
         let State::Http(h) = std::mem::replace(&mut conn.state, State::Moving) else {
             return;
         };
@@ -477,7 +509,11 @@ impl Server {
     fn drive_ws(&mut self, slot: usize, now: Instant) {
         let Some(id) = self.conn_id(slot) else { return };
         for _ in 0..WORK_PER_TURN {
-            let Some(Conn { state: State::Ws(w), .. }) = self.conns.get_mut(slot) else {
+            let Some(Conn {
+                state: State::Ws(w),
+                ..
+            }) = self.conns.get_mut(slot)
+            else {
                 return;
             };
             let result = w.ws.read();
@@ -488,17 +524,21 @@ impl Server {
             let session = w.session.clone();
             self.dirty.push(slot);
             match result {
-                Ok(Message::Text(text)) => self.app.ws_text(id, &session, text.as_str(), now, &mut sink!(self)),
+                Ok(Message::Text(text)) => {
+                    self.app
+                        .ws_text(id, &session, text.as_str(), now, &mut sink!(self))
+                }
                 Ok(Message::Binary(_)) => self.app.ws_binary(id, &mut sink!(self)),
                 // Pings are answered by tungstenite (the pong is queued in the
                 // transport); a client's close is answered by the next read.
-                Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_)) => {}
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_)) => {
+                }
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(tungstenite::Error::ConnectionClosed) => {
                     // Our close reply is queued: flush it, then let go.
                     self.app.ws_closed(id, &session, now);
-                    return self.to_closing(slot, now);
+                    return self.begin_close(slot, now);
                 }
                 Err(tungstenite::Error::Capacity(_)) => {
                     return self.close_ws(slot, close::TOO_BIG, "Message too big", now)
@@ -506,9 +546,9 @@ impl Server {
                 Err(tungstenite::Error::Utf8(_)) => {
                     return self.close_ws(slot, close::INVALID_PAYLOAD, "Invalid UTF-8", now)
                 }
-                Err(tungstenite::Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)) => {
-                    return self.drop_conn(slot, now)
-                }
+                Err(tungstenite::Error::Protocol(
+                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                )) => return self.drop_conn(slot, now),
                 Err(tungstenite::Error::Protocol(_)) => {
                     return self.close_ws(slot, close::PROTOCOL_ERROR, "Protocol error", now)
                 }
@@ -528,7 +568,9 @@ impl Server {
     }
 
     fn drop_conn(&mut self, slot: usize, now: Instant) {
-        let Some(mut conn) = self.conns.remove(slot) else { return };
+        let Some(mut conn) = self.conns.remove(slot) else {
+            return;
+        };
         if let State::Ws(w) = &conn.state {
             let id = ConnId {
                 slot,
@@ -567,7 +609,9 @@ impl Server {
         dirty.sort_unstable();
         dirty.dedup();
         for &slot in &dirty {
-            let Some(conn) = self.conns.get_mut(slot) else { continue };
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
             let result = match &mut conn.state {
                 State::Closing(c) => {
                     if c.advance() {
@@ -592,8 +636,15 @@ impl Server {
                     // An HTTP connection that stopped parsing because its
                     // output was backed up can go on now.
                     if drained {
-                        if let Some(Conn { state: State::Http(h), .. }) = self.conns.get_mut(slot) {
-                            if !h.waiting && h.keep_alive && (!h.inbuf.is_empty() || !h.parser.is_idle()) {
+                        if let Some(Conn {
+                            state: State::Http(h),
+                            ..
+                        }) = self.conns.get_mut(slot)
+                        {
+                            if !h.waiting
+                                && h.keep_alive
+                                && (!h.inbuf.is_empty() || !h.parser.is_idle())
+                            {
                                 self.retry.push(slot);
                             }
                         }
@@ -617,7 +668,9 @@ impl Server {
         }
         let l = self.limits.clone();
         for slot in 0..self.conns.capacity() {
-            let Some(conn) = self.conns.get_mut(slot) else { continue };
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
             let action = match &mut conn.state {
                 State::Http(h) => http_timer(h, now, &l),
                 State::Ws(w) => {
@@ -639,16 +692,22 @@ impl Server {
             match action {
                 TimerAction::None => {}
                 TimerAction::Drop => self.drop_conn(slot, now),
-                TimerAction::CloseWsIdle => self.close_ws(slot, close::GOING_AWAY, "Idle timeout", now),
+                TimerAction::CloseWsIdle => {
+                    self.close_ws(slot, close::GOING_AWAY, "Idle timeout", now)
+                }
                 TimerAction::RequestTimeout => {
-                    if let Some(Conn { state: State::Http(h), .. }) = self.conns.get_mut(slot) {
+                    if let Some(Conn {
+                        state: State::Http(h),
+                        ..
+                    }) = self.conns.get_mut(slot)
+                    {
                         let resp = Response::detail(408, "Request Timeout");
                         h.io.push(Bytes::from(resp.encode(false)));
                         h.keep_alive = false;
                     }
-                    self.to_closing(slot, now);
+                    self.begin_close(slot, now);
                 }
-                TimerAction::CloseQuietly => self.to_closing(slot, now),
+                TimerAction::CloseQuietly => self.begin_close(slot, now),
             }
         }
     }
@@ -707,7 +766,13 @@ fn read_some(io: &mut Transport, inbuf: &mut Vec<u8>) -> ReadResult {
 
 /// Turns the WebSocket in `slot` into a closing connection that sends
 /// `code`. Returns the client's id and session for the core to forget.
-fn close_ws_conn(conns: &mut Slab, slot: usize, code: u16, reason: &str, now: Instant) -> Option<(ConnId, Rc<str>)> {
+fn close_ws_conn(
+    conns: &mut Slab,
+    slot: usize,
+    code: u16,
+    reason: &str,
+    now: Instant,
+) -> Option<(ConnId, Rc<str>)> {
     let conn = conns.get_mut(slot)?;
     if !matches!(conn.state, State::Ws(_)) {
         return None;
@@ -761,7 +826,9 @@ use sink;
 
 impl ConnSink<'_> {
     fn live(&mut self, to: ConnId) -> Option<&mut Conn> {
-        self.conns.get_mut(to.slot).filter(|c| c.serial == to.serial)
+        self.conns
+            .get_mut(to.slot)
+            .filter(|c| c.serial == to.serial)
     }
 }
 
@@ -769,11 +836,22 @@ impl Sink for ConnSink<'_> {
     fn send(&mut self, to: ConnId, frame: &Bytes) {
         let max = self.max_ws_output;
         let Some(conn) = self.live(to) else { return };
-        let State::Ws(w) = &mut conn.state else { return };
+        let State::Ws(w) = &mut conn.state else {
+            return;
+        };
         let io = w.ws.get_mut();
-        if io.queued() + frame.len() > max {
+        // Over the bound before this frame: a client that is keeping up may
+        // still get one frame larger than the bound (a long reply's `done`),
+        // so the most a client can hold is the bound plus one frame.
+        if io.queued() > max {
             let now = self.now;
-            if let Some(gone) = close_ws_conn(self.conns, to.slot, close::POLICY, "Output buffer full", now) {
+            if let Some(gone) = close_ws_conn(
+                self.conns,
+                to.slot,
+                close::POLICY,
+                "Output buffer full",
+                now,
+            ) {
                 self.gone_ws.push(gone);
             }
         } else {
@@ -784,7 +862,9 @@ impl Sink for ConnSink<'_> {
 
     fn respond(&mut self, to: ConnId, response: Response) {
         let Some(conn) = self.live(to) else { return };
-        let State::Http(h) = &mut conn.state else { return };
+        let State::Http(h) = &mut conn.state else {
+            return;
+        };
         if !h.waiting {
             return;
         }

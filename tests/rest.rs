@@ -1,0 +1,331 @@
+//! Every REST endpoint and error of the contract, against the real binary,
+//! with auth off and on.
+
+mod common;
+use common::*;
+use serde_json::json;
+
+#[test]
+fn health() {
+    let s = Server::start(&[]);
+    let r = s.get("/api/health");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        r.json(),
+        json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")})
+    );
+}
+
+#[test]
+fn sessions_create_list_history_delete() {
+    let s = Server::start(&[]);
+    let a = s.request("POST", "/api/sessions", Some("{\"ignored\": true"), &[]);
+    assert_eq!(a.status, 201);
+    let a = a.json();
+    let id = a["id"].as_str().unwrap().to_owned();
+    assert!(
+        id.len() == 32
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
+    assert_eq!(a["message_count"], 0);
+    let created = a["created_at"].as_str().unwrap();
+    // 2026-02-16T09:30:12.123456Z
+    assert_eq!(created.len(), 27);
+    assert_eq!(&created[10..11], "T");
+    assert_eq!(&created[19..20], ".");
+    assert!(created.ends_with('Z'));
+
+    let b = s.post("/api/sessions", "").json();
+    let list = s.get("/api/sessions");
+    assert_eq!(list.status, 200);
+    assert_eq!(list.json(), json!([a, b]), "creation order");
+
+    let h = s.get(&format!("/api/sessions/{id}/history"));
+    assert_eq!(
+        (h.status, h.json()),
+        (200, json!({"session_id": id, "messages": []}))
+    );
+
+    let d = s.request("DELETE", &format!("/api/sessions/{id}"), None, &[]);
+    assert_eq!(d.status, 204);
+    assert!(d.body.is_empty());
+    let d = s.request("DELETE", &format!("/api/sessions/{id}"), None, &[]);
+    assert_eq!(
+        (d.status, d.json()),
+        (404, json!({"detail": "Session not found"}))
+    );
+    let h = s.get(&format!("/api/sessions/{id}/history"));
+    assert_eq!(
+        (h.status, h.json()),
+        (404, json!({"detail": "Session not found"}))
+    );
+    assert_eq!(s.get("/api/sessions").json(), json!([b]));
+}
+
+#[test]
+fn chat_turns_and_history() {
+    let s = Server::start(&[]);
+    let r = s.post("/api/chat", r#"{"content":"hello big world"}"#);
+    assert_eq!(r.status, 200);
+    let body = r.json();
+    assert_eq!(body["content"], "hello big world");
+    let id = body["session_id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 32);
+    // Exactly the two fields, in the original's order.
+    assert!(String::from_utf8_lossy(&r.body).starts_with(r#"{"session_id":"#));
+
+    let r = s.post(
+        "/api/chat",
+        &json!({"content": "second", "session_id": id}).to_string(),
+    );
+    assert_eq!(r.json(), json!({"session_id": id, "content": "second"}));
+    for none in [json!(null), json!("")] {
+        let r = s
+            .post(
+                "/api/chat",
+                &json!({"content": "x", "session_id": none}).to_string(),
+            )
+            .json();
+        assert_ne!(r["session_id"], json!(id));
+        assert_eq!(r["session_id"].as_str().unwrap().len(), 32);
+    }
+    let r = s
+        .post(
+            "/api/chat",
+            r#"{"content":"mine","session_id":"my-session.1"}"#,
+        )
+        .json();
+    assert_eq!(r["session_id"], "my-session.1");
+
+    let h = s.get(&format!("/api/sessions/{id}/history")).json();
+    let msgs = h["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 4);
+    assert_eq!(msgs[0]["kind"], "request");
+    assert_eq!(
+        msgs[0]["parts"][0],
+        json!({"part_kind": "user-prompt", "content": "hello big world", "timestamp": msgs[0]["parts"][0]["timestamp"]})
+    );
+    assert_eq!(msgs[1]["kind"], "response");
+    assert_eq!(
+        msgs[1]["parts"],
+        json!([{"part_kind": "text", "content": "hello big world"}])
+    );
+    assert_eq!(msgs[1]["model_name"], "echo");
+    assert!(msgs[1]["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(msgs[3]["parts"][0]["content"], "second");
+
+    let list = s.get("/api/sessions").json();
+    let info = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == json!(id))
+        .unwrap();
+    assert_eq!(info["message_count"], 4);
+}
+
+#[test]
+fn chat_validation_errors() {
+    let s = Server::start(&[]);
+    let r = s.post("/api/chat", "");
+    assert_eq!(r.status, 422);
+    assert_eq!(
+        r.json(),
+        json!({"detail": [{"type": "missing", "loc": ["body"], "msg": "Field required", "input": null}]})
+    );
+    let r = s.post("/api/chat", r#"{"content": 42}"#);
+    assert_eq!(r.status, 422);
+    assert_eq!(
+        r.json(),
+        json!({"detail": [{"type": "string_type", "loc": ["body", "content"], "msg": "Input should be a valid string", "input": 42}]})
+    );
+    let r = s.post("/api/chat", r#"{"session_id": "x"}"#);
+    assert_eq!(r.status, 422);
+    assert_eq!(r.json()["detail"][0]["loc"], json!(["body", "content"]));
+    let r = s.post("/api/chat", "{not json");
+    assert_eq!(r.status, 422);
+    assert_eq!(r.json()["detail"][0]["type"], "json_invalid");
+    // Parsed as JSON whatever the Content-Type says.
+    let r = s.request(
+        "POST",
+        "/api/chat",
+        Some(r#"{"content":"typed"}"#),
+        &[("Content-Type", "text/plain")],
+    );
+    assert_eq!(
+        (r.status, r.json()["content"].clone()),
+        (200, json!("typed"))
+    );
+    let r = s.post("/api/chat", r#"{"content":"x","session_id":"bad id!"}"#);
+    assert_eq!(
+        (r.status, r.json()),
+        (400, json!({"detail": "Invalid session id"}))
+    );
+}
+
+#[test]
+fn not_found_method_not_allowed_and_invalid_ids() {
+    let s = Server::start(&[]);
+    for path in [
+        "/",
+        "/api",
+        "/api/unknown",
+        "/api/sessions/x/y/z",
+        "/docs",
+        "/openapi.json",
+    ] {
+        let r = s.get(path);
+        assert_eq!(
+            (r.status, r.json()),
+            (404, json!({"detail": "Not Found"})),
+            "{path}"
+        );
+    }
+    for (method, path, allow) in [
+        ("POST", "/api/health", "GET"),
+        ("DELETE", "/api/sessions", "GET, POST"),
+        ("GET", "/api/sessions/abc", "DELETE"),
+        ("DELETE", "/api/sessions/abc/history", "GET"),
+        ("GET", "/api/chat", "POST"),
+    ] {
+        let r = s.request(method, path, None, &[]);
+        assert_eq!(
+            (r.status, r.json()),
+            (405, json!({"detail": "Method Not Allowed"})),
+            "{method} {path}"
+        );
+        assert_eq!(r.header("allow"), Some(allow));
+    }
+    let long = "a".repeat(129);
+    for path in [
+        "/api/sessions/a%20b/history".to_string(),
+        format!("/api/sessions/{long}/history"),
+    ] {
+        let r = s.get(&path);
+        assert_eq!(
+            (r.status, r.json()),
+            (400, json!({"detail": "Invalid session id"}))
+        );
+    }
+    let r = s.request("DELETE", "/api/sessions/%24x", None, &[]);
+    assert_eq!(r.status, 400);
+}
+
+#[test]
+fn auth_on() {
+    let s = Server::start_with_env(&[], &[("AUTOPOIESIS_API_KEY", "s3cret")]);
+    let unauthorized = json!({"detail": "Invalid or missing API key"});
+    // Health stays open.
+    assert_eq!(s.get("/api/health").status, 200);
+    // 401 comes before 404 (unknown session), 422 (bad body) and 400 (bad id).
+    for (method, path, body) in [
+        ("POST", "/api/sessions", None),
+        ("GET", "/api/sessions", None),
+        ("GET", "/api/sessions/nope/history", None),
+        ("DELETE", "/api/sessions/nope", None),
+        ("POST", "/api/chat", Some("garbage")),
+        ("GET", "/api/sessions/bad%20id/history", None),
+    ] {
+        for headers in [
+            &[][..],
+            &[("X-API-Key", "wrong")],
+            &[("X-API-Key", "s3cre")],
+            &[("x-api-key", "S3CRET")],
+        ] {
+            let r = s.request(method, path, body, headers);
+            assert_eq!(
+                (r.status, r.json()),
+                (401, unauthorized.clone()),
+                "{method} {path} {headers:?}"
+            );
+            assert!(!String::from_utf8_lossy(&r.body).contains("s3cret"));
+        }
+    }
+    // An unknown path is 404 with or without the key.
+    assert_eq!(s.get("/api/nope").status, 404);
+    assert_eq!(
+        s.request("GET", "/api/nope", None, &[("X-API-Key", "s3cret")])
+            .status,
+        404
+    );
+    // With the key everything works; the header name is case-insensitive.
+    let key = [("x-api-key", "s3cret")];
+    let created = s.request("POST", "/api/sessions", None, &key);
+    assert_eq!(created.status, 201);
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(s.request("GET", "/api/sessions", None, &key).status, 200);
+    assert_eq!(
+        s.request("GET", "/api/sessions/nope/history", None, &key)
+            .status,
+        404
+    );
+    assert_eq!(
+        s.request("POST", "/api/chat", Some("garbage"), &key).status,
+        422
+    );
+    let r = s.request(
+        "POST",
+        "/api/chat",
+        Some(&json!({"content": "hi", "session_id": id}).to_string()),
+        &key,
+    );
+    assert_eq!(r.json(), json!({"session_id": id, "content": "hi"}));
+    assert_eq!(
+        s.request("GET", &format!("/api/sessions/{id}/history"), None, &key)
+            .status,
+        200
+    );
+    assert_eq!(
+        s.request("DELETE", &format!("/api/sessions/{id}"), None, &key)
+            .status,
+        204
+    );
+    // Never from the query string.
+    assert_eq!(
+        s.get("/api/sessions?api_key=s3cret&x_api_key=s3cret&key=s3cret")
+            .status,
+        401
+    );
+}
+
+#[test]
+fn empty_api_key_env_means_auth_off() {
+    let s = Server::start_with_env(&[], &[("AUTOPOIESIS_API_KEY", "")]);
+    assert_eq!(s.get("/api/sessions").status, 200);
+}
+
+#[test]
+fn session_cap_is_503() {
+    let s = Server::start(&["--max-sessions", "2"]);
+    assert_eq!(s.post("/api/sessions", "").status, 201);
+    assert_eq!(s.post("/api/chat", r#"{"content":"x"}"#).status, 200);
+    let r = s.post("/api/sessions", "");
+    assert_eq!(
+        (r.status, r.json()),
+        (503, json!({"detail": "Too many sessions"}))
+    );
+    assert_eq!(s.post("/api/chat", r#"{"content":"x"}"#).status, 503);
+}
+
+#[test]
+fn stale_sessions_are_swept() {
+    let s = Server::start(&["--session-ttl", "1"]);
+    let id = s.post("/api/sessions", "").json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Bounded wait for the sweep (every TTL second); no fixed sleep decides the result.
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    loop {
+        // Listing does not count as activity on a session (reading its history would).
+        if s.get("/api/sessions").json() == json!([]) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "session never swept");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(s.get(&format!("/api/sessions/{id}/history")).status, 404);
+}
