@@ -19,6 +19,7 @@
 //! | [`events`] | server → client event JSON, framed once for all subscribers | [`sessions`], [`api`] |
 //! | [`sink`] | [`sink::ConnId`] and the [`sink::Sink`] trait the core answers through | [`api`], [`turns`], [`reactor`] |
 //! | [`clock`] | RFC 3339 timestamps, random session ids | [`sessions`], [`turns`] |
+//! | [`fuzzing`] | fuzz harnesses, shared by `fuzz/` and the corpus replay test | `fuzz/` targets, `tests/fuzz_corpus.rs` |
 //! | [`reactor`] | the mio loop: listener, connection slab, timers, signals | `main` |
 
 pub mod api;
@@ -26,6 +27,7 @@ pub mod clock;
 pub mod config;
 pub mod echo;
 pub mod events;
+pub mod fuzzing;
 pub mod http;
 pub mod reactor;
 pub mod sessions;

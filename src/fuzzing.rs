@@ -1,0 +1,119 @@
+//! Harnesses shared by the `fuzz/` targets and by the corpus replay test
+//! (`tests/fuzz_corpus.rs`), so `cargo test` checks every corpus file with
+//! exactly the code the fuzzer runs. Each harness panics on a finding.
+
+use crate::http::chunked::{ChunkError, ChunkedDecoder};
+use crate::http::{ParserLimits, Progress, RequestParser};
+
+const LIMITS: ParserLimits = ParserLimits {
+    max_head: 4096,
+    max_body: 8192,
+};
+
+/// A request parser's decisions, comparable across splits.
+#[derive(Debug, PartialEq, Eq)]
+enum Decision {
+    Continue,
+    Request { method: String, path: String, body_len: usize },
+    Reject(u16),
+}
+
+/// Feeds `data` to a parser in pieces of at most `step` bytes, buffering
+/// unconsumed input as the connection does, and records every decision.
+fn decisions(data: &[u8], step: usize) -> Vec<Decision> {
+    let mut parser = RequestParser::new(LIMITS);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut out = Vec::new();
+    for piece in data.chunks(step.max(1)) {
+        buf.extend_from_slice(piece);
+        loop {
+            let (used, progress) = parser.advance(&buf);
+            assert!(used <= buf.len(), "consumed more than it was given");
+            buf.drain(..used);
+            // Never holds more than a head plus one piece of unconsumed input.
+            assert!(buf.len() <= LIMITS.max_head + step, "unconsumed input grew to {}", buf.len());
+            match progress {
+                Progress::NeedMore => break,
+                Progress::SendContinue => out.push(Decision::Continue),
+                Progress::Request(r) => {
+                    assert!(r.body.len() <= LIMITS.max_body, "body over the limit");
+                    out.push(Decision::Request {
+                        method: r.head.method,
+                        path: r.head.path,
+                        body_len: r.body.len(),
+                    });
+                }
+                Progress::Reject(r) => {
+                    assert!(matches!(r.status, 400 | 413 | 431 | 501), "status {}", r.status);
+                    out.push(Decision::Reject(r.status));
+                    return out;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `http_request`: arbitrary bytes, fed whole and split at points the
+/// input chooses; never a panic, bounded memory, the same decisions.
+pub fn http_request(data: &[u8]) {
+    let whole = decisions(data, data.len());
+    let step = data.first().map_or(1, |&b| usize::from(b % 64) + 1);
+    for s in [1, step] {
+        assert_eq!(decisions(data, s), whole, "split every {s} bytes decides otherwise");
+    }
+}
+
+fn decode_chunked(data: &[u8], step: usize) -> (Result<bool, ChunkError>, Vec<u8>) {
+    let mut dec = ChunkedDecoder::new(LIMITS.max_body, LIMITS.max_head);
+    let mut body = Vec::new();
+    let mut pending = Vec::new();
+    for piece in data.chunks(step.max(1)) {
+        pending.extend_from_slice(piece);
+        match dec.decode(&pending, &mut body) {
+            Ok(used) => {
+                pending.drain(..used);
+            }
+            Err(e) => return (Err(e), body),
+        }
+        assert!(body.len() <= LIMITS.max_body);
+        if dec.is_done() {
+            break;
+        }
+    }
+    (Ok(dec.is_done()), body)
+}
+
+/// `chunked_body`: the chunked decoder alone, whole and split.
+pub fn chunked_body(data: &[u8]) {
+    let (whole, body) = decode_chunked(data, data.len());
+    let step = data.first().map_or(1, |&b| usize::from(b % 16) + 1);
+    for s in [1, step] {
+        let (split, split_body) = decode_chunked(data, s);
+        assert_eq!(split, whole, "split every {s} bytes decides otherwise");
+        if whole == Ok(true) {
+            assert_eq!(split_body, body);
+        }
+    }
+}
+
+/// `ws_handshake`: a request head through the parser, then the upgrade
+/// checks; the accept key, when given, is a 28-character base64 string.
+pub fn ws_handshake(data: &[u8]) {
+    let mut parser = RequestParser::new(LIMITS);
+    if let (_, Progress::Request(req)) = parser.advance(data) {
+        match crate::ws::check_handshake(&req.head) {
+            Ok(accept) => assert_eq!(accept.len(), 28),
+            Err(resp) => assert!(matches!(resp.status, 400 | 426)),
+        }
+    }
+}
+
+/// `ws_client_op`: a client text frame through the op parser.
+pub fn ws_client_op(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let crate::ws::ClientOp::Message(content) = crate::ws::parse_client_op(text) {
+            assert!(!content.is_empty());
+        }
+    }
+}
