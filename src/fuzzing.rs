@@ -14,7 +14,11 @@ const LIMITS: ParserLimits = ParserLimits {
 #[derive(Debug, PartialEq, Eq)]
 enum Decision {
     Continue,
-    Request { method: String, path: String, body_len: usize },
+    Request {
+        method: String,
+        path: String,
+        body_len: usize,
+    },
     Reject(u16),
 }
 
@@ -31,7 +35,11 @@ fn decisions(data: &[u8], step: usize) -> Vec<Decision> {
             assert!(used <= buf.len(), "consumed more than it was given");
             buf.drain(..used);
             // Never holds more than a head plus one piece of unconsumed input.
-            assert!(buf.len() <= LIMITS.max_head + step, "unconsumed input grew to {}", buf.len());
+            assert!(
+                buf.len() <= LIMITS.max_head + step,
+                "unconsumed input grew to {}",
+                buf.len()
+            );
             match progress {
                 Progress::NeedMore => break,
                 Progress::SendContinue => out.push(Decision::Continue),
@@ -44,7 +52,11 @@ fn decisions(data: &[u8], step: usize) -> Vec<Decision> {
                     });
                 }
                 Progress::Reject(r) => {
-                    assert!(matches!(r.status, 400 | 413 | 431 | 501), "status {}", r.status);
+                    assert!(
+                        matches!(r.status, 400 | 413 | 431 | 501),
+                        "status {}",
+                        r.status
+                    );
                     out.push(Decision::Reject(r.status));
                     return out;
                 }
@@ -60,7 +72,11 @@ pub fn http_request(data: &[u8]) {
     let whole = decisions(data, data.len());
     let step = data.first().map_or(1, |&b| usize::from(b % 64) + 1);
     for s in [1, step] {
-        assert_eq!(decisions(data, s), whole, "split every {s} bytes decides otherwise");
+        assert_eq!(
+            decisions(data, s),
+            whole,
+            "split every {s} bytes decides otherwise"
+        );
     }
 }
 

@@ -139,6 +139,8 @@ pub struct HttpConn {
     pub keep_alive: bool,
     /// The client has shut down its sending side.
     pub peer_eof: bool,
+    /// Parsing stopped because too much output is unsent; resume on drain.
+    pub stalled_on_output: bool,
     /// Requests answered on this connection so far.
     pub served: u64,
     /// When the current request's first byte arrived (or the connection
@@ -158,6 +160,7 @@ impl HttpConn {
             waiting_keep_alive: true,
             keep_alive: true,
             peer_eof: false,
+            stalled_on_output: false,
             served: 0,
             request_started: now,
             last_progress: now,

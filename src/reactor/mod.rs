@@ -64,6 +64,9 @@ pub struct Server {
     next_serial: u64,
     limits: Limits,
     ws_config: WebSocketConfig,
+    /// Scratch space for HTTP reads (copied into the connection's buffer,
+    /// so an idle connection holds no read buffer of its own).
+    read_buf: Box<[u8]>,
     /// Slots with output queued this iteration.
     dirty: Vec<usize>,
     /// HTTP connections whose deferred answer arrived: parse on.
@@ -148,6 +151,7 @@ impl Server {
             next_serial: 0,
             limits,
             ws_config,
+            read_buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
             dirty: Vec::new(),
             wake: Vec::new(),
             gone_ws: Vec::new(),
@@ -364,27 +368,33 @@ impl Server {
             else {
                 return;
             };
-            if h.waiting || !h.keep_alive || h.io.queued() > HTTP_OUT_HIGH {
+            if h.waiting || !h.keep_alive {
+                break;
+            }
+            if h.io.queued() > HTTP_OUT_HIGH {
+                h.stalled_on_output = true;
                 break;
             }
             let was_idle = h.parser.is_idle() && h.inbuf.is_empty();
             let (used, progress) = h.parser.advance(&h.inbuf);
             h.inbuf.drain(..used);
             match progress {
-                Progress::NeedMore => match read_some(&mut h.io, &mut h.inbuf) {
-                    ReadResult::Data => {
-                        h.last_progress = now;
-                        if was_idle {
-                            h.request_started = now;
+                Progress::NeedMore => {
+                    match read_some(&mut h.io, &mut h.inbuf, &mut self.read_buf) {
+                        ReadResult::Data => {
+                            h.last_progress = now;
+                            if was_idle {
+                                h.request_started = now;
+                            }
                         }
+                        ReadResult::WouldBlock => break,
+                        ReadResult::Eof => {
+                            h.peer_eof = true;
+                            break;
+                        }
+                        ReadResult::Error => return self.drop_conn(slot, now),
                     }
-                    ReadResult::WouldBlock => break,
-                    ReadResult::Eof => {
-                        h.peer_eof = true;
-                        break;
-                    }
-                    ReadResult::Error => return self.drop_conn(slot, now),
-                },
+                }
                 Progress::SendContinue => h.io.push(Bytes::from_static(response::CONTINUE)),
                 Progress::Reject(reject) => {
                     let resp = Response::detail(reject.status, reject.detail);
@@ -444,8 +454,9 @@ impl Server {
         if h.waiting {
             return;
         }
-        let done = !h.keep_alive || (h.peer_eof && (h.is_idle() || !h.parser.is_idle()));
-        if done {
+        // At EOF everything parseable has been parsed (reading comes last),
+        // so what is left can never complete.
+        if !h.keep_alive || h.peer_eof {
             self.begin_close(slot, now);
         }
     }
@@ -635,18 +646,14 @@ impl Server {
                 Ok(drained) => {
                     // An HTTP connection that stopped parsing because its
                     // output was backed up can go on now.
-                    if drained {
-                        if let Some(Conn {
-                            state: State::Http(h),
-                            ..
-                        }) = self.conns.get_mut(slot)
-                        {
-                            if !h.waiting
-                                && h.keep_alive
-                                && (!h.inbuf.is_empty() || !h.parser.is_idle())
-                            {
-                                self.retry.push(slot);
-                            }
+                    if let Some(Conn {
+                        state: State::Http(h),
+                        ..
+                    }) = self.conns.get_mut(slot)
+                    {
+                        if drained && h.stalled_on_output {
+                            h.stalled_on_output = false;
+                            self.retry.push(slot);
                         }
                     }
                 }
@@ -748,10 +755,9 @@ enum ReadResult {
     Error,
 }
 
-fn read_some(io: &mut Transport, inbuf: &mut Vec<u8>) -> ReadResult {
-    let mut chunk = [0u8; READ_CHUNK];
+fn read_some(io: &mut Transport, inbuf: &mut Vec<u8>, chunk: &mut [u8]) -> ReadResult {
     loop {
-        match io.tcp.read(&mut chunk) {
+        match io.tcp.read(chunk) {
             Ok(0) => return ReadResult::Eof,
             Ok(n) => {
                 inbuf.extend_from_slice(&chunk[..n]);
