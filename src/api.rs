@@ -61,13 +61,18 @@ enum Route {
     Session(String),
     History(String),
     Chat,
-    Ws(String),
+}
+
+/// What a request path names: a REST route or the WebSocket endpoint.
+enum Target {
+    Rest(Route),
+    WebSocket(String),
 }
 
 impl Route {
     fn allowed(&self) -> &'static [&'static str] {
         match self {
-            Route::Health | Route::History(_) | Route::Ws(_) => &["GET"],
+            Route::Health | Route::History(_) => &["GET"],
             Route::Sessions => &["GET", "POST"],
             Route::Session(_) => &["DELETE"],
             Route::Chat => &["POST"],
@@ -129,12 +134,11 @@ impl App {
         sink: &mut dyn Sink,
     ) -> HttpOutcome {
         let path = percent_decode(&req.head.path);
-        let Some(route) = route(&path) else {
-            return HttpOutcome::Respond(Response::detail(404, "Not Found"));
+        let route = match route(&path) {
+            Some(Target::Rest(route)) => route,
+            Some(Target::WebSocket(id)) => return self.upgrade(&req, id, now),
+            None => return HttpOutcome::Respond(Response::detail(404, "Not Found")),
         };
-        if let Route::Ws(id) = route {
-            return self.upgrade(&req, id, now);
-        }
         if !route.allowed().contains(&req.head.method.as_str()) {
             let allow = route.allowed().join(", ");
             return HttpOutcome::Respond(
@@ -169,7 +173,6 @@ impl App {
                 }
             }
             Route::Chat => return self.chat(&req.body, from, now),
-            Route::Ws(_) => unreachable_route(),
         };
         HttpOutcome::Respond(response)
     }
@@ -379,10 +382,6 @@ impl App {
     }
 }
 
-fn unreachable_route() -> Response {
-    Response::detail(500, "Internal Server Error")
-}
-
 fn invalid_id() -> Response {
     Response::detail(400, "Invalid session id")
 }
@@ -402,7 +401,7 @@ pub fn key_matches(candidate: &[u8], key: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-fn route(path: &str) -> Option<Route> {
+fn route(path: &str) -> Option<Target> {
     let rest = path.strip_prefix("/api/")?;
     let segments: Vec<&str> = rest.split('/').collect();
     let route = match segments.as_slice() {
@@ -411,10 +410,10 @@ fn route(path: &str) -> Option<Route> {
         ["chat"] => Route::Chat,
         ["sessions", id] if !id.is_empty() => Route::Session((*id).to_owned()),
         ["sessions", id, "history"] if !id.is_empty() => Route::History((*id).to_owned()),
-        ["ws", id] if !id.is_empty() => Route::Ws((*id).to_owned()),
+        ["ws", id] if !id.is_empty() => return Some(Target::WebSocket((*id).to_owned())),
         _ => return None,
     };
-    Some(route)
+    Some(Target::Rest(route))
 }
 
 /// `%XX` decoding of a request path (as ASGI servers hand it to FastAPI);

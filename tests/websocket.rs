@@ -380,7 +380,10 @@ fn silent_clients_are_pinged() {
     let mut a = s.ws("/api/ws/p");
     // The client is silent, so the first frame it gets is the server's ping.
     let first = a.read().expect("a frame");
-    assert!(matches!(first, Message::Ping(_)), "expected a ping, got {first:?}");
+    assert!(
+        matches!(first, Message::Ping(_)),
+        "expected a ping, got {first:?}"
+    );
 }
 
 #[test]
