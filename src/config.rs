@@ -153,20 +153,19 @@ where
     if let Some(host) = env("AUTOPOIESIS_HOST").filter(|h| !h.is_empty()) {
         config.host = host;
     }
-    if let Some(port) = env("AUTOPOIESIS_PORT").filter(|p| !p.is_empty()) {
-        config.port = port
-            .parse()
-            .map_err(|_| UsageError(format!("invalid AUTOPOIESIS_PORT '{port}'")))?;
-    }
     config.api_key = env("AUTOPOIESIS_API_KEY").filter(|k| !k.is_empty());
 
+    let mut port_flag = false;
     let l = &mut config.limits;
     while let Some(arg) = parser.next().map_err(usage)? {
         match arg {
             Long("help") | Short('h') => return Ok(Command::Help(SERVE_HELP)),
             Long("version") | Short('V') => return Ok(Command::Version),
             Long("host") => config.host = parser.value().map_err(usage)?.string().map_err(usage)?,
-            Long("port") => config.port = number(&mut parser, "--port")?,
+            Long("port") => {
+                config.port = number(&mut parser, "--port")?;
+                port_flag = true;
+            }
             Long("max-head-bytes") => l.max_head_bytes = positive(&mut parser, "--max-head-bytes")?,
             Long("max-body-bytes") => l.max_body_bytes = number(&mut parser, "--max-body-bytes")?,
             Long("max-ws-message-bytes") => {
@@ -197,6 +196,14 @@ where
                 l.ws_idle_timeout = seconds(&mut parser, "--ws-idle-timeout")?
             }
             other => return Err(usage(other.unexpected())),
+        }
+    }
+    // Checked only when no flag overrides it: flags win over the environment.
+    if !port_flag {
+        if let Some(port) = env("AUTOPOIESIS_PORT").filter(|p| !p.is_empty()) {
+            config.port = port
+                .parse()
+                .map_err(|_| UsageError(format!("invalid AUTOPOIESIS_PORT '{port}'")))?;
         }
     }
     Ok(Command::Serve(config))
@@ -269,6 +276,9 @@ mod tests {
         assert_eq!((c.host.as_str(), c.port), ("0.0.0.0", 9000));
         let c = serve(&["serve", "--host", "::1", "--port=0"], &env);
         assert_eq!((c.host.as_str(), c.port), ("::1", 0));
+        // A bad value in the environment does not matter when a flag overrides it.
+        let c = serve(&["serve", "--port", "1234"], &[("AUTOPOIESIS_PORT", "nope")]);
+        assert_eq!(c.port, 1234);
     }
 
     #[test]

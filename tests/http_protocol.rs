@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 /// reset), with no byte before it. Bounded by the socket's read timeout.
 fn assert_eof(s: &mut TcpStream, what: &str) {
     let mut buf = [0u8; 256];
-    match s.read(&mut buf) {
+    match NoEintr(s).read(&mut buf) {
         Ok(0) => {}
         Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
         Ok(n) => panic!(
@@ -29,7 +29,7 @@ fn assert_eof(s: &mut TcpStream, what: &str) {
 fn assert_still_open(s: &mut TcpStream, wait: Duration) {
     s.set_read_timeout(Some(wait)).unwrap();
     let mut buf = [0u8; 64];
-    match s.read(&mut buf) {
+    match NoEintr(s).read(&mut buf) {
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
         Ok(0) => panic!("the server closed a connection that should stay open"),
         Ok(n) => panic!("unexpected bytes: {:?}", String::from_utf8_lossy(&buf[..n])),

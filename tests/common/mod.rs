@@ -137,6 +137,25 @@ pub fn signal(child: &Child, sig: i32) {
 
 pub type Ws = WebSocket<TcpStream>;
 
+/// A reader that retries `EINTR`. A socket read with `SO_RCVTIMEO` set
+/// fails with EINTR (never restarted) whenever a signal is queued to the
+/// process, and a test binary that spawns short-lived servers from other
+/// threads gets SIGCHLDs: glibc's posix_spawn blocks every signal in the
+/// spawning thread until it returns, so an early-exiting child's SIGCHLD
+/// is queued and wakes whichever thread is blocked in a read.
+pub struct NoEintr<'a, R>(pub &'a mut R);
+
+impl<R: Read> Read for NoEintr<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.0.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
 pub fn raw_request(
     method: &str,
     path: &str,
@@ -186,6 +205,7 @@ impl HttpResponse {
 /// so that pipelined responses after it stay in the socket. None on EOF
 /// before any byte.
 pub fn read_response(s: &mut impl Read) -> Option<HttpResponse> {
+    let mut s = NoEintr(s);
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -229,17 +249,33 @@ pub fn read_response(s: &mut impl Read) -> Option<HttpResponse> {
 /// True when the server has closed `s` (EOF or reset) with nothing more to read.
 pub fn closed_by_server(s: &mut TcpStream) -> bool {
     let mut buf = [0u8; 64];
-    matches!(s.read(&mut buf), Ok(0))
-        || matches!(s.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    match NoEintr(s).read(&mut buf) {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    }
 }
 
 /// The next text frame as JSON, skipping pings and pongs.
 pub fn next_json(ws: &mut Ws) -> serde_json::Value {
     loop {
-        match ws.read().expect("a frame") {
+        match read_frame(ws).expect("a frame") {
             Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON text frame"),
             Message::Ping(_) | Message::Pong(_) => continue,
             other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// `ws.read()`, retried on EINTR (see [`NoEintr`]); tungstenite keeps a
+/// partial frame buffered, so calling again is safe.
+pub fn read_frame(ws: &mut Ws) -> Result<Message, tungstenite::Error> {
+    loop {
+        match ws.read() {
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => {
+                continue
+            }
+            other => return other,
         }
     }
 }
@@ -264,7 +300,7 @@ pub fn until_done(ws: &mut Ws) -> Vec<serde_json::Value> {
 /// The close frame's code, reading past anything before it.
 pub fn close_code(ws: &mut Ws) -> u16 {
     loop {
-        match ws.read() {
+        match read_frame(ws) {
             Ok(Message::Close(Some(frame))) => return frame.code.into(),
             Ok(Message::Close(None)) => return 1005,
             Ok(_) => continue,
