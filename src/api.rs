@@ -12,13 +12,14 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::events::{self, ErrorData};
-use crate::http::{Request, Response};
+use crate::http::{Head, Request, Response};
 use crate::sessions::{valid_session_id, SessionTable};
 use crate::sink::{ConnId, Sink};
 use crate::turns::{self, StepOutcome, Turn};
 use crate::ws::{self, ClientOp};
 
 pub const UNAUTHORIZED: &str = "Invalid or missing API key";
+pub const ORIGIN_NOT_ALLOWED: &str = "Origin not allowed";
 pub const APPROVAL_UNSUPPORTED: &str = "Deferred approvals are not supported in server mode yet.";
 const NOT_RUNNING: &str = "No turn is running";
 const TOO_MANY_SESSIONS: &str = "Too many sessions";
@@ -117,6 +118,33 @@ impl App {
             .map_or(SWEEP_EVERY, |ttl| ttl.min(SWEEP_EVERY))
     }
 
+    /// The Origin policy, against cross-site WebSocket hijacking and
+    /// cross-site requests (a page may POST `text/plain` to `/api/chat`
+    /// without a CORS preflight, and the body is parsed as JSON whatever its
+    /// type). Browsers send `Origin`; other clients do not. Allowed: no
+    /// `Origin`, the server's own origin (`Origin` authority = `Host`), or
+    /// one listed with `--allowed-origin`. With an API key set every origin
+    /// is allowed: a hostile page cannot know the key, and a browser UI on
+    /// another origin keeps working as with the original server.
+    fn origin_allowed(&self, head: &Head) -> bool {
+        if self.config.api_key.is_some() {
+            return true;
+        }
+        let Some(origin) = head.origin.as_deref() else {
+            return true;
+        };
+        if self
+            .config
+            .allowed_origins
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+        {
+            return true;
+        }
+        let authority = origin.split_once("://").map(|(_, a)| a);
+        matches!((authority, head.host.as_deref()), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+    }
+
     fn authorized(&self, candidate: Option<&[u8]>) -> bool {
         match (&self.config.api_key, candidate) {
             (None, _) => true,
@@ -144,6 +172,9 @@ impl App {
             return HttpOutcome::Respond(
                 Response::detail(405, "Method Not Allowed").with_header("allow", allow),
             );
+        }
+        if !matches!(route, Route::Health) && !self.origin_allowed(&req.head) {
+            return HttpOutcome::Respond(Response::detail(403, ORIGIN_NOT_ALLOWED));
         }
         if !matches!(route, Route::Health) && !self.authorized(req.head.api_key.as_deref()) {
             return HttpOutcome::Respond(Response::detail(401, UNAUTHORIZED));
@@ -238,6 +269,9 @@ impl App {
             Ok(accept) => accept,
             Err(response) => return HttpOutcome::Respond(response),
         };
+        if !self.origin_allowed(head) {
+            return HttpOutcome::Respond(Response::detail(403, ORIGIN_NOT_ALLOWED));
+        }
         let mut protocol = None;
         let authorized =
             self.config.api_key.is_none() || self.authorized(head.api_key.as_deref()) || {

@@ -14,6 +14,9 @@ pub struct Config {
     /// `AUTOPOIESIS_API_KEY` when set and non-empty. Only ever read from the
     /// environment: a flag would show the key in `ps` output.
     pub api_key: Option<String>,
+    /// Browser origins (`scheme://host[:port]`, or `*`) allowed besides the
+    /// server's own; see the Origin policy in [`crate::api`].
+    pub allowed_origins: Vec<String>,
     pub limits: Limits,
 }
 
@@ -59,6 +62,7 @@ impl Default for Config {
             host: "127.0.0.1".into(),
             port: 8420,
             api_key: None,
+            allowed_origins: Vec::new(),
             limits: Limits::default(),
         }
     }
@@ -113,7 +117,10 @@ Options:
   --max-queued-turns N        turns waiting per session, past it busy / 429 (default 8)
   --session-ttl SECS          drop sessions with no client and no activity, 0 = never (default 1800)
   --ws-ping-interval SECS     ping a silent WebSocket client after this (default 30)
-  --ws-idle-timeout SECS      close a WebSocket client silent this long (default 60)
+    --ws-idle-timeout SECS      close a WebSocket client silent this long (default 60)
+  --allowed-origin ORIGIN     a browser origin (e.g. http://localhost:5173) allowed to call
+                              the server when no API key is set; repeatable; '*' allows any
+                              [env AUTOPOIESIS_ALLOWED_ORIGINS, comma-separated]
   -h, --help                  print this help
   -V, --version               print the version
 
@@ -154,6 +161,14 @@ where
         config.host = host;
     }
     config.api_key = env("AUTOPOIESIS_API_KEY").filter(|k| !k.is_empty());
+    let env_origins: Vec<String> = env("AUTOPOIESIS_ALLOWED_ORIGINS")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let mut flag_origins = Vec::new();
 
     let mut port_flag = false;
     let l = &mut config.limits;
@@ -195,9 +210,17 @@ where
             Long("ws-idle-timeout") => {
                 l.ws_idle_timeout = seconds(&mut parser, "--ws-idle-timeout")?
             }
+            Long("allowed-origin") => {
+                flag_origins.push(parser.value().map_err(usage)?.string().map_err(usage)?)
+            }
             other => return Err(usage(other.unexpected())),
         }
     }
+    config.allowed_origins = if flag_origins.is_empty() {
+        env_origins
+    } else {
+        flag_origins
+    };
     // Checked only when no flag overrides it: flags win over the environment.
     if !port_flag {
         if let Some(port) = env("AUTOPOIESIS_PORT").filter(|p| !p.is_empty()) {
@@ -277,7 +300,10 @@ mod tests {
         let c = serve(&["serve", "--host", "::1", "--port=0"], &env);
         assert_eq!((c.host.as_str(), c.port), ("::1", 0));
         // A bad value in the environment does not matter when a flag overrides it.
-        let c = serve(&["serve", "--port", "1234"], &[("AUTOPOIESIS_PORT", "nope")]);
+        let c = serve(
+            &["serve", "--port", "1234"],
+            &[("AUTOPOIESIS_PORT", "nope")],
+        );
         assert_eq!(c.port, 1234);
     }
 
@@ -314,6 +340,25 @@ mod tests {
         assert_eq!(c.limits.session_ttl, None);
         assert_eq!(c.limits.header_timeout, Duration::from_secs(3));
         assert_eq!(c.limits.max_connections, 5);
+    }
+
+    #[test]
+    fn allowed_origins_from_flags_or_env() {
+        let env = [("AUTOPOIESIS_ALLOWED_ORIGINS", "http://a, http://b")];
+        assert_eq!(
+            serve(&["serve"], &env).allowed_origins,
+            ["http://a", "http://b"]
+        );
+        let c = serve(
+            &[
+                "serve",
+                "--allowed-origin",
+                "http://c",
+                "--allowed-origin=*",
+            ],
+            &env,
+        );
+        assert_eq!(c.allowed_origins, ["http://c", "*"]);
     }
 
     #[test]

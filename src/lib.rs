@@ -22,6 +22,10 @@
 //! | [`fuzzing`] | fuzz harnesses, shared by `fuzz/` and the corpus replay test | `fuzz/` targets, `tests/fuzz_corpus.rs` |
 //! | [`reactor`] | the mio loop: listener, connection slab, timers, signals | `main` |
 
+// No unwrap/expect outside tests: a network input must never be able to
+// panic the (single-threaded, panic = abort) server.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod api;
 pub mod clock;
 pub mod config;

@@ -1,5 +1,7 @@
 //! `autopoiesis`: the command line around [`autopoiesis::reactor::Server`].
 
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Write;
 use std::process::ExitCode;
 

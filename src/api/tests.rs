@@ -541,3 +541,90 @@ fn sweep_runs_on_its_interval() {
     assert_eq!(a.sweep(t0 + Duration::from_secs(30)), 0);
     assert_eq!(a.sweep(t0 + Duration::from_secs(61)), 1);
 }
+
+fn with_origin(mut r: Request, origin: &str, host: &str) -> Request {
+    r.head.origin = Some(origin.into());
+    r.head.host = Some(host.into());
+    r
+}
+
+#[test]
+fn origin_policy_without_a_key() {
+    let config = Config {
+        allowed_origins: vec!["http://ui.example:5173".into()],
+        ..Config::default()
+    };
+    let mut a = App::new(config, Instant::now());
+    let mut sink = Recorder::default();
+    let now = Instant::now();
+    let status =
+        |a: &mut App, r: Request, sink: &mut Recorder| match a.handle_http(r, REST, now, sink) {
+            HttpOutcome::Respond(r) => r.status,
+            HttpOutcome::Upgrade(_) => 101,
+            HttpOutcome::Pending => 0,
+        };
+    let host = "127.0.0.1:8420";
+    // Same origin, listed origin, no origin: allowed.
+    for origin in ["http://127.0.0.1:8420", "http://ui.example:5173"] {
+        assert_eq!(
+            status(
+                &mut a,
+                with_origin(req("GET", "/api/sessions", "", None), origin, host),
+                &mut sink
+            ),
+            200
+        );
+        assert_eq!(
+            status(
+                &mut a,
+                with_origin(ws_head("/api/ws/s", None, &[]), origin, host),
+                &mut sink
+            ),
+            101
+        );
+    }
+    assert_eq!(
+        status(&mut a, req("GET", "/api/sessions", "", None), &mut sink),
+        200
+    );
+    // Another site: 403, for REST (a text/plain POST needs no preflight) and WebSocket.
+    for origin in ["http://evil.example", "null", "http://127.0.0.1:9999"] {
+        let r = with_origin(
+            req("POST", "/api/chat", r#"{"content":"x"}"#, None),
+            origin,
+            host,
+        );
+        assert_eq!(status(&mut a, r, &mut sink), 403, "{origin}");
+        let r = with_origin(ws_head("/api/ws/s", None, &[]), origin, host);
+        assert_eq!(status(&mut a, r, &mut sink), 403, "{origin}");
+    }
+    // Health stays open.
+    let r = with_origin(
+        req("GET", "/api/health", "", None),
+        "http://evil.example",
+        host,
+    );
+    assert_eq!(status(&mut a, r, &mut sink), 200);
+
+    // '*' allows any; a key makes the origin irrelevant.
+    let mut any = App::new(
+        Config {
+            allowed_origins: vec!["*".into()],
+            ..Config::default()
+        },
+        now,
+    );
+    let r = with_origin(
+        req("GET", "/api/sessions", "", None),
+        "http://evil.example",
+        host,
+    );
+    assert_eq!(status(&mut any, r, &mut sink), 200);
+    let mut keyed = app(Some("k"));
+    let r = with_origin(
+        req("GET", "/api/sessions", "", Some("k")),
+        "http://evil.example",
+        host,
+    );
+    assert_eq!(status(&mut keyed, r, &mut sink), 200);
+}

@@ -39,6 +39,8 @@ pub struct Head {
     pub ws_protocols: Vec<String>,
     pub api_key: Option<Vec<u8>>,
     pub origin: Option<String>,
+    /// The `Host` header (the origin a same-site browser page would send).
+    pub host: Option<String>,
     /// `Expect: 100-continue` was sent.
     pub expect_continue: bool,
 }
@@ -65,6 +67,9 @@ impl Reject {
 }
 
 /// What [`RequestParser::advance`] found.
+// The `Request` variant is large, but a `Progress` lives for one call and
+// boxing it would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Progress {
     /// Not enough input yet.
@@ -271,6 +276,8 @@ fn interpret(req: &httparse::Request, limits: ParserLimits) -> Result<(Head, Bod
             head.api_key = Some(value.to_vec());
         } else if name.eq_ignore_ascii_case("origin") {
             head.origin = Some(String::from_utf8_lossy(value).into_owned());
+        } else if name.eq_ignore_ascii_case("host") {
+            head.host = Some(String::from_utf8_lossy(value).into_owned());
         } else if name.eq_ignore_ascii_case("expect") {
             head.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
         }
