@@ -76,6 +76,8 @@ pub struct Server {
     /// Connections that stopped with work left (fairness budget).
     retry: Vec<usize>,
     accept_paused: bool,
+    /// Most connections open since memory was last given back.
+    conns_peak: usize,
     turns: TurnsState,
     next_tick: Instant,
     shutdown_deadline: Option<Instant>,
@@ -157,6 +159,7 @@ impl Server {
             gone_ws: Vec::new(),
             retry: Vec::new(),
             accept_paused: false,
+            conns_peak: 0,
             turns: TurnsState::Idle,
             next_tick: now + TICK,
             shutdown_deadline: None,
@@ -296,6 +299,7 @@ impl Server {
             state: State::Http(Box::new(HttpConn::new(Transport::new(stream), parser, now))),
         };
         let inserted = self.conns.insert(conn);
+        self.conns_peak = self.conns_peak.max(self.conns.len());
         debug_assert_eq!(inserted, slot);
     }
 
@@ -670,6 +674,14 @@ impl Server {
     /// and idle closes, lingering closes.
     fn tick(&mut self, now: Instant) {
         self.next_tick = now + TICK;
+        // glibc keeps the freed buffers of closed connections in its heap;
+        // once a wave of them has gone, hand the pages back so RSS returns
+        // near idle instead of staying at the high-water mark.
+        let open = self.conns.len();
+        if self.conns_peak >= open + TRIM_AFTER_CLOSED && open <= self.conns_peak / 2 {
+            release_free_memory();
+            self.conns_peak = open;
+        }
         if self.accept_paused {
             self.accept(now);
         }
@@ -719,6 +731,20 @@ impl Server {
         }
     }
 }
+
+/// Closed connections that make it worth returning freed memory to the OS.
+const TRIM_AFTER_CLOSED: usize = 1000;
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_free_memory() {
+    // SAFETY: malloc_trim only walks glibc's own heap; no pointers are passed.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_memory() {}
 
 enum TimerAction {
     None,
