@@ -10,21 +10,24 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::agent::AgentEvent;
+use crate::config::AgentChoice;
 use crate::config::Config;
 use crate::events::{self, ErrorData};
 use crate::http::{Head, Request, Response};
 use crate::sessions::{valid_session_id, SessionTable};
 use crate::sink::{ConnId, Sink};
-use crate::turns::{self, StepOutcome, Turn};
+use crate::turns::{self, Engine, StepOutcome, Turn};
 use crate::ws::{self, ClientOp};
 
 pub const UNAUTHORIZED: &str = "Invalid or missing API key";
 pub const ORIGIN_NOT_ALLOWED: &str = "Origin not allowed";
-pub const APPROVAL_UNSUPPORTED: &str = "Deferred approvals are not supported in server mode yet.";
 const NOT_RUNNING: &str = "No turn is running";
 const TOO_MANY_SESSIONS: &str = "Too many sessions";
 /// Longest interval between two sweeps of stale sessions.
 const SWEEP_EVERY: Duration = Duration::from_secs(300);
+/// How soon turns paused for a slow client are looked at again.
+const PAUSED_RECHECK: Duration = Duration::from_millis(10);
 
 /// What the reactor does with a request.
 #[derive(Debug, PartialEq, Eq)]
@@ -44,16 +47,6 @@ pub struct Upgrade {
     pub response: Vec<u8>,
     /// False: the client had no valid key; close it with 4001 at once.
     pub authorized: bool,
-}
-
-/// What the turn engine needs next from the loop.
-#[derive(Debug, PartialEq, Eq)]
-pub enum TurnsState {
-    /// Some turn can stream more now: poll without sleeping.
-    Runnable,
-    /// Turns wait for slow clients to drain: poll again soon.
-    Paused,
-    Idle,
 }
 
 enum Route {
@@ -86,6 +79,8 @@ pub struct App {
     pub sessions: SessionTable,
     /// Ids of sessions with a running turn, in the order they started.
     active: Vec<String>,
+    engine: Engine,
+    next_turn_id: u64,
     next_sweep: Instant,
     health_body: Vec<u8>,
 }
@@ -96,10 +91,22 @@ impl App {
             .to_string()
             .into_bytes();
         let sessions = SessionTable::new(config.limits.max_sessions);
+        let engine = Engine {
+            echo: config.agent.choice == AgentChoice::Echo,
+            model_name: match config.agent.choice {
+                AgentChoice::Echo => "echo".to_owned(),
+                AgentChoice::Exec => "exec".to_owned(),
+                AgentChoice::OpenAi => config.agent.model.clone().unwrap_or_default(),
+            },
+            echo_delay: config.agent.echo_delay,
+            high_water: config.limits.max_ws_output_bytes / 2,
+        };
         let mut app = App {
             config,
             sessions,
             active: Vec::new(),
+            engine,
+            next_turn_id: 0,
             next_sweep: now,
             health_body,
         };
@@ -235,7 +242,8 @@ impl App {
                 id
             }
         };
-        match self.submit(&id, Turn::new(content, Some(from)), now) {
+        let turn = Turn::new(self.new_turn_id(), content, Some(from));
+        match self.submit(&id, turn, now) {
             Ok(()) => HttpOutcome::Pending,
             Err(turns::Busy) => {
                 HttpOutcome::Respond(turns::coded_error(429, "busy", turns::BUSY_MESSAGE))
@@ -244,17 +252,14 @@ impl App {
     }
 
     fn submit(&mut self, id: &str, turn: Turn, now: Instant) -> Result<(), turns::Busy> {
-        let started = turns::submit(
+        if turns::submit(
             &mut self.sessions,
             id,
             turn,
             self.config.limits.max_queued_turns,
             now,
-        )?;
-        // A cancelled session stays listed until its next step finds it
-        // idle; listing it twice would step it twice per iteration.
-        if started && !self.active.iter().any(|a| a == id) {
-            self.active.push(id.to_owned());
+        )? {
+            self.activate(id);
         }
         Ok(())
     }
@@ -345,10 +350,8 @@ impl App {
                 if self.sessions.get_or_create(session_id, now).is_err() {
                     return reply(sink, Some("too_many_sessions"), TOO_MANY_SESSIONS);
                 }
-                if self
-                    .submit(session_id, Turn::new(content, None), now)
-                    .is_err()
-                {
+                let turn = Turn::new(self.new_turn_id(), content, None);
+                if self.submit(session_id, turn, now).is_err() {
                     reply(sink, Some("busy"), turns::BUSY_MESSAGE);
                 }
             }
@@ -361,7 +364,7 @@ impl App {
                 }
                 let data = ErrorData {
                     code: Some("approval_unsupported"),
-                    message: APPROVAL_UNSUPPORTED,
+                    message: turns::APPROVAL_UNSUPPORTED,
                 };
                 self.sessions.broadcast(session_id, "error", data, sink);
             }
@@ -373,29 +376,68 @@ impl App {
         }
     }
 
-    /// Streams the next step of every running turn.
-    pub fn run_turns(&mut self, now: Instant, sink: &mut dyn Sink) -> TurnsState {
-        let high_water = self.config.limits.max_ws_output_bytes / 2;
-        let mut state = TurnsState::Idle;
+    /// Starts and streams every running turn one step. Returns when the
+    /// turns want the next step: now (more to stream), soon (waiting for a
+    /// slow client to drain), at an echo delay's next token, or never.
+    pub fn run_turns(&mut self, now: Instant, sink: &mut dyn Sink) -> Option<Instant> {
+        let mut wake: Option<Instant> = None;
+        let mut at = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
         let mut i = 0;
         while i < self.active.len() {
-            match turns::step(&mut self.sessions, &self.active[i], sink, now, high_water) {
-                StepOutcome::Progress => {
-                    state = TurnsState::Runnable;
-                    i += 1;
-                }
-                StepOutcome::Paused => {
-                    if state == TurnsState::Idle {
-                        state = TurnsState::Paused;
-                    }
-                    i += 1;
-                }
-                StepOutcome::Idle => {
+            match turns::step(&mut self.sessions, &self.active[i], sink, now, &self.engine) {
+                StepOutcome::Progress => at(now),
+                StepOutcome::Paused => at(now + PAUSED_RECHECK),
+                StepOutcome::Sleep(t) => at(t),
+                StepOutcome::Waiting | StepOutcome::Idle => {
                     self.active.swap_remove(i);
+                    continue;
                 }
             }
+            i += 1;
         }
-        state
+        wake
+    }
+
+    /// Events from the agent running turn `turn` of session `session_id`.
+    pub fn agent_events(
+        &mut self,
+        session_id: &str,
+        turn: u64,
+        events: Vec<AgentEvent>,
+        now: Instant,
+        sink: &mut dyn Sink,
+    ) {
+        for event in events {
+            if turns::agent_event(&mut self.sessions, session_id, turn, event, sink, now) {
+                self.activate(session_id);
+            }
+        }
+    }
+
+    /// The agent of turn `turn` failed; the turn ends with `reason`.
+    pub fn agent_failed(
+        &mut self,
+        session_id: &str,
+        turn: u64,
+        reason: String,
+        now: Instant,
+        sink: &mut dyn Sink,
+    ) {
+        if turns::agent_failed(&mut self.sessions, session_id, turn, reason, sink, now) {
+            self.activate(session_id);
+        }
+    }
+
+    fn activate(&mut self, id: &str) {
+        // Listing a session twice would step it twice per iteration.
+        if !self.active.iter().any(|a| a == id) {
+            self.active.push(id.to_owned());
+        }
+    }
+
+    fn new_turn_id(&mut self) -> u64 {
+        self.next_turn_id += 1;
+        self.next_turn_id
     }
 
     /// When [`sweep`](Self::sweep) next wants to run.

@@ -18,6 +18,53 @@ pub struct Config {
     /// server's own; see the Origin policy in [`crate::api`].
     pub allowed_origins: Vec<String>,
     pub limits: Limits,
+    pub agent: AgentConfig,
+}
+
+/// `--agent` and what each agent needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AgentChoice {
+    Echo,
+    Exec,
+    OpenAi,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentConfig {
+    pub choice: AgentChoice,
+    /// `--agent-cmd`, for `exec` (run with `/bin/sh -c`).
+    pub cmd: Option<String>,
+    /// `--openai-base-url`, e.g. `http://127.0.0.1:11434/v1`.
+    pub base_url: Option<String>,
+    pub model: Option<String>,
+    pub system_prompt: Option<String>,
+    /// `OPENAI_API_KEY`, sent as `Authorization: Bearer`.
+    pub openai_api_key: Option<String>,
+    /// `--echo-delay-ms`: the echo agent emits one token per interval.
+    pub echo_delay: Option<Duration>,
+    /// `--turn-timeout`: an `exec` turn running longer is killed.
+    pub turn_timeout: Duration,
+    /// `--upstream-timeout`: an upstream silent this long fails the turn.
+    pub upstream_timeout: Duration,
+    /// Most bytes an agent may produce in one turn.
+    pub max_output_bytes: usize,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            choice: AgentChoice::Echo,
+            cmd: None,
+            base_url: None,
+            model: None,
+            system_prompt: None,
+            openai_api_key: None,
+            echo_delay: None,
+            turn_timeout: Duration::from_secs(300),
+            upstream_timeout: Duration::from_secs(60),
+            max_output_bytes: 16 * 1024 * 1024,
+        }
+    }
 }
 
 /// Every bound the server enforces; each is a flag.
@@ -64,6 +111,7 @@ impl Default for Config {
             api_key: None,
             allowed_origins: Vec::new(),
             limits: Limits::default(),
+            agent: AgentConfig::default(),
         }
     }
 }
@@ -71,7 +119,7 @@ impl Default for Config {
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
-    Serve(Config),
+    Serve(Box<Config>),
     /// Print this text on stdout and exit 0.
     Help(&'static str),
     Version,
@@ -121,6 +169,15 @@ Options:
   --allowed-origin ORIGIN     a browser origin (e.g. http://localhost:5173) allowed to call
                               the server when no API key is set; repeatable; '*' allows any
                               [env AUTOPOIESIS_ALLOWED_ORIGINS, comma-separated]
+    --agent echo|exec|openai    what answers messages [env AUTOPOIESIS_AGENT] (default echo)
+  --agent-cmd 'PROGRAM ARGS'  exec: the program run per turn, by /bin/sh -c [env AUTOPOIESIS_AGENT_CMD]
+  --openai-base-url URL       openai: http://host:port/v1 of an OpenAI-compatible server
+                              [env AUTOPOIESIS_OPENAI_BASE_URL]; OPENAI_API_KEY is sent if set
+  --model NAME                openai: the model [env AUTOPOIESIS_MODEL]
+  --system-prompt TEXT        openai: a system message before the history
+  --turn-timeout SECS         exec: kill a turn's program after this (default 300)
+  --upstream-timeout SECS     openai: fail a turn whose upstream is silent this long (default 60)
+  --echo-delay-ms N           echo: one token every N ms, a simulated slow model (default 0)
   -h, --help                  print this help
   -V, --version               print the version
 
@@ -169,6 +226,13 @@ where
         .map(str::to_owned)
         .collect();
     let mut flag_origins = Vec::new();
+    let a = &mut config.agent;
+    let nonempty = |k: &str| env(k).filter(|v| !v.is_empty());
+    let mut agent_name = nonempty("AUTOPOIESIS_AGENT").unwrap_or_else(|| "echo".into());
+    a.cmd = nonempty("AUTOPOIESIS_AGENT_CMD");
+    a.base_url = nonempty("AUTOPOIESIS_OPENAI_BASE_URL");
+    a.model = nonempty("AUTOPOIESIS_MODEL");
+    a.openai_api_key = nonempty("OPENAI_API_KEY");
 
     let mut port_flag = false;
     let l = &mut config.limits;
@@ -210,6 +274,27 @@ where
             Long("ws-idle-timeout") => {
                 l.ws_idle_timeout = seconds(&mut parser, "--ws-idle-timeout")?
             }
+            Long("agent") => agent_name = parser.value().map_err(usage)?.string().map_err(usage)?,
+            Long("agent-cmd") => {
+                a.cmd = Some(parser.value().map_err(usage)?.string().map_err(usage)?)
+            }
+            Long("openai-base-url") => {
+                a.base_url = Some(parser.value().map_err(usage)?.string().map_err(usage)?)
+            }
+            Long("model") => {
+                a.model = Some(parser.value().map_err(usage)?.string().map_err(usage)?)
+            }
+            Long("system-prompt") => {
+                a.system_prompt = Some(parser.value().map_err(usage)?.string().map_err(usage)?)
+            }
+            Long("turn-timeout") => a.turn_timeout = seconds(&mut parser, "--turn-timeout")?,
+            Long("upstream-timeout") => {
+                a.upstream_timeout = seconds(&mut parser, "--upstream-timeout")?
+            }
+            Long("echo-delay-ms") => {
+                let ms: u64 = number(&mut parser, "--echo-delay-ms")?;
+                a.echo_delay = (ms > 0).then(|| Duration::from_millis(ms));
+            }
             Long("allowed-origin") => {
                 flag_origins.push(parser.value().map_err(usage)?.string().map_err(usage)?)
             }
@@ -221,6 +306,35 @@ where
     } else {
         flag_origins
     };
+    let a = &mut config.agent;
+    a.choice = match agent_name.as_str() {
+        "echo" => AgentChoice::Echo,
+        "exec" => AgentChoice::Exec,
+        "openai" => AgentChoice::OpenAi,
+        other => {
+            return Err(UsageError(format!(
+                "unknown agent '{other}': expected echo, exec or openai"
+            )))
+        }
+    };
+    match a.choice {
+        AgentChoice::Exec if a.cmd.is_none() => {
+            return Err(UsageError(
+                "--agent exec needs --agent-cmd 'PROGRAM ARGS'".into(),
+            ))
+        }
+        AgentChoice::OpenAi => {
+            let url = a
+                .base_url
+                .as_deref()
+                .ok_or_else(|| UsageError("--agent openai needs --openai-base-url".into()))?;
+            crate::agent::openai::parse_base_url(url).map_err(UsageError)?;
+            if a.model.is_none() {
+                return Err(UsageError("--agent openai needs --model".into()));
+            }
+        }
+        _ => {}
+    }
     // Checked only when no flag overrides it: flags win over the environment.
     if !port_flag {
         if let Some(port) = env("AUTOPOIESIS_PORT").filter(|p| !p.is_empty()) {
@@ -229,7 +343,7 @@ where
                 .map_err(|_| UsageError(format!("invalid AUTOPOIESIS_PORT '{port}'")))?;
         }
     }
-    Ok(Command::Serve(config))
+    Ok(Command::Serve(Box::new(config)))
 }
 
 fn usage(e: lexopt::Error) -> UsageError {
@@ -276,7 +390,7 @@ mod tests {
 
     fn serve(args: &[&str], env: &[(&str, &str)]) -> Config {
         match run(args, env) {
-            Ok(Command::Serve(c)) => c,
+            Ok(Command::Serve(c)) => *c,
             other => panic!("expected serve, got {other:?}"),
         }
     }
@@ -359,6 +473,52 @@ mod tests {
             &env,
         );
         assert_eq!(c.allowed_origins, ["http://c", "*"]);
+    }
+
+    #[test]
+    fn agents() {
+        assert_eq!(serve(&["serve"], &[]).agent.choice, AgentChoice::Echo);
+        let c = serve(
+            &[
+                "serve",
+                "--agent",
+                "exec",
+                "--agent-cmd",
+                "python3 agent.py",
+            ],
+            &[],
+        );
+        assert_eq!(
+            (c.agent.choice, c.agent.cmd.as_deref()),
+            (AgentChoice::Exec, Some("python3 agent.py"))
+        );
+        let env = [
+            ("AUTOPOIESIS_AGENT", "openai"),
+            ("AUTOPOIESIS_OPENAI_BASE_URL", "http://127.0.0.1:1/v1"),
+            ("AUTOPOIESIS_MODEL", "m"),
+        ];
+        assert_eq!(serve(&["serve"], &env).agent.choice, AgentChoice::OpenAi);
+        assert!(
+            run(&["serve", "--agent", "exec"], &[]).is_err(),
+            "exec without a command"
+        );
+        assert!(
+            run(&["serve", "--agent", "openai", "--model", "m"], &[]).is_err(),
+            "openai without a URL"
+        );
+        let https = [
+            "serve",
+            "--agent",
+            "openai",
+            "--model",
+            "m",
+            "--openai-base-url",
+            "https://api.example/v1",
+        ];
+        assert!(run(&https, &[]).unwrap_err().0.contains("no TLS"));
+        assert!(run(&["serve", "--agent", "magic"], &[]).is_err());
+        let c = serve(&["serve", "--echo-delay-ms", "5"], &[]);
+        assert_eq!(c.agent.echo_delay, Some(Duration::from_millis(5)));
     }
 
     #[test]

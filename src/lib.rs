@@ -26,6 +26,7 @@
 // panic the (single-threaded, panic = abort) server.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod agent;
 pub mod api;
 pub mod clock;
 pub mod config;

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             println!("autopoiesis {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
-        Command::Serve(config) => config,
+        Command::Serve(config) => *config,
     };
     let auth = if config.api_key.is_some() {
         "on"

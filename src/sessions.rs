@@ -36,6 +36,11 @@ pub struct Session {
 }
 
 impl Session {
+    /// The history, each `ModelMessage` as its JSON text.
+    pub fn messages(&self) -> &[String] {
+        &self.messages
+    }
+
     pub fn message_count(&self) -> usize {
         self.messages.len()
     }

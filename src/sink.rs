@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 
+use crate::agent::AgentJob;
 use crate::http::Response;
 
 /// A connection, as the core knows it: its slab slot plus a serial number
@@ -26,6 +27,11 @@ pub trait Sink {
     fn close(&mut self, to: ConnId, code: u16, reason: &str);
     /// Bytes queued for `to` and not yet written to its socket.
     fn backlog(&self, to: ConnId) -> usize;
+    /// Start an agent (child process, upstream request) for a turn.
+    fn start_agent(&mut self, job: AgentJob);
+    /// The turn has ended: stop its agent. `graceful`: it said `done`, so
+    /// let it exit by itself (briefly); otherwise kill it now.
+    fn stop_agent(&mut self, turn: u64, graceful: bool);
 }
 
 /// What a [`Sink`] was given, in order; for tests and fuzz targets.
@@ -36,6 +42,8 @@ pub struct Recorder {
     pub closed: Vec<(ConnId, u16, String)>,
     /// Backlog to report per connection (default 0).
     pub backlogs: Vec<(ConnId, usize)>,
+    pub agents_started: Vec<AgentJob>,
+    pub agents_stopped: Vec<(u64, bool)>,
 }
 
 impl Recorder {
@@ -72,5 +80,11 @@ impl Sink for Recorder {
             .iter()
             .find(|(id, _)| *id == to)
             .map_or(0, |(_, n)| *n)
+    }
+    fn start_agent(&mut self, job: AgentJob) {
+        self.agents_started.push(job);
+    }
+    fn stop_agent(&mut self, turn: u64, graceful: bool) {
+        self.agents_stopped.push((turn, graceful));
     }
 }

@@ -1,12 +1,13 @@
-//! Agent turns: one at a time per session, in arrival order, streamed in
-//! small steps so that a long turn never stalls the loop.
+//! Agent turns: one at a time per session, in arrival order.
 //!
-//! The built-in echo agent lives here: its "model" is the prompt itself,
-//! streamed one word-token per event. [`step`] emits at most
-//! [`TOKENS_PER_STEP`] tokens and returns; the reactor calls it again on the
-//! next loop iteration, after serving every other ready connection.
+//! A turn starts from a user message and ends with `done`, an `error`, or
+//! a cancel. [`step`] starts the session's running turn and, for the
+//! built-in echo agent, streams it: at most [`TOKENS_PER_STEP`] tokens per
+//! loop iteration (or one token per `--echo-delay-ms`), so a long turn
+//! never stalls the loop. Other agents stream from the reactor: it hands
+//! their events to [`agent_event`].
 //!
-//! Flow control: a session's stream waits while one of its WebSocket
+//! Flow control: a session's echo stream waits while one of its WebSocket
 //! clients has more than the high-water mark of unsent output, so a client
 //! that reads a little slower than the stream is never cut off. A client
 //! that stays above it for [`STALL_LIMIT`] is closed with 1008, so one stuck
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::agent::{AgentEvent, AgentJob, Transcript};
 use crate::clock;
 use crate::echo;
 use crate::events::{Content, ErrorData};
@@ -32,34 +34,48 @@ pub const STALL_LIMIT: Duration = Duration::from_secs(5);
 
 pub const CANCELLED_MESSAGE: &str = "Turn cancelled";
 pub const BUSY_MESSAGE: &str = "Too many turns queued for this session";
+pub const APPROVAL_UNSUPPORTED: &str = "Deferred approvals are not supported in server mode yet.";
+
+/// How turns are run: the parts of the configuration [`step`] needs.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    /// The echo agent streams inside the loop; others run in the reactor.
+    pub echo: bool,
+    /// `model_name` of the history's responses.
+    pub model_name: String,
+    /// `--echo-delay-ms`: one echo token per this interval.
+    pub echo_delay: Option<Duration>,
+    /// Unsent output per client above which the echo stream waits.
+    pub high_water: usize,
+}
 
 /// One user message and the agent's answer to it, as it streams.
 #[derive(Debug)]
 pub struct Turn {
+    pub id: u64,
     pub prompt: String,
     /// The `POST /api/chat` request waiting for this turn's reply, if any.
     pub waiter: Option<ConnId>,
-    /// Bytes of the reply streamed so far (echo: a prefix of the prompt).
-    streamed: usize,
-    /// When the user's request was taken up (its `ModelMessage` timestamp).
-    started_at: String,
+    /// Set when the turn starts running.
+    transcript: Option<Transcript>,
+    /// Echo: bytes of the prompt streamed so far.
+    echo_streamed: usize,
+    /// Echo with a delay: when the next token may go.
+    next_token_at: Option<Instant>,
     paused_since: Option<Instant>,
 }
 
 impl Turn {
-    pub fn new(prompt: String, waiter: Option<ConnId>) -> Self {
+    pub fn new(id: u64, prompt: String, waiter: Option<ConnId>) -> Self {
         Turn {
+            id,
             prompt,
             waiter,
-            streamed: 0,
-            started_at: String::new(),
+            transcript: None,
+            echo_streamed: 0,
+            next_token_at: None,
             paused_since: None,
         }
-    }
-
-    fn start(mut self) -> Self {
-        self.started_at = clock::now_rfc3339();
-        self
     }
 }
 
@@ -74,9 +90,9 @@ struct ChatReply<'a> {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Busy;
 
-/// Runs `turn` now if session `id` is idle, else queues it (at most
-/// `max_queued` waiting). `Ok(true)` means it started and the session must
-/// be stepped.
+/// Makes `turn` the running turn if session `id` is idle, else queues it
+/// (at most `max_queued` waiting). `Ok(true)`: it is the running turn now,
+/// and the session must be stepped to start it.
 pub fn submit(
     table: &mut SessionTable,
     id: &str,
@@ -89,7 +105,7 @@ pub fn submit(
     };
     session.last_activity = now;
     if session.running.is_none() {
-        session.running = Some(turn.start());
+        session.running = Some(turn);
         Ok(true)
     } else if session.queue.len() < max_queued {
         session.queue.push_back(turn);
@@ -101,31 +117,66 @@ pub fn submit(
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum StepOutcome {
-    /// Tokens went out; more remain (or the next queued turn started).
+    /// Tokens went out and more remain (or the next queued turn is due).
     Progress,
     /// Waiting for a slow client to drain.
     Paused,
+    /// The echo agent's next token is due then.
+    Sleep(Instant),
+    /// An agent in the reactor runs the turn; its events come later.
+    Waiting,
     /// Nothing left to run in this session.
     Idle,
 }
 
-/// Streams the next few tokens of session `id`'s running turn.
+/// How a turn ended.
+enum Finish {
+    Done(Option<String>),
+    Failed(String),
+    Approval,
+    Cancelled,
+}
+
+/// Starts or streams session `id`'s running turn.
 pub fn step(
     table: &mut SessionTable,
     id: &str,
     sink: &mut dyn Sink,
     now: Instant,
-    high_water: usize,
+    engine: &Engine,
 ) -> StepOutcome {
     let Some(mut turn) = table.get_mut(id).and_then(|s| s.running.take()) else {
         return StepOutcome::Idle;
     };
+    if turn.transcript.is_none() {
+        turn.transcript = Some(Transcript::new(
+            &turn.prompt,
+            &engine.model_name,
+            &clock::now_rfc3339(),
+        ));
+        if !engine.echo {
+            let history = table
+                .get(id)
+                .map(|s| s.messages().to_vec())
+                .unwrap_or_default();
+            sink.start_agent(AgentJob {
+                turn: turn.id,
+                session_id: id.to_owned(),
+                prompt: turn.prompt.clone(),
+                history,
+            });
+        }
+    }
+    if !engine.echo {
+        put_back(table, id, turn);
+        return StepOutcome::Waiting;
+    }
 
     let lagging: Vec<ConnId> = table
         .subscribers(id)
         .iter()
         .copied()
-        .filter(|&c| sink.backlog(c) > high_water)
+        .filter(|&c| sink.backlog(c) > engine.high_water)
         .collect();
     if !lagging.is_empty() {
         let since = *turn.paused_since.get_or_insert(now);
@@ -139,49 +190,85 @@ pub fn step(
     }
     turn.paused_since = None;
 
-    for _ in 0..TOKENS_PER_STEP {
-        let rest = &turn.prompt[turn.streamed..];
+    let budget = match engine.echo_delay {
+        Some(delay) => {
+            if let Some(at) = turn.next_token_at.filter(|&at| now < at) {
+                put_back(table, id, turn);
+                return StepOutcome::Sleep(at);
+            }
+            turn.next_token_at = Some(now + delay);
+            1
+        }
+        None => TOKENS_PER_STEP,
+    };
+    for _ in 0..budget {
+        let rest = &turn.prompt[turn.echo_streamed..];
         let n = echo::first_token_len(rest);
         if n == 0 {
             break;
         }
-        table.broadcast(
-            id,
-            "token",
-            Content {
-                content: &rest[..n],
-            },
-            sink,
-        );
-        turn.streamed += n;
+        let token = &rest[..n];
+        table.broadcast(id, "token", Content { content: token }, sink);
+        if let Some(t) = turn.transcript.as_mut() {
+            t.token(token);
+        }
+        turn.echo_streamed += n;
     }
-    if turn.streamed < turn.prompt.len() {
-        put_back(table, id, turn);
-        return StepOutcome::Progress;
-    }
-
-    // The turn is complete: history first, so a client that sees `done` and
-    // refetches finds it; then `done`; then the REST caller's answer.
-    record(table, id, &turn);
-    table.broadcast(
-        id,
-        "done",
-        Content {
-            content: &turn.prompt,
-        },
-        sink,
-    );
-    if let Some(waiter) = turn.waiter {
-        let body = ChatReply {
-            session_id: id,
-            content: &turn.prompt,
+    if turn.echo_streamed < turn.prompt.len() {
+        let next = match turn.next_token_at {
+            Some(at) => StepOutcome::Sleep(at),
+            None => StepOutcome::Progress,
         };
-        sink.respond(
-            waiter,
-            Response::json(200, serde_json::to_vec(&body).unwrap_or_default()),
-        );
+        put_back(table, id, turn);
+        return next;
     }
+    finish(table, id, turn, Finish::Done(None), sink);
     start_next(table, id, now)
+}
+
+/// An event from the agent running turn `turn_id` of session `id`. Returns
+/// true when the turn ended and another one is now due (step the session).
+pub fn agent_event(
+    table: &mut SessionTable,
+    id: &str,
+    turn_id: u64,
+    event: AgentEvent,
+    sink: &mut dyn Sink,
+    now: Instant,
+) -> bool {
+    let Some(session) = table.get_mut(id) else {
+        return false;
+    };
+    // Events of a turn that has already ended (cancelled, deleted) are dropped.
+    if session.running.as_ref().is_none_or(|t| t.id != turn_id) {
+        return false;
+    }
+    session.last_activity = now;
+    let ending = match &event {
+        AgentEvent::Done(content) => Some(Finish::Done(content.clone())),
+        AgentEvent::Error(reason) => Some(Finish::Failed(reason.clone())),
+        AgentEvent::ApprovalRequired => Some(Finish::Approval),
+        _ => None,
+    };
+    if let Some(how) = ending {
+        let Some(turn) = session.running.take() else {
+            return false;
+        };
+        finish(table, id, turn, how, sink);
+        return start_next(table, id, now) == StepOutcome::Progress;
+    }
+    if let Some(t) = session.running.as_mut().and_then(|t| t.transcript.as_mut()) {
+        match &event {
+            AgentEvent::Token(text) => t.token(text),
+            AgentEvent::ToolCall { id, name, details } => t.tool_call(id, name, details),
+            AgentEvent::ToolResult { id, details, .. } => t.tool_result(id, details),
+            _ => {}
+        }
+    }
+    if let Some((op, data)) = event.wire() {
+        table.broadcast(id, op, data, sink);
+    }
+    false
 }
 
 fn put_back(table: &mut SessionTable, id: &str, turn: Turn) {
@@ -197,52 +284,123 @@ fn start_next(table: &mut SessionTable, id: &str, now: Instant) -> StepOutcome {
     session.last_activity = now;
     match session.queue.pop_front() {
         Some(next) => {
-            session.running = Some(next.start());
+            session.running = Some(next);
             StepOutcome::Progress
         }
         None => StepOutcome::Idle,
     }
 }
 
-/// Appends the user's request and the reply streamed so far to the history.
-fn record(table: &mut SessionTable, id: &str, turn: &Turn) {
-    let Some(session) = table.get_mut(id) else {
-        return;
+/// Ends the running `turn`: its messages into the history first (so a
+/// client that sees the last event and refetches finds them), then the
+/// broadcast, then the REST caller's answer.
+fn finish(table: &mut SessionTable, id: &str, turn: Turn, how: Finish, sink: &mut dyn Sink) {
+    let (final_text, graceful) = match &how {
+        Finish::Done(content) => (content.clone(), true),
+        _ => (None, false),
     };
-    session.push_message(&json!({
-        "kind": "request",
-        "parts": [{"part_kind": "user-prompt", "content": turn.prompt, "timestamp": turn.started_at}],
-    }));
-    session.push_message(&json!({
-        "kind": "response",
-        "parts": [{"part_kind": "text", "content": &turn.prompt[..turn.streamed]}],
-        "model_name": "echo",
-        "timestamp": clock::now_rfc3339(),
-    }));
+    let mut reply = String::new();
+    if let Some(transcript) = turn.transcript {
+        reply = transcript.reply.clone();
+        let messages = transcript.finish(final_text.as_deref());
+        if let Some(session) = table.get_mut(id) {
+            for m in &messages {
+                session.push_message(m);
+            }
+        }
+        sink.stop_agent(turn.id, graceful);
+    }
+    let waiter = turn.waiter;
+    match how {
+        Finish::Done(content) => {
+            let content = content.unwrap_or(reply);
+            table.broadcast(id, "done", Content { content: &content }, sink);
+            if let Some(w) = waiter {
+                let body = ChatReply {
+                    session_id: id,
+                    content: &content,
+                };
+                sink.respond(
+                    w,
+                    Response::json(200, serde_json::to_vec(&body).unwrap_or_default()),
+                );
+            }
+        }
+        Finish::Failed(reason) => {
+            table.broadcast(
+                id,
+                "error",
+                ErrorData {
+                    code: None,
+                    message: &reason,
+                },
+                sink,
+            );
+            if let Some(w) = waiter {
+                sink.respond(w, Response::detail(503, &reason));
+            }
+        }
+        Finish::Approval => {
+            let data = ErrorData {
+                code: Some("approval_unsupported"),
+                message: APPROVAL_UNSUPPORTED,
+            };
+            table.broadcast(id, "error", data, sink);
+            if let Some(w) = waiter {
+                sink.respond(
+                    w,
+                    coded_error(409, "approval_unsupported", APPROVAL_UNSUPPORTED),
+                );
+            }
+        }
+        Finish::Cancelled => end_cancelled(table, id, waiter, sink),
+    }
+}
+
+fn end_cancelled(table: &mut SessionTable, id: &str, waiter: Option<ConnId>, sink: &mut dyn Sink) {
+    let data = ErrorData {
+        code: Some("cancelled"),
+        message: CANCELLED_MESSAGE,
+    };
+    table.broadcast(id, "error", data, sink);
+    if let Some(w) = waiter {
+        sink.respond(w, coded_error(409, "cancelled", CANCELLED_MESSAGE));
+    }
+}
+
+/// An agent in the reactor failed (could not start, died, timed out, sent
+/// garbage): the turn ends with `error` (REST: 503) saying why.
+pub fn agent_failed(
+    table: &mut SessionTable,
+    id: &str,
+    turn_id: u64,
+    reason: String,
+    sink: &mut dyn Sink,
+    now: Instant,
+) -> bool {
+    agent_event(table, id, turn_id, AgentEvent::Error(reason), sink, now)
 }
 
 /// Stops the running turn of session `id` and drops its queued ones. Each
 /// ends with a broadcast `error` `cancelled`, and a waiting REST caller gets
 /// 409. The running turn's request and the reply streamed so far stay in
-/// the history. Returns false when nothing was running.
+/// the history; queued turns never ran and leave none. Returns false when
+/// nothing was running.
 pub fn cancel(table: &mut SessionTable, id: &str, sink: &mut dyn Sink) -> bool {
     let Some(session) = table.get_mut(id) else {
         return false;
     };
-    let Some(running) = session.running.take() else {
+    let Some(mut running) = session.running.take() else {
         return false;
     };
     let queued: Vec<Turn> = session.queue.drain(..).collect();
-    record(table, id, &running);
-    for turn in std::iter::once(running).chain(queued) {
-        let data = ErrorData {
-            code: Some("cancelled"),
-            message: CANCELLED_MESSAGE,
-        };
-        table.broadcast(id, "error", data, sink);
-        if let Some(waiter) = turn.waiter {
-            sink.respond(waiter, coded_error(409, "cancelled", CANCELLED_MESSAGE));
-        }
+    if running.transcript.is_none() {
+        // Cancelled before its first step: it still counts as having run.
+        running.transcript = Some(Transcript::new(&running.prompt, "", &clock::now_rfc3339()));
+    }
+    finish(table, id, running, Finish::Cancelled, sink);
+    for turn in queued {
+        end_cancelled(table, id, turn.waiter, sink);
     }
     true
 }
@@ -262,6 +420,15 @@ mod tests {
     const B: ConnId = ConnId { slot: 2, serial: 2 };
     const REST: ConnId = ConnId { slot: 3, serial: 3 };
 
+    fn echo_engine(high_water: usize) -> Engine {
+        Engine {
+            echo: true,
+            model_name: "echo".into(),
+            echo_delay: None,
+            high_water,
+        }
+    }
+
     fn setup() -> (SessionTable, Instant) {
         let now = Instant::now();
         let mut t = SessionTable::new(10);
@@ -274,7 +441,7 @@ mod tests {
     fn run_to_idle(t: &mut SessionTable, sink: &mut Recorder, now: Instant) -> usize {
         // Counts every call, the one that finishes the turn included.
         let mut steps = 1;
-        while step(t, "s", sink, now, 1 << 20) != StepOutcome::Idle {
+        while step(t, "s", sink, now, &echo_engine(1 << 20)) != StepOutcome::Idle {
             steps += 1;
             assert!(steps < 100_000);
         }
@@ -288,7 +455,7 @@ mod tests {
             submit(
                 &mut t,
                 "s",
-                Turn::new("hello big world".into(), Some(REST)),
+                Turn::new(0, "hello big world".into(), Some(REST)),
                 8,
                 now
             ),
@@ -331,10 +498,10 @@ mod tests {
     fn long_turns_are_streamed_in_steps() {
         let (mut t, now) = setup();
         let prompt = "w ".repeat(TOKENS_PER_STEP * 3);
-        submit(&mut t, "s", Turn::new(prompt, None), 8, now).unwrap();
+        submit(&mut t, "s", Turn::new(0, prompt, None), 8, now).unwrap();
         let mut sink = Recorder::default();
         assert_eq!(
-            step(&mut t, "s", &mut sink, now, 1 << 20),
+            step(&mut t, "s", &mut sink, now, &echo_engine(1 << 20)),
             StepOutcome::Progress
         );
         assert_eq!(sink.texts_to(A).len(), TOKENS_PER_STEP);
@@ -346,19 +513,19 @@ mod tests {
     fn turns_queue_in_order_and_busy_past_the_limit() {
         let (mut t, now) = setup();
         assert_eq!(
-            submit(&mut t, "s", Turn::new("one".into(), None), 2, now),
+            submit(&mut t, "s", Turn::new(0, "one".into(), None), 2, now),
             Ok(true)
         );
         assert_eq!(
-            submit(&mut t, "s", Turn::new("two".into(), None), 2, now),
+            submit(&mut t, "s", Turn::new(0, "two".into(), None), 2, now),
             Ok(false)
         );
         assert_eq!(
-            submit(&mut t, "s", Turn::new("three".into(), None), 2, now),
+            submit(&mut t, "s", Turn::new(0, "three".into(), None), 2, now),
             Ok(false)
         );
         assert_eq!(
-            submit(&mut t, "s", Turn::new("four".into(), None), 2, now),
+            submit(&mut t, "s", Turn::new(0, "four".into(), None), 2, now),
             Err(Busy)
         );
         let mut sink = Recorder::default();
@@ -377,10 +544,17 @@ mod tests {
     fn cancel_keeps_partial_reply_and_ends_every_turn() {
         let (mut t, now) = setup();
         let prompt = "x ".repeat(TOKENS_PER_STEP * 2);
-        submit(&mut t, "s", Turn::new(prompt.clone(), Some(REST)), 8, now).unwrap();
-        submit(&mut t, "s", Turn::new("queued".into(), None), 8, now).unwrap();
+        submit(
+            &mut t,
+            "s",
+            Turn::new(0, prompt.clone(), Some(REST)),
+            8,
+            now,
+        )
+        .unwrap();
+        submit(&mut t, "s", Turn::new(0, "queued".into(), None), 8, now).unwrap();
         let mut sink = Recorder::default();
-        step(&mut t, "s", &mut sink, now, 1 << 20);
+        step(&mut t, "s", &mut sink, now, &echo_engine(1 << 20));
         assert!(cancel(&mut t, "s", &mut sink));
         assert!(!cancel(&mut t, "s", &mut sink), "nothing runs any more");
         let texts = sink.texts_to(A);
@@ -395,7 +569,7 @@ mod tests {
         assert_eq!(reply, &prompt[..TOKENS_PER_STEP * 2]);
         assert_eq!(history["messages"].as_array().unwrap().len(), 2);
         assert_eq!(
-            step(&mut t, "s", &mut sink, now, 1 << 20),
+            step(&mut t, "s", &mut sink, now, &echo_engine(1 << 20)),
             StepOutcome::Idle
         );
     }
@@ -403,15 +577,21 @@ mod tests {
     #[test]
     fn a_lagging_client_pauses_the_stream_then_is_closed() {
         let (mut t, now) = setup();
-        submit(&mut t, "s", Turn::new("a b c".into(), None), 8, now).unwrap();
+        submit(&mut t, "s", Turn::new(0, "a b c".into(), None), 8, now).unwrap();
         let mut sink = Recorder {
             backlogs: vec![(B, 1000)],
             ..Recorder::default()
         };
-        assert_eq!(step(&mut t, "s", &mut sink, now, 500), StepOutcome::Paused);
+        assert_eq!(
+            step(&mut t, "s", &mut sink, now, &echo_engine(500)),
+            StepOutcome::Paused
+        );
         assert!(sink.sent.is_empty());
         let later = now + STALL_LIMIT;
-        assert_eq!(step(&mut t, "s", &mut sink, later, 500), StepOutcome::Idle);
+        assert_eq!(
+            step(&mut t, "s", &mut sink, later, &echo_engine(500)),
+            StepOutcome::Idle
+        );
         assert_eq!(
             sink.closed,
             [(B, close::POLICY, "Client too slow".to_string())]

@@ -134,7 +134,9 @@ fn ten_thousand_idle_websockets() {
     // Memory goes back near idle: most of what the connections took is
     // returned (the server trims its heap on its next timer tick).
     let target = idle + (held - idle) / 4;
-    eventually("RSS back near idle after the connections close", || rss_kib(pid) < target);
+    eventually("RSS back near idle after the connections close", || {
+        rss_kib(pid) < target
+    });
     eprintln!("10k websockets: after closing all, {} KiB", rss_kib(pid));
     // And it still serves.
     assert_eq!(s.get("/api/health").status, 200);

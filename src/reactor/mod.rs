@@ -8,6 +8,7 @@
 //! that got output. Writing once per iteration, not once per event, is what
 //! lets a broadcast of many small frames leave in few syscalls.
 
+mod agents;
 mod conn;
 
 use std::io::{self, Read};
@@ -18,12 +19,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
-use crate::api::{App, HttpOutcome, TurnsState, Upgrade};
+use crate::agent::openai::{self, UpstreamConfig};
+use crate::agent::{exec_request, AgentJob, AgentKind};
+use crate::api::{App, HttpOutcome, Upgrade};
+use crate::config::AgentChoice;
 use crate::config::{Config, Limits};
 use crate::http::{response, ParserLimits, Progress, RequestParser, Response};
 use crate::sink::{ConnId, Sink};
@@ -45,8 +49,8 @@ const HTTP_OUT_HIGH: usize = 256 * 1024;
 const LINGER: Duration = Duration::from_secs(2);
 /// Timers are checked at least this often while connections are open.
 const TICK: Duration = Duration::from_secs(1);
-/// How often turns paused for a slow client are looked at again.
-const PAUSED_RECHECK: Duration = Duration::from_millis(10);
+/// How long an agent that said `done` may take to exit before it is killed.
+const AGENT_EXIT_GRACE: Duration = Duration::from_secs(2);
 /// How long shutdown waits for connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// tungstenite's read buffer: big enough for a few frames per syscall,
@@ -78,7 +82,15 @@ pub struct Server {
     accept_paused: bool,
     /// Most connections open since memory was last given back.
     conns_peak: usize,
-    turns: TurnsState,
+    /// When the turn engine wants its next step (None: nothing to step).
+    turns_wake: Option<Instant>,
+    agent: AgentKind,
+    agent_config: crate::config::AgentConfig,
+    /// Running agents (child processes, upstream requests), by task slot.
+    tasks: Vec<Option<agents::AgentTask>>,
+    /// Agents the core asked to start or stop, carried out by `settle`.
+    agent_starts: Vec<AgentJob>,
+    agent_stops: Vec<(u64, bool)>,
     next_tick: Instant,
     shutdown_deadline: Option<Instant>,
 }
@@ -128,7 +140,7 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(|e| e.to_string())?;
-        let mut signals = Signals::new([SIGINT, SIGTERM])
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGCHLD])
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
@@ -136,6 +148,8 @@ impl Server {
         raise_nofile_limit(config.limits.max_connections);
 
         let limits = config.limits.clone();
+        let agent_config = config.agent.clone();
+        let agent = resolve_agent(&agent_config)?;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(WS_READ_BUFFER)
             .write_buffer_size(0)
@@ -160,7 +174,12 @@ impl Server {
             retry: Vec::new(),
             accept_paused: false,
             conns_peak: 0,
-            turns: TurnsState::Idle,
+            turns_wake: None,
+            agent,
+            agent_config,
+            tasks: Vec::new(),
+            agent_starts: Vec::new(),
+            agent_stops: Vec::new(),
             next_tick: now + TICK,
             shutdown_deadline: None,
         })
@@ -187,16 +206,20 @@ impl Server {
                     LISTENER => self.accept(now),
                     SIGNALS => {
                         if self.on_signals(now) {
+                            self.kill_agents();
                             return Ok(());
                         }
                     }
-                    Token(slot) => self.on_ready(slot, now),
+                    t => match agents::split_token(t) {
+                        Some((task, stream)) => self.on_agent_ready(task, stream, now),
+                        None => self.on_ready(t.0, now),
+                    },
                 }
             }
             for slot in std::mem::take(&mut self.retry) {
                 self.on_ready(slot, now);
             }
-            self.turns = self.app.run_turns(now, &mut sink!(self));
+            self.turns_wake = self.app.run_turns(now, &mut sink!(self));
             self.settle(now);
             if now >= self.next_tick {
                 self.tick(now);
@@ -208,6 +231,7 @@ impl Server {
             self.flush_dirty(now);
             if let Some(deadline) = self.shutdown_deadline {
                 if self.conns.is_empty() || now >= deadline {
+                    self.kill_agents();
                     return Ok(());
                 }
             }
@@ -215,21 +239,20 @@ impl Server {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.retry.is_empty() || self.turns == TurnsState::Runnable {
+        if !self.retry.is_empty() {
             return Some(Duration::ZERO);
         }
         let mut next = self.app.next_sweep();
-        if !self.conns.is_empty() || self.accept_paused {
+        if !self.conns.is_empty() || self.accept_paused || self.tasks.iter().any(Option::is_some) {
             next = next.min(self.next_tick);
         }
         if let Some(d) = self.shutdown_deadline {
             next = next.min(d);
         }
-        let mut timeout = next.saturating_duration_since(now);
-        if self.turns == TurnsState::Paused {
-            timeout = timeout.min(PAUSED_RECHECK);
+        if let Some(t) = self.turns_wake {
+            next = next.min(t);
         }
-        Some(timeout)
+        Some(next.saturating_duration_since(now))
     }
 
     fn conn_id(&self, slot: usize) -> Option<ConnId> {
@@ -312,11 +335,18 @@ impl Server {
 
     /// Returns true when the process should exit now.
     fn on_signals(&mut self, now: Instant) -> bool {
-        let mut got = false;
-        for _ in self.signals.pending() {
-            got = true;
+        let mut stop = false;
+        let mut child_exited = false;
+        for signal in self.signals.pending() {
+            match signal {
+                SIGCHLD => child_exited = true,
+                _ => stop = true,
+            }
         }
-        if !got {
+        if child_exited {
+            self.reap_agents(now);
+        }
+        if !stop {
             return false;
         }
         if self.shutdown_deadline.is_some() {
@@ -609,9 +639,21 @@ impl Server {
             for (id, session) in std::mem::take(&mut self.gone_ws) {
                 self.app.ws_closed(id, &session, now);
             }
+            for (turn, graceful) in std::mem::take(&mut self.agent_stops) {
+                self.stop_agent(turn, graceful, now);
+            }
+            for job in std::mem::take(&mut self.agent_starts) {
+                self.start_agent(job, now);
+            }
             let wake = std::mem::take(&mut self.wake);
             if wake.is_empty() {
-                break;
+                if self.agent_starts.is_empty()
+                    && self.agent_stops.is_empty()
+                    && self.gone_ws.is_empty()
+                {
+                    break;
+                }
+                continue;
             }
             for slot in wake {
                 self.drive_http(slot, now);
@@ -674,6 +716,7 @@ impl Server {
     /// and idle closes, lingering closes.
     fn tick(&mut self, now: Instant) {
         self.next_tick = now + TICK;
+        self.agent_timers(now);
         // glibc keeps the freed buffers of closed connections in its heap;
         // once a wave of them has gone, hand the pages back so RSS returns
         // near idle instead of staying at the high-water mark.
@@ -833,6 +876,8 @@ fn close_ws_conn(
 /// The reactor's side of [`Sink`]: frames and deferred responses go into
 /// connection queues (written at the end of the iteration).
 struct ConnSink<'a> {
+    agent_starts: &'a mut Vec<AgentJob>,
+    agent_stops: &'a mut Vec<(u64, bool)>,
     conns: &'a mut Slab,
     dirty: &'a mut Vec<usize>,
     wake: &'a mut Vec<usize>,
@@ -849,6 +894,8 @@ macro_rules! sink {
             dirty: &mut $s.dirty,
             wake: &mut $s.wake,
             gone_ws: &mut $s.gone_ws,
+            agent_starts: &mut $s.agent_starts,
+            agent_stops: &mut $s.agent_stops,
             max_ws_output: $s.limits.max_ws_output_bytes,
             now: Instant::now(),
         }
@@ -917,6 +964,14 @@ impl Sink for ConnSink<'_> {
         }
     }
 
+    fn start_agent(&mut self, job: AgentJob) {
+        self.agent_starts.push(job);
+    }
+
+    fn stop_agent(&mut self, turn: u64, graceful: bool) {
+        self.agent_stops.push((turn, graceful));
+    }
+
     fn backlog(&self, to: ConnId) -> usize {
         match self.conns.get(to.slot) {
             Some(Conn {
@@ -924,6 +979,304 @@ impl Sink for ConnSink<'_> {
                 state: State::Ws(w),
             }) if *serial == to.serial => w.ws.get_ref().queued(),
             _ => 0,
+        }
+    }
+}
+
+/// The agent `--agent` names, with the upstream address resolved now: a
+/// name lookup is a blocking call, so it happens once, before the loop.
+fn resolve_agent(config: &crate::config::AgentConfig) -> Result<AgentKind, String> {
+    Ok(match config.choice {
+        AgentChoice::Echo => AgentKind::Echo,
+        AgentChoice::Exec => AgentKind::Exec(config.cmd.clone().unwrap_or_default()),
+        AgentChoice::OpenAi => {
+            let url = config.base_url.clone().unwrap_or_default();
+            let (host, port, base_path) = openai::parse_base_url(&url)?;
+            let addr = (host.as_str(), port)
+                .to_socket_addrs()
+                .map_err(|e| format!("cannot resolve the upstream {host}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("cannot resolve the upstream {host}: no address"))?;
+            let authority = url
+                .trim_start_matches("http://")
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            AgentKind::OpenAi(UpstreamConfig {
+                authority,
+                addr,
+                base_path,
+                model: config.model.clone().unwrap_or_default(),
+                api_key: config.openai_api_key.clone(),
+                system_prompt: config.system_prompt.clone(),
+            })
+        }
+    })
+}
+
+/// Agents: start, drive, reap, time out, stop.
+impl Server {
+    fn start_agent(&mut self, job: AgentJob, now: Instant) {
+        let slot = match self.tasks.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.tasks.push(None);
+                self.tasks.len() - 1
+            }
+        };
+        let registry = self.poll.registry();
+        let max = self.agent_config.max_output_bytes;
+        let io = match &self.agent {
+            AgentKind::Echo => return,
+            AgentKind::Exec(cmd) => {
+                agents::ExecTask::spawn(cmd, exec_request(&job), max, registry, slot)
+                    .map(|t| agents::AgentIo::Exec(Box::new(t)))
+                    .map_err(|e| format!("could not start the agent ({cmd}): {e}"))
+            }
+            AgentKind::OpenAi(cfg) => agents::UpstreamTask::connect(
+                cfg.addr,
+                openai::request(cfg, &job),
+                max as u64,
+                registry,
+                slot,
+                now,
+            )
+            .map(|t| agents::AgentIo::Upstream(Box::new(t)))
+            .map_err(|e| {
+                format!(
+                    "cannot reach the upstream model server at {}: {e}",
+                    cfg.addr
+                )
+            }),
+        };
+        let session: Rc<str> = Rc::from(job.session_id);
+        match io {
+            Ok(mut io) => {
+                if let agents::AgentIo::Exec(task) = &mut io {
+                    task.write_stdin(self.poll.registry());
+                }
+                self.tasks[slot] = Some(agents::AgentTask {
+                    turn: job.turn,
+                    session,
+                    io,
+                    ended: false,
+                    started: now,
+                    kill_at: None,
+                });
+            }
+            Err(reason) => {
+                eprintln!("autopoiesis: {reason}");
+                self.app
+                    .agent_failed(&session, job.turn, reason, now, &mut sink!(self));
+            }
+        }
+    }
+
+    /// The turn ended (done, error, cancel, session deleted): forward
+    /// nothing more, and kill the agent unless it said `done`.
+    fn stop_agent(&mut self, turn: u64, graceful: bool, now: Instant) {
+        let Some(slot) = self
+            .tasks
+            .iter()
+            .position(|t| t.as_ref().is_some_and(|t| t.turn == turn))
+        else {
+            return;
+        };
+        let Some(task) = self.tasks[slot].as_mut() else {
+            return;
+        };
+        task.ended = true;
+        match &mut task.io {
+            agents::AgentIo::Exec(exec) => {
+                if graceful {
+                    task.kill_at = Some(now + AGENT_EXIT_GRACE);
+                } else {
+                    exec.kill();
+                }
+            }
+            agents::AgentIo::Upstream(_) => self.remove_task(slot),
+        }
+    }
+
+    fn on_agent_ready(&mut self, slot: usize, stream: usize, now: Instant) {
+        let registry = self.poll.registry();
+        let Some(task) = self.tasks.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let (progress, finished) = match &mut task.io {
+            agents::AgentIo::Exec(exec) => {
+                let progress = match stream {
+                    0 => {
+                        exec.write_stdin(registry);
+                        agents::Progress::default()
+                    }
+                    1 => exec.read_stdout(registry),
+                    _ => {
+                        exec.read_stderr(registry);
+                        agents::Progress::default()
+                    }
+                };
+                if progress.failure.is_some() {
+                    exec.kill();
+                }
+                (progress, false)
+            }
+            agents::AgentIo::Upstream(up) => {
+                let mut finished = false;
+                let progress = up.drive(now, &mut finished);
+                (progress, finished)
+            }
+        };
+        let failed = progress.failure.is_some();
+        self.deliver(slot, progress, now);
+        let upstream = matches!(
+            self.tasks.get(slot).and_then(Option::as_ref).map(|t| &t.io),
+            Some(agents::AgentIo::Upstream(_))
+        );
+        if upstream && (finished || failed) {
+            self.remove_task(slot);
+        } else {
+            self.finish_exec_if_done(slot, now);
+        }
+    }
+
+    /// Hands a task's events (or failure) to the core, unless its turn ended.
+    fn deliver(&mut self, slot: usize, progress: agents::Progress, now: Instant) {
+        let Some(task) = self.tasks.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if task.ended {
+            return;
+        }
+        let (session, turn) = (task.session.clone(), task.turn);
+        if progress.failure.is_some() {
+            task.ended = true;
+        }
+        if !progress.events.is_empty() {
+            self.app
+                .agent_events(&session, turn, progress.events, now, &mut sink!(self));
+        }
+        if let Some(reason) = progress.failure {
+            self.app
+                .agent_failed(&session, turn, reason, now, &mut sink!(self));
+        }
+    }
+
+    /// SIGCHLD: collect every exited child.
+    fn reap_agents(&mut self, now: Instant) {
+        for slot in 0..self.tasks.len() {
+            if let Some(agents::AgentTask {
+                io: agents::AgentIo::Exec(exec),
+                ..
+            }) = self.tasks[slot].as_mut()
+            {
+                if exec.reap() {
+                    // Drain what it wrote before exiting.
+                    let registry = self.poll.registry();
+                    exec.read_stderr(registry);
+                    let progress = exec.read_stdout(registry);
+                    self.deliver(slot, progress, now);
+                    self.finish_exec_if_done(slot, now);
+                }
+            }
+        }
+    }
+
+    /// An exec task is over once its child has exited and its output is
+    /// read; a turn still open then failed ("exited before done").
+    fn finish_exec_if_done(&mut self, slot: usize, now: Instant) {
+        let Some(agents::AgentTask {
+            io: agents::AgentIo::Exec(exec),
+            ended,
+            ..
+        }) = self.tasks.get_mut(slot).and_then(Option::as_mut)
+        else {
+            return;
+        };
+        exec.reap();
+        if exec.exited.is_none() || !(exec.stdout_eof || *ended) {
+            return;
+        }
+        if !*ended {
+            let reason = exec.exit_reason();
+            let progress = agents::Progress {
+                events: Vec::new(),
+                failure: Some(reason),
+            };
+            self.deliver(slot, progress, now);
+        }
+        self.remove_task(slot);
+    }
+
+    fn remove_task(&mut self, slot: usize) {
+        let Some(mut task) = self.tasks.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        let registry = self.poll.registry();
+        match &mut task.io {
+            agents::AgentIo::Exec(exec) => {
+                exec.deregister(registry);
+                exec.kill();
+                if !exec.reap() {
+                    // Killed: it exits at once; wait so no zombie is left.
+                    let _ = exec.child.wait();
+                }
+            }
+            agents::AgentIo::Upstream(up) => up.deregister(registry),
+        }
+    }
+
+    /// Turn and upstream timeouts, and the grace after `done`.
+    fn agent_timers(&mut self, now: Instant) {
+        let turn_timeout = self.agent_config.turn_timeout;
+        let upstream_timeout = self.agent_config.upstream_timeout;
+        for slot in 0..self.tasks.len() {
+            let Some(task) = self.tasks[slot].as_mut() else {
+                continue;
+            };
+            let failure = match &mut task.io {
+                agents::AgentIo::Exec(exec) => {
+                    if task.kill_at.is_some_and(|t| now >= t) {
+                        exec.kill();
+                        None
+                    } else if !task.ended && now >= task.started + turn_timeout {
+                        exec.kill();
+                        Some(format!(
+                            "the turn timed out after {} s; the agent was killed",
+                            turn_timeout.as_secs()
+                        ))
+                    } else {
+                        None
+                    }
+                }
+                agents::AgentIo::Upstream(up) => {
+                    (now >= up.last_progress + upstream_timeout).then(|| {
+                        format!(
+                            "the upstream model server sent nothing for {} s",
+                            upstream_timeout.as_secs()
+                        )
+                    })
+                }
+            };
+            if let Some(reason) = failure {
+                let upstream = matches!(task.io, agents::AgentIo::Upstream(_));
+                let progress = agents::Progress {
+                    events: Vec::new(),
+                    failure: Some(reason),
+                };
+                self.deliver(slot, progress, now);
+                if upstream {
+                    self.remove_task(slot);
+                }
+            }
+        }
+    }
+
+    /// At exit: no child outlives the server, and none is left a zombie.
+    fn kill_agents(&mut self) {
+        for slot in 0..self.tasks.len() {
+            self.remove_task(slot);
         }
     }
 }

@@ -1,0 +1,409 @@
+//! The I/O half of the `exec` and `openai` agents: child processes and
+//! upstream sockets, registered in the same `mio::Poll` as the clients.
+//! Each task turns readiness into [`AgentEvent`]s (through the sans-IO
+//! decoders in [`crate::agent`]) or a failure reason; the reactor hands
+//! those to the core.
+
+use std::io::{self, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::rc::Rc;
+use std::time::Instant;
+
+use mio::net::TcpStream;
+use mio::unix::pipe;
+use mio::{Interest, Registry, Token};
+
+use crate::agent::lines::LineDecoder;
+use crate::agent::openai::UpstreamDecoder;
+use crate::agent::{parse_exec_line, AgentEvent};
+
+/// Agent tokens start here; each task has four (stdin or socket, stdout,
+/// stderr, spare), so a token maps back to (task, stream) by arithmetic.
+pub const AGENT_BASE: usize = 1 << 40;
+const SLOTS_PER_TASK: usize = 4;
+const READ_CHUNK: usize = 16 * 1024;
+/// Stderr bytes logged per turn; the rest is counted and dropped.
+const MAX_STDERR_LOG: usize = 64 * 1024;
+/// Longest stdout line of an exec agent.
+const MAX_LINE: usize = 4 * 1024 * 1024;
+
+pub fn token(task: usize, stream: usize) -> Token {
+    Token(AGENT_BASE + task * SLOTS_PER_TASK + stream)
+}
+
+/// (task, stream) of an agent token.
+pub fn split_token(t: Token) -> Option<(usize, usize)> {
+    let n = t.0.checked_sub(AGENT_BASE)?;
+    Some((n / SLOTS_PER_TASK, n % SLOTS_PER_TASK))
+}
+
+/// What a task's readiness produced.
+#[derive(Default)]
+pub struct Progress {
+    pub events: Vec<AgentEvent>,
+    /// The turn fails with this reason (the task is dead or must be killed).
+    pub failure: Option<String>,
+}
+
+pub struct ExecTask {
+    pub child: Child,
+    stdin: Option<pipe::Sender>,
+    request: Vec<u8>,
+    written: usize,
+    stdout: Option<pipe::Receiver>,
+    stderr: Option<pipe::Receiver>,
+    lines: LineDecoder,
+    stderr_lines: LineDecoder,
+    out_bytes: usize,
+    max_output: usize,
+    stderr_logged: usize,
+    pub last_stderr: String,
+    pub exited: Option<ExitStatus>,
+    pub stdout_eof: bool,
+}
+
+impl ExecTask {
+    /// Spawns `/bin/sh -c cmd` in its own process group (so a kill reaches
+    /// whatever it starts) with three non-blocking pipes registered.
+    pub fn spawn(
+        cmd: &str,
+        request: Vec<u8>,
+        max_output: usize,
+        registry: &Registry,
+        task: usize,
+    ) -> io::Result<Self> {
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(cmd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()?;
+        let (Some(i), Some(o), Some(e)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            kill_group(&child);
+            let _ = child.wait();
+            return Err(io::Error::other("pipes missing"));
+        };
+        let mut stdin = pipe::Sender::from(i);
+        let mut stdout = pipe::Receiver::from(o);
+        let mut stderr = pipe::Receiver::from(e);
+        let setup = (|| {
+            stdin.set_nonblocking(true)?;
+            stdout.set_nonblocking(true)?;
+            stderr.set_nonblocking(true)?;
+            registry.register(&mut stdin, token(task, 0), Interest::WRITABLE)?;
+            registry.register(&mut stdout, token(task, 1), Interest::READABLE)?;
+            registry.register(&mut stderr, token(task, 2), Interest::READABLE)
+        })();
+        if let Err(e) = setup {
+            kill_group(&child);
+            let _ = child.wait();
+            return Err(e);
+        }
+        Ok(ExecTask {
+            child,
+            stdin: Some(stdin),
+            request,
+            written: 0,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+            lines: LineDecoder::new(MAX_LINE),
+            stderr_lines: LineDecoder::new(MAX_LINE),
+            out_bytes: 0,
+            max_output,
+            stderr_logged: 0,
+            last_stderr: String::new(),
+            exited: None,
+            stdout_eof: false,
+        })
+    }
+
+    /// Writes the request line; closes stdin once it is all written (or the
+    /// child stopped reading).
+    pub fn write_stdin(&mut self, registry: &Registry) {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return;
+        };
+        while self.written < self.request.len() {
+            match stdin.write(&self.request[self.written..]) {
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break, // EPIPE: the child does not want it
+            }
+        }
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = registry.deregister(&mut stdin);
+        }
+        self.request = Vec::new();
+    }
+
+    pub fn read_stdout(&mut self, registry: &Registry) -> Progress {
+        let mut progress = Progress::default();
+        let Some(stdout) = self.stdout.as_mut() else {
+            return progress;
+        };
+        let mut buf = [0u8; READ_CHUNK];
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) => {
+                    self.stdout_eof = true;
+                    if let Some(rest) = self.lines.finish() {
+                        decode_line(&rest, &mut progress);
+                    }
+                    if let Some(mut s) = self.stdout.take() {
+                        let _ = registry.deregister(&mut s);
+                    }
+                    return progress;
+                }
+                Ok(n) => {
+                    self.out_bytes += n;
+                    if self.out_bytes > self.max_output {
+                        progress.failure =
+                            Some(format!("agent output passed {} bytes", self.max_output));
+                        return progress;
+                    }
+                    let fed = self
+                        .lines
+                        .feed(&buf[..n], |line| decode_line(line, &mut progress));
+                    if fed.is_err() {
+                        progress.failure =
+                            Some(format!("agent printed a line over {MAX_LINE} bytes"));
+                    }
+                    if progress.failure.is_some() {
+                        return progress;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return progress,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    progress.failure = Some(format!("reading the agent's output failed: {e}"));
+                    return progress;
+                }
+            }
+        }
+    }
+
+    /// Reads stderr into the server log (bounded), keeping the last line
+    /// for error messages.
+    pub fn read_stderr(&mut self, registry: &Registry) {
+        let Some(stderr) = self.stderr.as_mut() else {
+            return;
+        };
+        let pid = self.child.id();
+        let mut buf = [0u8; READ_CHUNK];
+        loop {
+            match stderr.read(&mut buf) {
+                Ok(0) => {
+                    if let Some(rest) = self.stderr_lines.finish() {
+                        self.last_stderr = String::from_utf8_lossy(&rest).into_owned();
+                    }
+                    if let Some(mut s) = self.stderr.take() {
+                        let _ = registry.deregister(&mut s);
+                    }
+                    return;
+                }
+                Ok(n) => {
+                    let (logged, last) = (&mut self.stderr_logged, &mut self.last_stderr);
+                    let _ = self.stderr_lines.feed(&buf[..n], |line| {
+                        let text = String::from_utf8_lossy(line);
+                        if *logged < MAX_STDERR_LOG {
+                            eprintln!("autopoiesis: agent[{pid}]: {text}");
+                            *logged += line.len() + 1;
+                            if *logged >= MAX_STDERR_LOG {
+                                eprintln!("autopoiesis: agent[{pid}]: (more stderr not logged)");
+                            }
+                        }
+                        if !text.trim().is_empty() {
+                            *last = text.chars().take(300).collect();
+                        }
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Collects the exit status if the child has exited (never blocks).
+    pub fn reap(&mut self) -> bool {
+        if self.exited.is_none() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.exited = Some(status);
+            }
+        }
+        self.exited.is_some()
+    }
+
+    pub fn kill(&self) {
+        if self.exited.is_none() {
+            kill_group(&self.child);
+        }
+    }
+
+    pub fn deregister(&mut self, registry: &Registry) {
+        if let Some(mut s) = self.stdin.take() {
+            let _ = registry.deregister(&mut s);
+        }
+        if let Some(mut s) = self.stdout.take() {
+            let _ = registry.deregister(&mut s);
+        }
+        if let Some(mut s) = self.stderr.take() {
+            let _ = registry.deregister(&mut s);
+        }
+    }
+
+    /// Why a turn whose agent exited without `done` failed.
+    pub fn exit_reason(&self) -> String {
+        let status = match self
+            .exited
+            .map(|s| (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)))
+        {
+            Some((Some(code), _)) => format!("exited with status {code}"),
+            Some((None, Some(sig))) => format!("was killed by signal {sig}"),
+            _ => "ended".to_owned(),
+        };
+        if self.last_stderr.is_empty() {
+            format!("agent {status} before done")
+        } else {
+            format!("agent {status} before done: {}", self.last_stderr)
+        }
+    }
+}
+
+fn decode_line(line: &[u8], progress: &mut Progress) {
+    if progress.failure.is_some() || line.iter().all(u8::is_ascii_whitespace) {
+        return;
+    }
+    match parse_exec_line(line) {
+        Ok(event) => progress.events.push(event),
+        Err(why) => {
+            let shown: String = String::from_utf8_lossy(line).chars().take(200).collect();
+            progress.failure = Some(format!(
+                "agent printed a line that is not an event ({why}): {shown}"
+            ));
+        }
+    }
+}
+
+/// SIGKILL to the child's whole process group.
+fn kill_group(child: &Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) with a negative pid signals the group we created.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+}
+
+pub struct UpstreamTask {
+    stream: TcpStream,
+    request: Vec<u8>,
+    written: usize,
+    decoder: UpstreamDecoder,
+    pub last_progress: Instant,
+}
+
+impl UpstreamTask {
+    pub fn connect(
+        addr: std::net::SocketAddr,
+        request: Vec<u8>,
+        max_body: u64,
+        registry: &Registry,
+        task: usize,
+        now: Instant,
+    ) -> io::Result<Self> {
+        let mut stream = TcpStream::connect(addr)?;
+        registry.register(
+            &mut stream,
+            token(task, 0),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        Ok(UpstreamTask {
+            stream,
+            request,
+            written: 0,
+            decoder: UpstreamDecoder::new(max_body),
+            last_progress: now,
+        })
+    }
+
+    /// Writes the request, reads the response; returns events, or the
+    /// failure that ends the turn. `finished` is set once the stream is over.
+    pub fn drive(&mut self, now: Instant, finished: &mut bool) -> Progress {
+        let mut progress = Progress::default();
+        if let Ok(Some(e)) | Err(e) = self.stream.take_error() {
+            progress.failure = Some(format!("cannot reach the upstream model server: {e}"));
+            return progress;
+        }
+        while self.written < self.request.len() {
+            match self.stream.write(&self.request[self.written..]) {
+                Ok(n) => {
+                    self.written += n;
+                    self.last_progress = now;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return progress,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return progress,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    progress.failure = Some(format!("cannot reach the upstream model server: {e}"));
+                    return progress;
+                }
+            }
+        }
+        let mut buf = [0u8; READ_CHUNK];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    if let Err(why) = self.decoder.finish(&mut progress.events) {
+                        progress.failure = Some(why);
+                    }
+                    *finished = true;
+                    return progress;
+                }
+                Ok(n) => {
+                    self.last_progress = now;
+                    if let Err(why) = self.decoder.feed(&buf[..n], &mut progress.events) {
+                        progress.failure = Some(why);
+                        return progress;
+                    }
+                    if self.decoder.is_finished() {
+                        *finished = true;
+                        return progress;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return progress,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    progress.failure = Some(format!("upstream connection failed: {e}"));
+                    return progress;
+                }
+            }
+        }
+    }
+
+    pub fn deregister(&mut self, registry: &Registry) {
+        let _ = registry.deregister(&mut self.stream);
+    }
+}
+
+pub enum AgentIo {
+    Exec(Box<ExecTask>),
+    Upstream(Box<UpstreamTask>),
+}
+
+pub struct AgentTask {
+    pub turn: u64,
+    pub session: Rc<str>,
+    pub io: AgentIo,
+    /// The turn has ended; nothing more is forwarded.
+    pub ended: bool,
+    pub started: Instant,
+    /// Graceful stop: kill if still running then.
+    pub kill_at: Option<Instant>,
+}
