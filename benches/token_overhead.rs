@@ -1,0 +1,88 @@
+//! How long the server takes to pass one agent token on: from the `exec`
+//! agent's write to the WebSocket client's receipt of the frame.
+//!
+//! The agent (a small Python program) stamps each token with
+//! `CLOCK_MONOTONIC` just before writing it; the client reads the same
+//! clock when the frame arrives. Both sides' own costs (Python's print,
+//! the client's frame parsing) are included, so this is an upper bound on
+//! the server's share.
+//!
+//!     cargo build --release && cargo bench --bench token_overhead
+//!
+//! Env: AUTOPOIESIS_BIN (default target/release/autopoiesis), TOKENS (2000).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the struct we pass.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+const AGENT: &str = r#"
+import json, sys, time
+sys.stdin.readline()
+n = int(sys.argv[1])
+out = sys.stdout
+for i in range(n):
+    out.write(json.dumps({"op": "token", "data": {"content": str(time.monotonic_ns())}}) + "\n")
+    out.flush()
+    time.sleep(0.0005)
+out.write(json.dumps({"op": "done", "data": {}}) + "\n")
+out.flush()
+"#;
+
+fn main() {
+    let bin = std::env::var("AUTOPOIESIS_BIN").unwrap_or_else(|_| "target/release/autopoiesis".into());
+    let tokens: usize = std::env::var("TOKENS").ok().and_then(|t| t.parse().ok()).unwrap_or(2000);
+    let agent_path = std::env::temp_dir().join("autopoiesis-token-overhead-agent.py");
+    std::fs::write(&agent_path, AGENT).expect("write agent");
+    let cmd = format!("python3 {} {tokens}", agent_path.display());
+    let mut server = Command::new(&bin)
+        .args(["serve", "--port", "0", "--agent", "exec", "--agent-cmd", &cmd])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {bin}: {e} (build it with cargo build --release)"));
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().trim_start_matches("listening on http://").to_owned();
+
+    let stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (mut ws, _) = tungstenite::client::client(format!("ws://{addr}/api/ws/bench"), stream).unwrap();
+    ws.send(tungstenite::Message::text(r#"{"op":"message","data":{"content":"go"}}"#)).unwrap();
+    let mut lat_us = Vec::with_capacity(tokens);
+    loop {
+        let msg = ws.read().unwrap();
+        let now = monotonic_ns();
+        let tungstenite::Message::Text(t) = msg else { continue };
+        let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+        match v["op"].as_str() {
+            Some("token") => {
+                let sent: u64 = v["data"]["content"].as_str().unwrap().parse().unwrap();
+                lat_us.push(now.saturating_sub(sent) as f64 / 1000.0);
+            }
+            Some("done") => break,
+            other => panic!("unexpected {other:?}: {v}"),
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    lat_us.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| lat_us[((lat_us.len() - 1) as f64 * p) as usize];
+    println!(
+        "token_overhead tokens={} p50_us={:.1} p90_us={:.1} p99_us={:.1} max_us={:.1}",
+        lat_us.len(),
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        lat_us[lat_us.len() - 1]
+    );
+}
