@@ -38,3 +38,13 @@ fn ws_handshake_corpus() {
 fn ws_client_op_corpus() {
     replay("ws_client_op", autopoiesis::fuzzing::ws_client_op);
 }
+
+#[test]
+fn sse_stream_corpus() {
+    replay("sse_stream", autopoiesis::fuzzing::sse_stream);
+}
+
+#[test]
+fn exec_lines_corpus() {
+    replay("exec_lines", autopoiesis::fuzzing::exec_lines);
+}
