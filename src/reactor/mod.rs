@@ -239,7 +239,7 @@ impl Server {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.retry.is_empty() {
+        if !self.retry.is_empty() || !self.dirty.is_empty() {
             return Some(Duration::ZERO);
         }
         let mut next = self.app.next_sweep();
