@@ -137,7 +137,10 @@ pub fn ws_client_op(data: &[u8]) {
     }
 }
 
-fn upstream_events(data: &[u8], step: usize) -> (Vec<crate::agent::AgentEvent>, Result<(), String>) {
+fn upstream_events(
+    data: &[u8],
+    step: usize,
+) -> (Vec<crate::agent::AgentEvent>, Result<(), String>) {
     let mut decoder = crate::agent::openai::UpstreamDecoder::new(1 << 20);
     let mut events = Vec::new();
     for piece in data.chunks(step.max(1)) {
@@ -145,7 +148,11 @@ fn upstream_events(data: &[u8], step: usize) -> (Vec<crate::agent::AgentEvent>, 
             return (events, Err(e));
         }
     }
-    let end = if decoder.is_finished() { Ok(()) } else { decoder.finish(&mut events) };
+    let end = if decoder.is_finished() {
+        Ok(())
+    } else {
+        decoder.finish(&mut events)
+    };
     (events, end)
 }
 
@@ -157,7 +164,11 @@ pub fn sse_stream(data: &[u8]) {
     let step = data.first().map_or(1, |&b| usize::from(b % 32) + 1);
     let byte_by_byte = if data.len() <= 1024 { 1 } else { step };
     for s in [byte_by_byte, step] {
-        assert_eq!(upstream_events(data, s), whole, "split every {s} bytes decodes otherwise");
+        assert_eq!(
+            upstream_events(data, s),
+            whole,
+            "split every {s} bytes decodes otherwise"
+        );
     }
 }
 
@@ -165,7 +176,10 @@ fn exec_events(data: &[u8], step: usize) -> Vec<Result<crate::agent::AgentEvent,
     let mut lines = crate::agent::lines::LineDecoder::new(4096);
     let mut out = Vec::new();
     for piece in data.chunks(step.max(1)) {
-        if lines.feed(piece, |l| out.push(crate::agent::parse_exec_line(l))).is_err() {
+        if lines
+            .feed(piece, |l| out.push(crate::agent::parse_exec_line(l)))
+            .is_err()
+        {
             out.push(Err("line too long".into()));
             return out;
         }
@@ -182,6 +196,10 @@ pub fn exec_lines(data: &[u8]) {
     let whole = exec_events(data, data.len());
     let step = data.first().map_or(1, |&b| usize::from(b % 32) + 1);
     for s in [1, step] {
-        assert_eq!(exec_events(data, s), whole, "split every {s} bytes parses otherwise");
+        assert_eq!(
+            exec_events(data, s),
+            whole,
+            "split every {s} bytes parses otherwise"
+        );
     }
 }

@@ -20,7 +20,8 @@
 //! | [`sink`] | [`sink::ConnId`] and the [`sink::Sink`] trait the core answers through | [`api`], [`turns`], [`reactor`] |
 //! | [`clock`] | RFC 3339 timestamps, random session ids | [`sessions`], [`turns`] |
 //! | [`fuzzing`] | fuzz harnesses, shared by `fuzz/` and the corpus replay test | `fuzz/` targets, `tests/fuzz_corpus.rs` |
-//! | [`reactor`] | the mio loop: listener, connection slab, timers, signals | `main` |
+//! | [`agent`] | agent events, the `exec` JSON-lines protocol, the OpenAI stream decoder, history folding | [`turns`], [`reactor`] |
+//! | [`reactor`] | the mio loop: listener, connection slab, agent processes and sockets, timers, signals | `main` |
 
 // No unwrap/expect outside tests: a network input must never be able to
 // panic the (single-threaded, panic = abort) server.

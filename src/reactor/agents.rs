@@ -14,9 +14,19 @@ use mio::net::TcpStream;
 use mio::unix::pipe;
 use mio::{Interest, Registry, Token};
 
+use std::net::ToSocketAddrs;
+use std::time::Duration;
+
+use super::{sink, ConnSink, Server};
+
+/// How long an agent that said `done` may take to exit before it is killed.
+const AGENT_EXIT_GRACE: Duration = Duration::from_secs(2);
 use crate::agent::lines::LineDecoder;
 use crate::agent::openai::UpstreamDecoder;
+use crate::agent::openai::{self, UpstreamConfig};
+use crate::agent::{exec_request, AgentJob, AgentKind};
 use crate::agent::{parse_exec_line, AgentEvent};
+use crate::config::AgentChoice;
 
 /// Agent tokens start here; each task has four (stdin or socket, stdout,
 /// stderr, spare), so a token maps back to (task, stream) by arithmetic.
@@ -406,4 +416,298 @@ pub struct AgentTask {
     pub started: Instant,
     /// Graceful stop: kill if still running then.
     pub kill_at: Option<Instant>,
+}
+
+/// The agent `--agent` names, with the upstream address resolved now: a
+/// name lookup is a blocking call, so it happens once, before the loop.
+pub(super) fn resolve_agent(config: &crate::config::AgentConfig) -> Result<AgentKind, String> {
+    Ok(match config.choice {
+        AgentChoice::Echo => AgentKind::Echo,
+        AgentChoice::Exec => AgentKind::Exec(config.cmd.clone().unwrap_or_default()),
+        AgentChoice::OpenAi => {
+            let url = config.base_url.clone().unwrap_or_default();
+            let (host, port, base_path) = openai::parse_base_url(&url)?;
+            let addr = (host.as_str(), port)
+                .to_socket_addrs()
+                .map_err(|e| format!("cannot resolve the upstream {host}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("cannot resolve the upstream {host}: no address"))?;
+            let authority = url
+                .trim_start_matches("http://")
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            AgentKind::OpenAi(UpstreamConfig {
+                authority,
+                addr,
+                base_path,
+                model: config.model.clone().unwrap_or_default(),
+                api_key: config.openai_api_key.clone(),
+                system_prompt: config.system_prompt.clone(),
+            })
+        }
+    })
+}
+
+/// Agents: start, drive, reap, time out, stop.
+impl Server {
+    pub(super) fn start_agent(&mut self, job: AgentJob, now: Instant) {
+        let slot = match self.tasks.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.tasks.push(None);
+                self.tasks.len() - 1
+            }
+        };
+        let registry = self.poll.registry();
+        let max = self.agent_config.max_output_bytes;
+        let io = match &self.agent {
+            AgentKind::Echo => return,
+            AgentKind::Exec(cmd) => ExecTask::spawn(cmd, exec_request(&job), max, registry, slot)
+                .map(|t| AgentIo::Exec(Box::new(t)))
+                .map_err(|e| format!("could not start the agent ({cmd}): {e}")),
+            AgentKind::OpenAi(cfg) => UpstreamTask::connect(
+                cfg.addr,
+                openai::request(cfg, &job),
+                max as u64,
+                registry,
+                slot,
+                now,
+            )
+            .map(|t| AgentIo::Upstream(Box::new(t)))
+            .map_err(|e| {
+                format!(
+                    "cannot reach the upstream model server at {}: {e}",
+                    cfg.addr
+                )
+            }),
+        };
+        let session: Rc<str> = Rc::from(job.session_id);
+        match io {
+            Ok(mut io) => {
+                if let AgentIo::Exec(task) = &mut io {
+                    task.write_stdin(self.poll.registry());
+                }
+                self.tasks[slot] = Some(AgentTask {
+                    turn: job.turn,
+                    session,
+                    io,
+                    ended: false,
+                    started: now,
+                    kill_at: None,
+                });
+            }
+            Err(reason) => {
+                eprintln!("autopoiesis: {reason}");
+                self.app
+                    .agent_failed(&session, job.turn, reason, now, &mut sink!(self));
+            }
+        }
+    }
+
+    /// The turn ended (done, error, cancel, session deleted): forward
+    /// nothing more, and kill the agent unless it said `done`.
+    pub(super) fn stop_agent(&mut self, turn: u64, graceful: bool, now: Instant) {
+        let Some(slot) = self
+            .tasks
+            .iter()
+            .position(|t| t.as_ref().is_some_and(|t| t.turn == turn))
+        else {
+            return;
+        };
+        let Some(task) = self.tasks[slot].as_mut() else {
+            return;
+        };
+        task.ended = true;
+        match &mut task.io {
+            AgentIo::Exec(exec) => {
+                if graceful {
+                    task.kill_at = Some(now + AGENT_EXIT_GRACE);
+                } else {
+                    exec.kill();
+                }
+            }
+            AgentIo::Upstream(_) => self.remove_task(slot),
+        }
+    }
+
+    pub(super) fn on_agent_ready(&mut self, slot: usize, stream: usize, now: Instant) {
+        let registry = self.poll.registry();
+        let Some(task) = self.tasks.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let (progress, finished) = match &mut task.io {
+            AgentIo::Exec(exec) => {
+                let progress = match stream {
+                    0 => {
+                        exec.write_stdin(registry);
+                        Progress::default()
+                    }
+                    1 => exec.read_stdout(registry),
+                    _ => {
+                        exec.read_stderr(registry);
+                        Progress::default()
+                    }
+                };
+                if progress.failure.is_some() {
+                    exec.kill();
+                }
+                (progress, false)
+            }
+            AgentIo::Upstream(up) => {
+                let mut finished = false;
+                let progress = up.drive(now, &mut finished);
+                (progress, finished)
+            }
+        };
+        let failed = progress.failure.is_some();
+        self.deliver(slot, progress, now);
+        let upstream = matches!(
+            self.tasks.get(slot).and_then(Option::as_ref).map(|t| &t.io),
+            Some(AgentIo::Upstream(_))
+        );
+        if upstream && (finished || failed) {
+            self.remove_task(slot);
+        } else {
+            self.finish_exec_if_done(slot, now);
+        }
+    }
+
+    /// Hands a task's events (or failure) to the core, unless its turn ended.
+    fn deliver(&mut self, slot: usize, progress: Progress, now: Instant) {
+        let Some(task) = self.tasks.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if task.ended {
+            return;
+        }
+        let (session, turn) = (task.session.clone(), task.turn);
+        if progress.failure.is_some() {
+            task.ended = true;
+        }
+        if !progress.events.is_empty() {
+            self.app
+                .agent_events(&session, turn, progress.events, now, &mut sink!(self));
+        }
+        if let Some(reason) = progress.failure {
+            self.app
+                .agent_failed(&session, turn, reason, now, &mut sink!(self));
+        }
+    }
+
+    /// SIGCHLD: collect every exited child.
+    pub(super) fn reap_agents(&mut self, now: Instant) {
+        for slot in 0..self.tasks.len() {
+            if let Some(AgentTask {
+                io: AgentIo::Exec(exec),
+                ..
+            }) = self.tasks[slot].as_mut()
+            {
+                if exec.reap() {
+                    // Drain what it wrote before exiting.
+                    let registry = self.poll.registry();
+                    exec.read_stderr(registry);
+                    let progress = exec.read_stdout(registry);
+                    self.deliver(slot, progress, now);
+                    self.finish_exec_if_done(slot, now);
+                }
+            }
+        }
+    }
+
+    /// An exec task is over once its child has exited and its output is
+    /// read; a turn still open then failed ("exited before done").
+    fn finish_exec_if_done(&mut self, slot: usize, now: Instant) {
+        let Some(AgentTask {
+            io: AgentIo::Exec(exec),
+            ended,
+            ..
+        }) = self.tasks.get_mut(slot).and_then(Option::as_mut)
+        else {
+            return;
+        };
+        exec.reap();
+        if exec.exited.is_none() || !(exec.stdout_eof || *ended) {
+            return;
+        }
+        if !*ended {
+            let reason = exec.exit_reason();
+            let progress = Progress {
+                events: Vec::new(),
+                failure: Some(reason),
+            };
+            self.deliver(slot, progress, now);
+        }
+        self.remove_task(slot);
+    }
+
+    fn remove_task(&mut self, slot: usize) {
+        let Some(mut task) = self.tasks.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        let registry = self.poll.registry();
+        match &mut task.io {
+            AgentIo::Exec(exec) => {
+                exec.deregister(registry);
+                exec.kill();
+                if !exec.reap() {
+                    // Killed: it exits at once; wait so no zombie is left.
+                    let _ = exec.child.wait();
+                }
+            }
+            AgentIo::Upstream(up) => up.deregister(registry),
+        }
+    }
+
+    /// Turn and upstream timeouts, and the grace after `done`.
+    pub(super) fn agent_timers(&mut self, now: Instant) {
+        let turn_timeout = self.agent_config.turn_timeout;
+        let upstream_timeout = self.agent_config.upstream_timeout;
+        for slot in 0..self.tasks.len() {
+            let Some(task) = self.tasks[slot].as_mut() else {
+                continue;
+            };
+            let failure = match &mut task.io {
+                AgentIo::Exec(exec) => {
+                    if task.kill_at.is_some_and(|t| now >= t) {
+                        exec.kill();
+                        None
+                    } else if !task.ended && now >= task.started + turn_timeout {
+                        exec.kill();
+                        Some(format!(
+                            "the turn timed out after {} s; the agent was killed",
+                            turn_timeout.as_secs()
+                        ))
+                    } else {
+                        None
+                    }
+                }
+                AgentIo::Upstream(up) => (now >= up.last_progress + upstream_timeout).then(|| {
+                    format!(
+                        "the upstream model server sent nothing for {} s",
+                        upstream_timeout.as_secs()
+                    )
+                }),
+            };
+            if let Some(reason) = failure {
+                let upstream = matches!(task.io, AgentIo::Upstream(_));
+                let progress = Progress {
+                    events: Vec::new(),
+                    failure: Some(reason),
+                };
+                self.deliver(slot, progress, now);
+                if upstream {
+                    self.remove_task(slot);
+                }
+            }
+        }
+    }
+
+    /// At exit: no child outlives the server, and none is left a zombie.
+    pub(super) fn kill_agents(&mut self) {
+        for slot in 0..self.tasks.len() {
+            self.remove_task(slot);
+        }
+    }
 }
