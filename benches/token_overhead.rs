@@ -16,7 +16,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the struct we pass.
     unsafe {
         libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
@@ -38,31 +41,57 @@ out.flush()
 "#;
 
 fn main() {
-    let bin = std::env::var("AUTOPOIESIS_BIN").unwrap_or_else(|_| "target/release/autopoiesis".into());
-    let tokens: usize = std::env::var("TOKENS").ok().and_then(|t| t.parse().ok()).unwrap_or(2000);
+    let bin =
+        std::env::var("AUTOPOIESIS_BIN").unwrap_or_else(|_| "target/release/autopoiesis".into());
+    let tokens: usize = std::env::var("TOKENS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(2000);
     let agent_path = std::env::temp_dir().join("autopoiesis-token-overhead-agent.py");
     std::fs::write(&agent_path, AGENT).expect("write agent");
     let cmd = format!("python3 {} {tokens}", agent_path.display());
     let mut server = Command::new(&bin)
-        .args(["serve", "--port", "0", "--agent", "exec", "--agent-cmd", &cmd])
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--in-memory",
+            "--agent",
+            "exec",
+            "--agent-cmd",
+            &cmd,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("start {bin}: {e} (build it with cargo build --release)"));
     let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().trim_start_matches("listening on http://").to_owned();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .trim_start_matches("listening on http://")
+        .to_owned();
 
     let stream = std::net::TcpStream::connect(&addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     stream.set_nodelay(true).unwrap();
-    let (mut ws, _) = tungstenite::client::client(format!("ws://{addr}/api/ws/bench"), stream).unwrap();
-    ws.send(tungstenite::Message::text(r#"{"op":"message","data":{"content":"go"}}"#)).unwrap();
+    let (mut ws, _) =
+        tungstenite::client::client(format!("ws://{addr}/api/ws/bench"), stream).unwrap();
+    ws.send(tungstenite::Message::text(
+        r#"{"op":"message","data":{"content":"go"}}"#,
+    ))
+    .unwrap();
     let mut lat_us = Vec::with_capacity(tokens);
     loop {
         let msg = ws.read().unwrap();
         let now = monotonic_ns();
-        let tungstenite::Message::Text(t) = msg else { continue };
+        let tungstenite::Message::Text(t) = msg else {
+            continue;
+        };
         let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
         match v["op"].as_str() {
             Some("token") => {

@@ -47,6 +47,8 @@ pub struct Upgrade {
     pub response: Vec<u8>,
     /// False: the client had no valid key; close it with 4001 at once.
     pub authorized: bool,
+    /// `?since=N`: replay the retained events after N first.
+    pub since: Option<u64>,
 }
 
 enum Route {
@@ -79,6 +81,8 @@ pub struct App {
     pub sessions: SessionTable,
     /// Ids of sessions with a running turn, in the order they started.
     active: Vec<String>,
+    /// Set when `active` gained a session since the last `run_turns`.
+    newly_active: bool,
     engine: Engine,
     next_turn_id: u64,
     next_sweep: Instant,
@@ -90,7 +94,11 @@ impl App {
         let health_body = json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")})
             .to_string()
             .into_bytes();
-        let sessions = SessionTable::new(config.limits.max_sessions);
+        let retention = crate::sessions::Retention {
+            events: config.limits.retain_events,
+            bytes: config.limits.retain_bytes,
+        };
+        let sessions = SessionTable::with_retention(config.limits.max_sessions, retention);
         let engine = Engine {
             echo: config.agent.choice == AgentChoice::Echo,
             model_name: match config.agent.choice {
@@ -105,6 +113,7 @@ impl App {
             config,
             sessions,
             active: Vec::new(),
+            newly_active: false,
             engine,
             next_turn_id: 0,
             next_sweep: now,
@@ -204,7 +213,7 @@ impl App {
             Route::Session(id) if !valid_session_id(&id) => invalid_id(),
             Route::Session(id) => {
                 // Deleting a session cancels its turns (their REST callers get 409).
-                turns::cancel(&mut self.sessions, &id, sink);
+                turns::cancel(&mut self.sessions, &id, sink, &self.engine);
                 match self.sessions.remove(&id) {
                     Some(_) => Response::json(204, Vec::new()),
                     None => session_not_found(),
@@ -278,6 +287,7 @@ impl App {
             return HttpOutcome::Respond(Response::detail(403, ORIGIN_NOT_ALLOWED));
         }
         let mut protocol = None;
+        let mut since = None;
         let authorized =
             self.config.api_key.is_none() || self.authorized(head.api_key.as_deref()) || {
                 protocol =
@@ -289,8 +299,12 @@ impl App {
                 return HttpOutcome::Respond(invalid_id());
             }
             if let Some(query) = &head.query {
-                if let Some(Err(())) = since_param(query) {
-                    return HttpOutcome::Respond(Response::detail(400, "Invalid since"));
+                match since_param(query) {
+                    Some(Err(())) => {
+                        return HttpOutcome::Respond(Response::detail(400, "Invalid since"))
+                    }
+                    Some(Ok(n)) => since = Some(n),
+                    None => {}
                 }
             }
             if self.sessions.get_or_create(&id, now).is_err() {
@@ -312,13 +326,66 @@ impl App {
             session_id: id,
             response: ws::switching_protocols(&accept, protocol),
             authorized,
+            since,
         })
     }
 
     /// A WebSocket client of `session_id` is open and subscribed.
-    pub fn ws_opened(&mut self, conn: ConnId, session_id: &str, now: Instant) {
+    /// A WebSocket client of `session_id` is open: subscribe it, and with
+    /// `?since=N` first replay the retained events after N (or tell it to
+    /// resync). Replay and subscription happen in one step of the loop, so
+    /// nothing is missed or sent twice in between.
+    pub fn ws_opened(
+        &mut self,
+        conn: ConnId,
+        session_id: &str,
+        since: Option<u64>,
+        now: Instant,
+        sink: &mut dyn Sink,
+    ) {
+        if let (Some(since), Some(session)) = (since, self.sessions.get(session_id)) {
+            match session.events_after(since) {
+                Some(frames) => {
+                    for frame in frames {
+                        sink.send(conn, frame);
+                    }
+                }
+                None => {
+                    let data = serde_json::json!({ "since": since });
+                    sink.send(conn, &events::event_frame("resync", data, None));
+                }
+            }
+        }
         self.sessions.subscribe(session_id, conn);
         self.touch(session_id, now);
+    }
+
+    /// Rebuilds sessions from the journal (at start).
+    pub fn restore(&mut self, records: Vec<(crate::journal::Change, u64)>, now: Instant) {
+        self.sessions.restore(records, now);
+    }
+
+    /// Hands pending state changes to the journal (called by the reactor
+    /// before it writes the iteration's output).
+    pub fn persist_pending(&mut self, sink: &mut dyn Sink) {
+        self.sessions.flush_changes(sink);
+    }
+
+    /// Journals every session's exact `seq` (clean shutdown).
+    pub fn record_exact_seqs(&mut self) {
+        self.sessions.record_exact_seqs();
+    }
+
+    /// Sessions with a turn running or queued.
+    pub fn busy_sessions(&self) -> Vec<String> {
+        self.sessions.busy_ids()
+    }
+
+    /// Cancels every turn (shutdown after the grace period).
+    pub fn cancel_all(&mut self, sink: &mut dyn Sink) {
+        for id in self.busy_sessions() {
+            turns::cancel(&mut self.sessions, &id, sink, &self.engine);
+        }
     }
 
     /// A WebSocket client has gone (for whatever reason).
@@ -369,7 +436,7 @@ impl App {
                 self.sessions.broadcast(session_id, "error", data, sink);
             }
             ClientOp::Cancel => {
-                if !turns::cancel(&mut self.sessions, session_id, sink) {
+                if !turns::cancel(&mut self.sessions, session_id, sink, &self.engine) {
                     reply(sink, Some("not_running"), NOT_RUNNING);
                 }
             }
@@ -380,6 +447,7 @@ impl App {
     /// turns want the next step: now (more to stream), soon (waiting for a
     /// slow client to drain), at an echo delay's next token, or never.
     pub fn run_turns(&mut self, now: Instant, sink: &mut dyn Sink) -> Option<Instant> {
+        self.newly_active = false;
         let mut wake: Option<Instant> = None;
         let mut at = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
         let mut i = 0;
@@ -428,7 +496,14 @@ impl App {
         }
     }
 
+    /// A session became runnable since the last [`run_turns`](Self::run_turns):
+    /// the loop must not sleep before stepping it.
+    pub fn has_new_turns(&self) -> bool {
+        self.newly_active
+    }
+
     fn activate(&mut self, id: &str) {
+        self.newly_active = true;
         // Listing a session twice would step it twice per iteration.
         if !self.active.iter().any(|a| a == id) {
             self.active.push(id.to_owned());

@@ -19,6 +19,9 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     pub limits: Limits,
     pub agent: AgentConfig,
+    /// Where sessions are kept; None = in memory only (`--in-memory`).
+    pub data_dir: Option<std::path::PathBuf>,
+    pub fsync: crate::journal::FsyncMode,
 }
 
 /// `--agent` and what each agent needs.
@@ -82,6 +85,11 @@ pub struct Limits {
     pub session_ttl: Option<Duration>,
     pub ws_ping_interval: Duration,
     pub ws_idle_timeout: Duration,
+    /// Broadcast events kept per session for `?since=` resume.
+    pub retain_events: usize,
+    pub retain_bytes: usize,
+    /// How long running turns may finish after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Limits {
@@ -99,6 +107,9 @@ impl Default for Limits {
             session_ttl: Some(Duration::from_secs(1800)),
             ws_ping_interval: Duration::from_secs(30),
             ws_idle_timeout: Duration::from_secs(60),
+            retain_events: 1000,
+            retain_bytes: 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -112,6 +123,8 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             limits: Limits::default(),
             agent: AgentConfig::default(),
+            data_dir: None,
+            fsync: crate::journal::FsyncMode::Batch,
         }
     }
 }
@@ -178,6 +191,13 @@ Options:
   --turn-timeout SECS         exec: kill a turn's program after this (default 300)
   --upstream-timeout SECS     openai: fail a turn whose upstream is silent this long (default 60)
   --echo-delay-ms N           echo: one token every N ms, a simulated slow model (default 0)
+  --data-dir DIR              where sessions are kept [env AUTOPOIESIS_DATA_DIR]
+                              (default $XDG_STATE_HOME/autopoiesis, else ~/.local/state/autopoiesis)
+  --in-memory                 keep sessions in memory only, as the original server did
+  --fsync always|batch|never  when the journal is forced to disk (default batch)
+  --retain-events N           broadcast events kept per session for ?since= resume (default 1000)
+  --retain-bytes N            ... and at most this many bytes of them (default 1048576)
+  --shutdown-grace SECS       on SIGTERM/SIGINT, running turns get this long to finish (default 10)
   -h, --help                  print this help
   -V, --version               print the version
 
@@ -226,6 +246,10 @@ where
         .map(str::to_owned)
         .collect();
     let mut flag_origins = Vec::new();
+    let mut data_dir = env("AUTOPOIESIS_DATA_DIR")
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from);
+    let mut in_memory = false;
     let a = &mut config.agent;
     let nonempty = |k: &str| env(k).filter(|v| !v.is_empty());
     let mut agent_name = nonempty("AUTOPOIESIS_AGENT").unwrap_or_else(|| "echo".into());
@@ -295,6 +319,26 @@ where
                 let ms: u64 = number(&mut parser, "--echo-delay-ms")?;
                 a.echo_delay = (ms > 0).then(|| Duration::from_millis(ms));
             }
+            Long("data-dir") => data_dir = Some(parser.value().map_err(usage)?.into()),
+            Long("in-memory") => in_memory = true,
+            Long("fsync") => {
+                let mode = parser.value().map_err(usage)?.string().map_err(usage)?;
+                config.fsync = match mode.as_str() {
+                    "always" => crate::journal::FsyncMode::Always,
+                    "batch" => crate::journal::FsyncMode::Batch,
+                    "never" => crate::journal::FsyncMode::Never,
+                    other => {
+                        return Err(UsageError(format!(
+                            "invalid value '{other}' for --fsync: expected always, batch or never"
+                        )))
+                    }
+                }
+            }
+            Long("retain-events") => l.retain_events = number(&mut parser, "--retain-events")?,
+            Long("retain-bytes") => l.retain_bytes = number(&mut parser, "--retain-bytes")?,
+            Long("shutdown-grace") => {
+                l.shutdown_grace = Duration::from_secs(number(&mut parser, "--shutdown-grace")?)
+            }
             Long("allowed-origin") => {
                 flag_origins.push(parser.value().map_err(usage)?.string().map_err(usage)?)
             }
@@ -305,6 +349,14 @@ where
         env_origins
     } else {
         flag_origins
+    };
+    config.data_dir = if in_memory {
+        None
+    } else {
+        let dir = data_dir.or_else(|| crate::journal::default_data_dir(&env));
+        Some(dir.ok_or_else(|| {
+            UsageError("no data directory: set --data-dir DIR (or HOME), or --in-memory".into())
+        })?)
     };
     let a = &mut config.agent;
     a.choice = match agent_name.as_str() {
@@ -379,10 +431,11 @@ mod tests {
     use super::*;
 
     fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Command, UsageError> {
-        let env: Vec<(String, String)> = env
+        let mut env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        env.push(("HOME".into(), "/home/test".into()));
         parse(args.iter().map(OsString::from), |k| {
             env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
         })
@@ -398,9 +451,41 @@ mod tests {
     #[test]
     fn defaults_are_the_contracts() {
         let c = serve(&["serve"], &[]);
-        assert_eq!(c, Config::default());
         assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 8420));
         assert_eq!(c.api_key, None);
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.agent, AgentConfig::default());
+        assert_eq!(c.fsync, crate::journal::FsyncMode::Batch);
+        assert_eq!(
+            c.data_dir,
+            Some("/home/test/.local/state/autopoiesis".into())
+        );
+    }
+
+    #[test]
+    fn data_dir_flags() {
+        assert_eq!(serve(&["serve", "--in-memory"], &[]).data_dir, None);
+        let c = serve(
+            &["serve", "--data-dir", "/d", "--fsync", "always"],
+            &[("AUTOPOIESIS_DATA_DIR", "/e")],
+        );
+        assert_eq!(
+            (c.data_dir, c.fsync),
+            (Some("/d".into()), crate::journal::FsyncMode::Always)
+        );
+        assert_eq!(
+            serve(&["serve"], &[("AUTOPOIESIS_DATA_DIR", "/e")]).data_dir,
+            Some("/e".into())
+        );
+        assert!(run(&["serve", "--fsync", "sometimes"], &[]).is_err());
+        let c = serve(
+            &["serve", "--retain-events", "3", "--shutdown-grace", "0"],
+            &[],
+        );
+        assert_eq!(
+            (c.limits.retain_events, c.limits.shutdown_grace),
+            (3, Duration::ZERO)
+        );
     }
 
     #[test]

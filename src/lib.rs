@@ -35,6 +35,7 @@ pub mod echo;
 pub mod events;
 pub mod fuzzing;
 pub mod http;
+pub mod journal;
 pub mod reactor;
 pub mod sessions;
 pub mod sink;

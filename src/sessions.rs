@@ -12,8 +12,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use bytes::Bytes;
+
 use crate::clock;
 use crate::events;
+use crate::journal::{self, Change};
 use crate::sink::{ConnId, Sink};
 use crate::turns::Turn;
 
@@ -28,6 +31,14 @@ pub struct Session {
     messages: Vec<String>,
     /// The last `seq` given to a broadcast event of this session.
     pub seq: u64,
+    /// The journal promises no `seq` up to this was used: after a crash,
+    /// numbering resumes above it, so no `seq` is ever given twice.
+    seq_reserved: u64,
+    /// Recent broadcast frames, for `?since=` resume (bounded).
+    retained: VecDeque<(u64, Bytes)>,
+    retained_bytes: usize,
+    /// Bytes of this session's records in the journal (for compaction).
+    journal_bytes: u64,
     pub last_activity: Instant,
     /// The turn streaming now, if any.
     pub running: Option<Turn>,
@@ -45,10 +56,19 @@ impl Session {
         self.messages.len()
     }
 
-    pub fn push_message(&mut self, message: &impl Serialize) {
-        if let Ok(json) = serde_json::to_string(message) {
-            self.messages.push(json);
+    /// The frames after `since`, or None when some of them are no longer
+    /// retained (the client must resync).
+    pub fn events_after(&self, since: u64) -> Option<impl Iterator<Item = &Bytes>> {
+        let first = self.retained.front().map_or(self.seq + 1, |(seq, _)| *seq);
+        if since < self.seq && since + 1 < first {
+            return None;
         }
+        Some(
+            self.retained
+                .iter()
+                .filter(move |(seq, _)| *seq > since)
+                .map(|(_, f)| f),
+        )
     }
 }
 
@@ -58,6 +78,16 @@ pub struct SessionInfo<'a> {
     pub id: &'a str,
     pub created_at: &'a str,
     pub message_count: usize,
+}
+
+/// How many `seq` numbers one journal record reserves ahead.
+const SEQ_BLOCK: u64 = 1024;
+
+/// How much broadcast history each session keeps for resume.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    pub events: usize,
+    pub bytes: usize,
 }
 
 /// Creating a session would pass `--max-sessions`.
@@ -71,16 +101,34 @@ pub struct SessionTable {
     next_ordinal: u64,
     subscribers: HashMap<String, Vec<ConnId>>,
     max_sessions: usize,
+    retention: Retention,
+    /// Changes not yet handed to the journal, in order.
+    pending: Vec<Change>,
+    /// Bytes of journal records that describe live state.
+    journal_live: u64,
 }
 
 impl SessionTable {
     pub fn new(max_sessions: usize) -> Self {
+        Self::with_retention(
+            max_sessions,
+            Retention {
+                events: 1000,
+                bytes: 1 << 20,
+            },
+        )
+    }
+
+    pub fn with_retention(max_sessions: usize, retention: Retention) -> Self {
         SessionTable {
             sessions: HashMap::new(),
             order: BTreeMap::new(),
             next_ordinal: 0,
             subscribers: HashMap::new(),
             max_sessions,
+            retention,
+            pending: Vec::new(),
+            journal_live: 0,
         }
     }
 
@@ -117,27 +165,174 @@ impl SessionTable {
             if self.sessions.len() >= self.max_sessions {
                 return Err(TableFull);
             }
-            let ordinal = self.next_ordinal;
-            self.next_ordinal += 1;
-            self.order.insert(ordinal, id.to_owned());
-            let session = Session {
-                created_at: clock::now_rfc3339(),
-                ordinal,
-                messages: Vec::new(),
-                seq: 0,
-                last_activity: now,
-                running: None,
-                queue: VecDeque::new(),
-            };
-            self.sessions.insert(id.to_owned(), session);
+            let created_at = clock::now_rfc3339();
+            self.pending.push(Change::Created {
+                id: id.to_owned(),
+                at: created_at.clone(),
+            });
+            self.insert(id, created_at, now);
         }
         self.sessions.get_mut(id).ok_or(TableFull)
+    }
+
+    fn insert(&mut self, id: &str, created_at: String, now: Instant) {
+        let ordinal = self.next_ordinal;
+        self.next_ordinal += 1;
+        self.order.insert(ordinal, id.to_owned());
+        let session = Session {
+            created_at,
+            ordinal,
+            messages: Vec::new(),
+            seq: 0,
+            seq_reserved: 0,
+            retained: VecDeque::new(),
+            retained_bytes: 0,
+            journal_bytes: 0,
+            last_activity: now,
+            running: None,
+            queue: VecDeque::new(),
+        };
+        self.sessions.insert(id.to_owned(), session);
+    }
+
+    /// Appends `messages` to session `id`'s history, journaled first (with
+    /// every change before it): Err when the journal cannot take them, and
+    /// then the history is unchanged.
+    pub fn append(
+        &mut self,
+        id: &str,
+        messages: Vec<String>,
+        sink: &mut dyn Sink,
+    ) -> Result<(), String> {
+        self.flush_changes(sink);
+        let change = Change::Messages {
+            id: id.to_owned(),
+            messages,
+        };
+        sink.persist(&change)?;
+        self.account(&change);
+        if let (Change::Messages { messages, .. }, Some(s)) = (change, self.sessions.get_mut(id)) {
+            s.messages.extend(messages);
+        }
+        Ok(())
+    }
+
+    /// Hands pending changes (creations, deletions, `seq` reservations) to
+    /// the journal. A failure is the journal's to report; the state stays.
+    pub fn flush_changes(&mut self, sink: &mut dyn Sink) {
+        for change in std::mem::take(&mut self.pending) {
+            if sink.persist(&change).is_ok() {
+                self.account(&change);
+            }
+        }
+    }
+
+    fn account(&mut self, change: &Change) {
+        let bytes = journal::encode(change).len() as u64;
+        match change {
+            Change::Deleted { .. } => {}
+            Change::Seq { .. } => {}
+            _ => {
+                if let Some(s) = self.sessions.get_mut(change.id()) {
+                    s.journal_bytes += bytes;
+                    self.journal_live += bytes;
+                }
+            }
+        }
+    }
+
+    /// Bytes of journal that a compaction would keep (roughly).
+    pub fn journal_live_bytes(&self) -> u64 {
+        self.journal_live + 64 * self.sessions.len() as u64
+    }
+
+    /// Rebuilds state from journal records (at start), each with its size
+    /// in the journal.
+    pub fn restore(&mut self, records: Vec<(Change, u64)>, now: Instant) {
+        for (change, bytes) in records {
+            match change {
+                Change::Created { id, at } => {
+                    if let Some(old) = self.sessions.remove(&id) {
+                        self.order.remove(&old.ordinal);
+                    }
+                    self.insert(&id, at, now);
+                    if let Some(s) = self.sessions.get_mut(&id) {
+                        s.journal_bytes = bytes;
+                    }
+                }
+                Change::Messages { id, messages } => {
+                    if let Some(s) = self.sessions.get_mut(&id) {
+                        s.messages.extend(messages);
+                        s.journal_bytes += bytes;
+                    }
+                }
+                Change::Seq { id, seq } => {
+                    if let Some(s) = self.sessions.get_mut(&id) {
+                        // The last record wins: a reservation after a crash
+                        // (numbering resumes above anything used), or the
+                        // exact value a clean shutdown wrote.
+                        s.seq = seq;
+                        s.seq_reserved = seq;
+                    }
+                }
+                Change::Deleted { id } => {
+                    if let Some(old) = self.sessions.remove(&id) {
+                        self.order.remove(&old.ordinal);
+                    }
+                }
+            }
+        }
+        self.journal_live = self.sessions.values().map(|s| s.journal_bytes).sum();
+    }
+
+    /// The live state as journal records: what compaction writes.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for id in self.order.values() {
+            let Some(s) = self.sessions.get(id) else {
+                continue;
+            };
+            out.extend(journal::encode(&Change::Created {
+                id: id.clone(),
+                at: s.created_at.clone(),
+            }));
+            if !s.messages.is_empty() {
+                out.extend(journal::encode(&Change::Messages {
+                    id: id.clone(),
+                    messages: s.messages.clone(),
+                }));
+            }
+            if s.seq_reserved > 0 {
+                out.extend(journal::encode(&Change::Seq {
+                    id: id.clone(),
+                    seq: s.seq_reserved,
+                }));
+            }
+        }
+        out
+    }
+
+    /// Records every session's exact `seq`, so a clean restart continues
+    /// the numbering without the gap a crash leaves.
+    pub fn record_exact_seqs(&mut self) {
+        for id in self.order.values() {
+            if let Some(s) = self.sessions.get(id) {
+                if s.seq_reserved > s.seq {
+                    self.pending.push(Change::Seq {
+                        id: id.clone(),
+                        seq: s.seq,
+                    });
+                }
+            }
+        }
     }
 
     /// Removes the session; its subscribers stay attached to the id.
     pub fn remove(&mut self, id: &str) -> Option<Session> {
         let session = self.sessions.remove(id)?;
         self.order.remove(&session.ordinal);
+        self.journal_live = self.journal_live.saturating_sub(session.journal_bytes);
+        self.pending.push(Change::Deleted { id: id.to_owned() });
         Some(session)
     }
 
@@ -206,11 +401,36 @@ impl SessionTable {
         let session = self.sessions.get_mut(id)?;
         session.seq += 1;
         let seq = session.seq;
+        if seq > session.seq_reserved {
+            session.seq_reserved = seq + SEQ_BLOCK;
+            self.pending.push(Change::Seq {
+                id: id.to_owned(),
+                seq: session.seq_reserved,
+            });
+        }
         let frame = events::event_frame(op, data, Some(seq));
+        session.retained_bytes += frame.len();
+        session.retained.push_back((seq, frame.clone()));
+        while session.retained.len() > self.retention.events
+            || (session.retained_bytes > self.retention.bytes && session.retained.len() > 1)
+        {
+            if let Some((_, old)) = session.retained.pop_front() {
+                session.retained_bytes -= old.len();
+            }
+        }
         for &conn in self.subscribers(id) {
             sink.send(conn, &frame);
         }
         Some(seq)
+    }
+
+    /// Ids of sessions with a turn running or queued.
+    pub fn busy_ids(&self) -> Vec<String> {
+        self.sessions
+            .iter()
+            .filter(|(_, s)| s.running.is_some() || !s.queue.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Removes sessions with no subscriber, no turn and no activity for

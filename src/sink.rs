@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use crate::agent::AgentJob;
 use crate::http::Response;
+use crate::journal::Change;
 
 /// A connection, as the core knows it: its slab slot plus a serial number
 /// that is never reused, so a message for a connection that has closed (and
@@ -32,6 +33,9 @@ pub trait Sink {
     /// The turn has ended: stop its agent. `graceful`: it said `done`, so
     /// let it exit by itself (briefly); otherwise kill it now.
     fn stop_agent(&mut self, turn: u64, graceful: bool);
+    /// Write a state change to the journal (a no-op when in memory). Err
+    /// says why it could not be saved.
+    fn persist(&mut self, change: &Change) -> Result<(), String>;
 }
 
 /// What a [`Sink`] was given, in order; for tests and fuzz targets.
@@ -44,6 +48,9 @@ pub struct Recorder {
     pub backlogs: Vec<(ConnId, usize)>,
     pub agents_started: Vec<AgentJob>,
     pub agents_stopped: Vec<(u64, bool)>,
+    pub persisted: Vec<Change>,
+    /// When set, `persist` fails with this reason.
+    pub persist_error: Option<String>,
 }
 
 impl Recorder {
@@ -86,5 +93,14 @@ impl Sink for Recorder {
     }
     fn stop_agent(&mut self, turn: u64, graceful: bool) {
         self.agents_stopped.push((turn, graceful));
+    }
+    fn persist(&mut self, change: &Change) -> Result<(), String> {
+        match &self.persist_error {
+            Some(why) => Err(why.clone()),
+            None => {
+                self.persisted.push(change.clone());
+                Ok(())
+            }
+        }
     }
 }

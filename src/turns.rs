@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::agent::{AgentEvent, AgentJob, Transcript};
+use crate::agent::{self, AgentEvent, AgentJob, Transcript};
 use crate::clock;
 use crate::echo;
 use crate::events::{Content, ErrorData};
@@ -149,16 +149,19 @@ pub fn step(
         return StepOutcome::Idle;
     };
     if turn.transcript.is_none() {
-        turn.transcript = Some(Transcript::new(
-            &turn.prompt,
-            &engine.model_name,
-            &clock::now_rfc3339(),
-        ));
-        if !engine.echo {
-            let history = table
+        // The agent gets the history before this turn's request.
+        let history = match engine.echo {
+            true => Vec::new(),
+            false => table
                 .get(id)
                 .map(|s| s.messages().to_vec())
-                .unwrap_or_default();
+                .unwrap_or_default(),
+        };
+        if let Err(why) = begin(table, id, &mut turn, &engine.model_name, sink) {
+            finish(table, id, turn, Finish::Failed(why), sink);
+            return start_next(table, id, now);
+        }
+        if !engine.echo {
             sink.start_agent(AgentJob {
                 turn: turn.id,
                 session_id: id.to_owned(),
@@ -271,6 +274,22 @@ pub fn agent_event(
     false
 }
 
+/// Starts `turn`: its request goes into the history (and the journal) now,
+/// so a crash mid-turn keeps the prompt. Err: it could not be saved.
+fn begin(
+    table: &mut SessionTable,
+    id: &str,
+    turn: &mut Turn,
+    model_name: &str,
+    sink: &mut dyn Sink,
+) -> Result<(), String> {
+    turn.transcript = Some(Transcript::new(model_name));
+    let request = agent::request_message(&turn.prompt, &clock::now_rfc3339());
+    table
+        .append(id, vec![request], sink)
+        .map_err(|why| format!("the turn could not be saved: {why}"))
+}
+
 fn put_back(table: &mut SessionTable, id: &str, turn: Turn) {
     if let Some(s) = table.get_mut(id) {
         s.running = Some(turn);
@@ -299,13 +318,19 @@ fn finish(table: &mut SessionTable, id: &str, turn: Turn, how: Finish, sink: &mu
         Finish::Done(content) => (content.clone(), true),
         _ => (None, false),
     };
+    let mut how = how;
     let mut reply = String::new();
     if let Some(transcript) = turn.transcript {
         reply = transcript.reply.clone();
-        let messages = transcript.finish(final_text.as_deref());
-        if let Some(session) = table.get_mut(id) {
-            for m in &messages {
-                session.push_message(m);
+        let messages: Vec<String> = transcript
+            .finish(final_text.as_deref())
+            .iter()
+            .map(|m| m.to_string())
+            .collect();
+        if let Err(why) = table.append(id, messages, sink) {
+            // A `done` must not go out for a turn that was not saved.
+            if matches!(how, Finish::Done(_)) {
+                how = Finish::Failed(format!("the turn could not be saved: {why}"));
             }
         }
         sink.stop_agent(turn.id, graceful);
@@ -386,7 +411,7 @@ pub fn agent_failed(
 /// 409. The running turn's request and the reply streamed so far stay in
 /// the history; queued turns never ran and leave none. Returns false when
 /// nothing was running.
-pub fn cancel(table: &mut SessionTable, id: &str, sink: &mut dyn Sink) -> bool {
+pub fn cancel(table: &mut SessionTable, id: &str, sink: &mut dyn Sink, engine: &Engine) -> bool {
     let Some(session) = table.get_mut(id) else {
         return false;
     };
@@ -396,7 +421,7 @@ pub fn cancel(table: &mut SessionTable, id: &str, sink: &mut dyn Sink) -> bool {
     let queued: Vec<Turn> = session.queue.drain(..).collect();
     if running.transcript.is_none() {
         // Cancelled before its first step: it still counts as having run.
-        running.transcript = Some(Transcript::new(&running.prompt, "", &clock::now_rfc3339()));
+        let _ = begin(table, id, &mut running, &engine.model_name, sink);
     }
     finish(table, id, running, Finish::Cancelled, sink);
     for turn in queued {
@@ -555,8 +580,11 @@ mod tests {
         submit(&mut t, "s", Turn::new(0, "queued".into(), None), 8, now).unwrap();
         let mut sink = Recorder::default();
         step(&mut t, "s", &mut sink, now, &echo_engine(1 << 20));
-        assert!(cancel(&mut t, "s", &mut sink));
-        assert!(!cancel(&mut t, "s", &mut sink), "nothing runs any more");
+        assert!(cancel(&mut t, "s", &mut sink, &echo_engine(1 << 20)));
+        assert!(
+            !cancel(&mut t, "s", &mut sink, &echo_engine(1 << 20)),
+            "nothing runs any more"
+        );
         let texts = sink.texts_to(A);
         let cancels = texts.iter().filter(|f| f.contains("\"cancelled\"")).count();
         assert_eq!(cancels, 2, "running and queued turn both end");

@@ -16,6 +16,8 @@ fn bin() -> Command {
     cmd.env_remove("AUTOPOIESIS_API_KEY")
         .env_remove("AUTOPOIESIS_HOST")
         .env_remove("AUTOPOIESIS_PORT")
+        // Servers started here run in parallel: each gets its own data dir.
+        .env("AUTOPOIESIS_DATA_DIR", temp_dir("cli"))
         .stdin(Stdio::null());
     cmd
 }

@@ -185,9 +185,20 @@ impl AgentEvent {
     }
 }
 
-/// Folds a turn into pydantic-ai `ModelMessage`s as it streams: the user's
-/// request; a response with the text before any tool calls and the calls;
-/// a request with the matching returns; and so on; then the final text.
+/// The user's request of a turn, as pydantic-ai stores it (written to the
+/// history when the turn starts, so a crash mid-turn keeps the prompt).
+pub fn request_message(prompt: &str, timestamp: &str) -> String {
+    json!({
+        "kind": "request",
+        "parts": [{"part_kind": "user-prompt", "content": prompt, "timestamp": timestamp}],
+    })
+    .to_string()
+}
+
+/// Folds a turn's answer into pydantic-ai `ModelMessage`s as it streams
+/// (the request is [`request_message`]): a response with the text before
+/// any tool calls and the calls; a request with the matching returns; and
+/// so on; then the final text.
 #[derive(Debug)]
 pub struct Transcript {
     model_name: String,
@@ -202,14 +213,10 @@ pub struct Transcript {
 }
 
 impl Transcript {
-    pub fn new(prompt: &str, model_name: &str, started_at: &str) -> Self {
-        let request = json!({
-            "kind": "request",
-            "parts": [{"part_kind": "user-prompt", "content": prompt, "timestamp": started_at}],
-        });
+    pub fn new(model_name: &str) -> Self {
         Transcript {
             model_name: model_name.to_owned(),
-            messages: vec![request],
+            messages: Vec::new(),
             response_parts: Vec::new(),
             return_parts: Vec::new(),
             text: String::new(),
@@ -358,36 +365,39 @@ mod tests {
 
     #[test]
     fn transcript_folds_tool_rounds_like_pydantic_ai() {
-        let mut t = Transcript::new("list files", "m", "ts");
+        let mut t = Transcript::new("m");
         t.token("Let me look. ");
         t.tool_call("c1", "ls", &json!({"path": "."}));
         t.tool_result("c1", &json!("a.txt"));
         t.token("There is a.txt");
         let msgs = t.finish(Some("There is a.txt"));
         let kinds: Vec<&str> = msgs.iter().map(|m| m["kind"].as_str().unwrap()).collect();
-        assert_eq!(kinds, ["request", "response", "request", "response"]);
+        assert_eq!(kinds, ["response", "request", "response"]);
         assert_eq!(
-            msgs[1]["parts"][0],
+            msgs[0]["parts"][0],
             json!({"part_kind": "text", "content": "Let me look. "})
         );
-        assert_eq!(msgs[1]["parts"][1]["part_kind"], "tool-call");
-        assert_eq!(msgs[2]["parts"][0]["tool_name"], "ls");
-        assert_eq!(msgs[2]["parts"][0]["content"], "a.txt");
+        assert_eq!(msgs[0]["parts"][1]["part_kind"], "tool-call");
+        assert_eq!(msgs[1]["parts"][0]["tool_name"], "ls");
+        assert_eq!(msgs[1]["parts"][0]["content"], "a.txt");
         assert_eq!(
-            msgs[3]["parts"],
+            msgs[2]["parts"],
             json!([{"part_kind": "text", "content": "There is a.txt"}])
         );
+        let request: Value = serde_json::from_str(&request_message("list files", "ts")).unwrap();
+        assert_eq!(request["parts"][0]["part_kind"], "user-prompt");
+        assert_eq!(request["parts"][0]["content"], "list files");
     }
 
     #[test]
     fn transcript_of_a_turn_with_no_text_still_ends_in_a_response() {
-        let msgs = Transcript::new("x", "m", "ts").finish(None);
-        assert_eq!(msgs.len(), 2);
+        let msgs = Transcript::new("m").finish(None);
+        assert_eq!(msgs.len(), 1);
         assert_eq!(
-            msgs[1]["parts"],
+            msgs[0]["parts"],
             json!([{"part_kind": "text", "content": ""}])
         );
-        let msgs = Transcript::new("x", "m", "ts").finish(Some("from done"));
-        assert_eq!(msgs[1]["parts"][0]["content"], "from done");
+        let msgs = Transcript::new("m").finish(Some("from done"));
+        assert_eq!(msgs[0]["parts"][0]["content"], "from done");
     }
 }

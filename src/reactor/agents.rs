@@ -348,7 +348,12 @@ impl UpstreamTask {
     pub fn drive(&mut self, now: Instant, finished: &mut bool) -> Progress {
         let mut progress = Progress::default();
         if let Ok(Some(e)) | Err(e) = self.stream.take_error() {
-            progress.failure = Some(format!("cannot reach the upstream model server: {e}"));
+            // Before anything was sent, an error means the connect failed.
+            progress.failure = Some(if self.written == 0 {
+                format!("cannot reach the upstream model server: {e}")
+            } else {
+                format!("upstream connection failed: {e}")
+            });
             return progress;
         }
         while self.written < self.request.len() {

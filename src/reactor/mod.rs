@@ -28,6 +28,7 @@ use crate::agent::{AgentJob, AgentKind};
 use crate::api::{App, HttpOutcome, Upgrade};
 use crate::config::{Config, Limits};
 use crate::http::{response, ParserLimits, Progress, RequestParser, Response};
+use crate::journal::{Change, JournalFile};
 use crate::sink::{ConnId, Sink};
 use crate::ws::{self, close};
 use conn::{ClosingConn, Conn, HttpConn, Slab, State, Transport, WsConn};
@@ -47,6 +48,8 @@ const HTTP_OUT_HIGH: usize = 256 * 1024;
 const LINGER: Duration = Duration::from_secs(2);
 /// Timers are checked at least this often while connections are open.
 const TICK: Duration = Duration::from_secs(1);
+/// The journal is compacted only past this size.
+const COMPACT_MIN_BYTES: u64 = 1024 * 1024;
 /// How long shutdown waits for connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// tungstenite's read buffer: big enough for a few frames per syscall,
@@ -89,6 +92,10 @@ pub struct Server {
     agent_stops: Vec<(u64, bool)>,
     next_tick: Instant,
     shutdown_deadline: Option<Instant>,
+    /// After SIGTERM/SIGINT: running turns may finish until then.
+    draining_until: Option<Instant>,
+    /// The session journal (None with `--in-memory`).
+    journal: Option<JournalFile>,
 }
 
 /// Raises the soft open-file limit to the hard limit, so that the
@@ -153,12 +160,31 @@ impl Server {
             .max_message_size(Some(limits.max_ws_message_bytes))
             .max_frame_size(Some(limits.max_ws_message_bytes));
         let now = Instant::now();
+        let (data_dir, fsync) = (config.data_dir.clone(), config.fsync);
+        let mut app = App::new(config, now);
+        let journal = match &data_dir {
+            None => None,
+            Some(dir) => {
+                let (journal, records) = JournalFile::open(dir, fsync)?;
+                let count = records.len();
+                app.restore(records, now);
+                eprintln!(
+                    "autopoiesis: {} session(s) from {} ({count} records, {} bytes)",
+                    app.sessions.len(),
+                    journal.path().display(),
+                    journal.len()
+                );
+                Some(journal)
+            }
+        };
         Ok(Server {
             poll,
             listener: Some(listener),
             local_addr,
             signals,
-            app: App::new(config, now),
+            app,
+            journal,
+            draining_until: None,
             conns: Slab::default(),
             next_serial: 0,
             limits,
@@ -224,10 +250,26 @@ impl Server {
             if swept > 0 {
                 eprintln!("autopoiesis: removed {swept} stale session(s)");
             }
+            if let Some(until) = self.draining_until {
+                let busy = self.app.busy_sessions();
+                if busy.is_empty() || now >= until {
+                    self.draining_until = None;
+                    if !busy.is_empty() {
+                        eprintln!(
+                            "autopoiesis: cancelling the turns of {} session(s)",
+                            busy.len()
+                        );
+                        self.app.cancel_all(&mut sink!(self));
+                        self.settle(now);
+                    }
+                    self.close_all(now);
+                }
+            }
             self.flush_dirty(now);
             if let Some(deadline) = self.shutdown_deadline {
                 if self.conns.is_empty() || now >= deadline {
                     self.kill_agents();
+                    self.sync_journal();
                     return Ok(());
                 }
             }
@@ -235,7 +277,7 @@ impl Server {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.retry.is_empty() || !self.dirty.is_empty() {
+        if !self.retry.is_empty() || !self.dirty.is_empty() || self.app.has_new_turns() {
             return Some(Duration::ZERO);
         }
         let mut next = self.app.next_sweep();
@@ -345,15 +387,25 @@ impl Server {
         if !stop {
             return false;
         }
-        if self.shutdown_deadline.is_some() {
+        if self.shutdown_deadline.is_some() || self.draining_until.is_some() {
+            // Every record already written is whole: the journal is consistent.
             eprintln!("autopoiesis: second signal, exiting now");
             return true;
         }
         eprintln!("autopoiesis: shutting down");
-        self.shutdown_deadline = Some(now + SHUTDOWN_GRACE);
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
+        self.draining_until = Some(now + self.limits.shutdown_grace);
+        false
+    }
+
+    /// The end of shutdown: WebSockets close with 1001, idle HTTP
+    /// connections close, busy ones after their response; the exact `seq`
+    /// of every session is journaled.
+    fn close_all(&mut self, now: Instant) {
+        self.shutdown_deadline = Some(now + SHUTDOWN_GRACE);
+        self.app.record_exact_seqs();
         for slot in 0..self.conns.capacity() {
             let Some(conn) = self.conns.get_mut(slot) else {
                 continue;
@@ -365,7 +417,38 @@ impl Server {
                 _ => {}
             }
         }
-        false
+    }
+
+    /// Rewrites the journal as a snapshot once dead records (deleted
+    /// sessions, superseded `seq` reservations) outweigh live ones.
+    fn maybe_compact(&mut self) {
+        let live = self.app.sessions.journal_live_bytes();
+        let Some(j) = &self.journal else { return };
+        if j.len() < COMPACT_MIN_BYTES || j.len() < 2 * live {
+            return;
+        }
+        // Everything pending must be in the file or in the snapshot, not both.
+        self.app.persist_pending(&mut sink!(self));
+        let snapshot = self.app.sessions.snapshot();
+        if let Some(j) = &mut self.journal {
+            let before = j.len();
+            match j.compact(&snapshot) {
+                Ok(()) => eprintln!(
+                    "autopoiesis: compacted {} from {before} to {} bytes",
+                    j.path().display(),
+                    j.len()
+                ),
+                Err(e) => eprintln!("autopoiesis: warning: {e}"),
+            }
+        }
+    }
+
+    /// Writes what is pending and forces the journal to disk (any mode).
+    fn sync_journal(&mut self) {
+        self.app.persist_pending(&mut sink!(self));
+        if let Some(j) = &mut self.journal {
+            j.sync_now();
+        }
     }
 
     fn on_ready(&mut self, slot: usize, now: Instant) {
@@ -433,7 +516,9 @@ impl Server {
                     break;
                 }
                 Progress::Request(req) => {
-                    let keep_alive = req.head.keep_alive && self.shutdown_deadline.is_none();
+                    let stopping =
+                        self.shutdown_deadline.is_some() || self.draining_until.is_some();
+                    let keep_alive = req.head.keep_alive && !stopping;
                     if h.inbuf.capacity() > READ_CHUNK && h.inbuf.is_empty() {
                         h.inbuf = Vec::new();
                     }
@@ -539,7 +624,8 @@ impl Server {
             last_heard: now,
             ping_sent: false,
         }));
-        self.app.ws_opened(id, &session, now);
+        self.app
+            .ws_opened(id, &session, upgrade.since, now, &mut sink!(self));
         // Frames may already be buffered after the head: edge-triggered
         // polling will not report them again.
         self.drive_ws(slot, now);
@@ -658,6 +744,12 @@ impl Server {
     }
 
     fn flush_dirty(&mut self, now: Instant) {
+        // Group commit: this iteration's records reach the journal (and,
+        // with `batch`, the disk) before any of its acknowledgements leave.
+        self.app.persist_pending(&mut sink!(self));
+        if let Some(j) = &mut self.journal {
+            j.commit();
+        }
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();
@@ -712,6 +804,7 @@ impl Server {
     /// and idle closes, lingering closes.
     fn tick(&mut self, now: Instant) {
         self.next_tick = now + TICK;
+        self.maybe_compact();
         self.agent_timers(now);
         // glibc keeps the freed buffers of closed connections in its heap;
         // once a wave of them has gone, hand the pages back so RSS returns
@@ -872,6 +965,7 @@ fn close_ws_conn(
 /// The reactor's side of [`Sink`]: frames and deferred responses go into
 /// connection queues (written at the end of the iteration).
 struct ConnSink<'a> {
+    journal: &'a mut Option<JournalFile>,
     agent_starts: &'a mut Vec<AgentJob>,
     agent_stops: &'a mut Vec<(u64, bool)>,
     conns: &'a mut Slab,
@@ -890,6 +984,7 @@ macro_rules! sink {
             dirty: &mut $s.dirty,
             wake: &mut $s.wake,
             gone_ws: &mut $s.gone_ws,
+            journal: &mut $s.journal,
             agent_starts: &mut $s.agent_starts,
             agent_stops: &mut $s.agent_stops,
             max_ws_output: $s.limits.max_ws_output_bytes,
@@ -962,6 +1057,13 @@ impl Sink for ConnSink<'_> {
 
     fn start_agent(&mut self, job: AgentJob) {
         self.agent_starts.push(job);
+    }
+
+    fn persist(&mut self, change: &Change) -> Result<(), String> {
+        match self.journal {
+            Some(j) => j.append(change),
+            None => Ok(()),
+        }
     }
 
     fn stop_agent(&mut self, turn: u64, graceful: bool) {

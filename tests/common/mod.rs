@@ -28,6 +28,11 @@ impl Server {
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_autopoiesis"));
         cmd.arg("serve").arg("--port").arg("0").args(args);
+        // Tests run in parallel: each keeps sessions in memory unless it
+        // names its own data directory.
+        if !args.contains(&"--data-dir") {
+            cmd.arg("--in-memory");
+        }
         cmd.env_remove("AUTOPOIESIS_API_KEY")
             .env_remove("AUTOPOIESIS_HOST")
             .env_remove("AUTOPOIESIS_PORT");
@@ -136,6 +141,20 @@ pub fn signal(child: &Child, sig: i32) {
 }
 
 pub type Ws = WebSocket<TcpStream>;
+
+/// A fresh, empty directory for one test (under the system temp dir).
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "autopoiesis-test-{}-{}-{name}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
 
 /// A reader that retries `EINTR`. A socket read with `SO_RCVTIMEO` set
 /// fails with EINTR (never restarted) whenever a signal is queued to the

@@ -1,0 +1,588 @@
+//! The append-only journal that keeps sessions across restarts.
+//!
+//! One record per state change, framed as `[len u32 LE][crc32 u32 LE]
+//! [payload]` with a JSON payload, so a torn last record (a crash in the
+//! middle of a write) is detected and dropped, while a bad record with
+//! good ones after it (corruption) is refused with its offset. Records:
+//!
+//! | `t` | meaning |
+//! |---|---|
+//! | `c` | session `id` created at `at` |
+//! | `m` | `messages` appended to session `id`'s history |
+//! | `s` | session `id`'s `seq` counter is at least `seq` |
+//! | `d` | session `id` deleted |
+//!
+//! Encoding and replay are plain functions over bytes; [`JournalFile`] is
+//! the file, written from the loop (regular files cannot be polled), with
+//! the fsync policy of `--fsync`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// A state change, as the session table reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Created {
+        id: String,
+        at: String,
+    },
+    /// `ModelMessage` JSON texts appended to the history.
+    Messages {
+        id: String,
+        messages: Vec<String>,
+    },
+    /// The `seq` counter is at least this (reserved ahead, or exact).
+    Seq {
+        id: String,
+        seq: u64,
+    },
+    Deleted {
+        id: String,
+    },
+}
+
+impl Change {
+    pub fn id(&self) -> &str {
+        match self {
+            Change::Created { id, .. }
+            | Change::Messages { id, .. }
+            | Change::Seq { id, .. }
+            | Change::Deleted { id } => id,
+        }
+    }
+}
+
+/// Bytes before a record's payload.
+pub const HEADER: usize = 8;
+
+/// The framed record for `change`.
+pub fn encode(change: &Change) -> Vec<u8> {
+    let mut out = vec![0u8; HEADER];
+    let id_json = |out: &mut Vec<u8>, id: &str| {
+        let _ = serde_json::to_writer(&mut *out, id);
+    };
+    match change {
+        Change::Created { id, at } => {
+            out.extend_from_slice(br#"{"t":"c","id":"#);
+            id_json(&mut out, id);
+            out.extend_from_slice(br#","at":"#);
+            let _ = serde_json::to_writer(&mut out, at);
+        }
+        Change::Messages { id, messages } => {
+            out.extend_from_slice(br#"{"t":"m","id":"#);
+            id_json(&mut out, id);
+            out.extend_from_slice(br#","messages":["#);
+            for (i, m) in messages.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(m.as_bytes());
+            }
+            out.push(b']');
+        }
+        Change::Seq { id, seq } => {
+            out.extend_from_slice(br#"{"t":"s","id":"#);
+            id_json(&mut out, id);
+            out.extend_from_slice(format!(r#","seq":{seq}"#).as_bytes());
+        }
+        Change::Deleted { id } => {
+            out.extend_from_slice(br#"{"t":"d","id":"#);
+            id_json(&mut out, id);
+        }
+    }
+    out.push(b'}');
+    let len = (out.len() - HEADER) as u32;
+    let crc = crc32(&out[HEADER..]);
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    out[4..8].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    t: &'a str,
+    id: String,
+    at: Option<String>,
+    #[serde(borrow)]
+    messages: Option<Vec<&'a RawValue>>,
+    seq: Option<u64>,
+}
+
+fn decode_payload(payload: &[u8]) -> Option<Change> {
+    let w: Wire = serde_json::from_slice(payload).ok()?;
+    Some(match w.t {
+        "c" => Change::Created {
+            id: w.id,
+            at: w.at?,
+        },
+        "m" => Change::Messages {
+            id: w.id,
+            messages: w.messages?.iter().map(|m| m.get().to_owned()).collect(),
+        },
+        "s" => Change::Seq {
+            id: w.id,
+            seq: w.seq?,
+        },
+        "d" => Change::Deleted { id: w.id },
+        _ => return None,
+    })
+}
+
+/// What reading a journal found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Replay {
+    /// Each record's change and its size in bytes.
+    pub changes: Vec<(Change, u64)>,
+    /// Bytes of valid records; anything after is a torn tail.
+    pub valid_len: u64,
+    /// The offset of a torn last record that was dropped, if any.
+    pub torn_at: Option<u64>,
+}
+
+/// A bad record with valid data after it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Corrupt {
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Reads records from `bytes`. A bad record at the end is a torn write
+/// (dropped); a bad record followed by more data is corruption.
+pub fn replay(bytes: &[u8]) -> Result<Replay, Corrupt> {
+    let mut changes = Vec::new();
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        let rest = &bytes[pos..];
+        let record = (|| {
+            let header = rest.get(..HEADER)?;
+            let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+            let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+            let payload = rest.get(HEADER..HEADER.checked_add(len)?)?;
+            (crc32(payload) == crc).then_some(())?;
+            Some((HEADER + len, decode_payload(payload)?))
+        })();
+        match record {
+            Some((used, change)) => {
+                changes.push((change, used as u64));
+                pos += used;
+            }
+            None => {
+                // Torn when the bad record runs to the end of the file: its
+                // declared length reaches past the end, or nothing follows it.
+                let declared = rest
+                    .get(..4)
+                    .map(|h| u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize);
+                let torn = match declared {
+                    None => true,
+                    Some(len) => HEADER + len >= rest.len(),
+                };
+                if !torn {
+                    return Err(Corrupt {
+                        offset: pos as u64,
+                        len: bytes.len() as u64,
+                    });
+                }
+                return Ok(Replay {
+                    changes,
+                    valid_len: pos as u64,
+                    torn_at: Some(pos as u64),
+                });
+            }
+        }
+    }
+    Ok(Replay {
+        changes,
+        valid_len: pos as u64,
+        torn_at: None,
+    })
+}
+
+/// CRC-32 (IEEE), bitwise with a small table built once.
+pub fn crc32(data: &[u8]) -> u32 {
+    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut t = [0u32; 256];
+        for (i, entry) in t.iter_mut().enumerate() {
+            let mut c = i as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+            *entry = c;
+        }
+        t
+    });
+    let mut crc = !0u32;
+    for &b in data {
+        crc = table[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8);
+    }
+    !crc
+}
+
+/// `--fsync`: when appended records are forced to the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncMode {
+    /// After every record, before anything that depends on it goes out.
+    Always,
+    /// Once per loop iteration that wrote, before that iteration's
+    /// acknowledgements are written to clients (group commit).
+    Batch,
+    /// Never: the OS writes back when it likes (survives a crash of the
+    /// server, not of the machine).
+    Never,
+}
+
+/// The journal file in the data directory, plus its lock.
+pub struct JournalFile {
+    path: PathBuf,
+    dir: PathBuf,
+    file: File,
+    _lock: File,
+    len: u64,
+    mode: FsyncMode,
+    /// Written since the last sync.
+    unsynced: bool,
+    /// Set once a write failed: nothing more is accepted.
+    failed: Option<String>,
+}
+
+impl JournalFile {
+    /// Opens (creating) `dir/journal`, locked against a second server, and
+    /// replays it. A torn tail is cut off with a warning.
+    pub fn open(dir: &Path, mode: FsyncMode) -> Result<(JournalFile, Vec<(Change, u64)>), String> {
+        create_private_dir(dir)
+            .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+        if !try_lock(&lock) {
+            return Err(format!(
+                "another autopoiesis server is using {} (its lock file is held); refusing to start",
+                dir.display()
+            ));
+        }
+        let path = dir.join("journal");
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let replayed = replay(&bytes).map_err(|c| {
+            format!(
+                "{} is corrupt at byte offset {} (the file has {} bytes, and valid records follow the bad one); \
+                 refusing to start. To recover, keep a copy, then truncate the file to {} bytes \
+                 (losing everything after that point) or move it aside to start empty",
+                path.display(),
+                c.offset,
+                c.len,
+                c.offset
+            )
+        })?;
+        if let Some(at) = replayed.torn_at {
+            eprintln!(
+                "autopoiesis: warning: {}: dropping a torn record at byte offset {at} ({} bytes; a write was cut short)",
+                path.display(),
+                bytes.len() as u64 - at
+            );
+            file.set_len(at)
+                .map_err(|e| format!("cannot truncate {}: {e}", path.display()))?;
+            file.sync_all()
+                .map_err(|e| format!("cannot sync {}: {e}", path.display()))?;
+        }
+        file.seek(SeekFrom::Start(replayed.valid_len))
+            .map_err(|e| format!("cannot seek {}: {e}", path.display()))?;
+        let journal = JournalFile {
+            path,
+            dir: dir.to_owned(),
+            file,
+            _lock: lock,
+            len: replayed.valid_len,
+            mode,
+            unsynced: false,
+            failed: None,
+        };
+        Ok((journal, replayed.changes))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends one record (written now; synced now with `always`). On
+    /// failure the file is cut back to its last whole record and the
+    /// journal refuses further writes; the error names the file and offset.
+    pub fn append(&mut self, change: &Change) -> Result<(), String> {
+        if let Some(why) = &self.failed {
+            return Err(why.clone());
+        }
+        let record = encode(change);
+        let at = self.len;
+        let result = self.file.write_all(&record).and_then(|()| {
+            if self.mode == FsyncMode::Always {
+                self.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        match result {
+            Ok(()) => {
+                self.len += record.len() as u64;
+                self.unsynced = self.mode == FsyncMode::Batch;
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!(
+                    "cannot write the journal {} at byte offset {at}: {e}",
+                    self.path.display()
+                );
+                eprintln!("autopoiesis: error: {why}; sessions can no longer be saved");
+                // Leave no partial record behind.
+                let _ = self.file.set_len(at);
+                let _ = self.file.seek(SeekFrom::Start(at));
+                self.failed = Some(why.clone());
+                Err(why)
+            }
+        }
+    }
+
+    /// The group commit of `batch`: one fsync for everything this loop
+    /// iteration wrote.
+    pub fn commit(&mut self) {
+        if self.unsynced {
+            self.unsynced = false;
+            if let Err(e) = self.file.sync_data() {
+                let why = format!("cannot sync the journal {}: {e}", self.path.display());
+                eprintln!("autopoiesis: error: {why}; sessions can no longer be saved");
+                self.failed = Some(why);
+            }
+        }
+    }
+
+    /// Forces everything written to disk now, whatever the mode (shutdown).
+    pub fn sync_now(&mut self) {
+        if self.failed.is_none() {
+            let _ = self.file.sync_data();
+        }
+        self.unsynced = false;
+    }
+
+    /// Replaces the journal with `records` (a snapshot of the live state):
+    /// write a new file, fsync it, rename it over, fsync the directory.
+    pub fn compact(&mut self, records: &[u8]) -> Result<(), String> {
+        let tmp = self.dir.join("journal.compact");
+        let write = || -> io::Result<File> {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(&tmp)?;
+            f.write_all(records)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)?;
+            File::open(&self.dir)?.sync_all()?;
+            f.seek(SeekFrom::End(0))?;
+            Ok(f)
+        };
+        match write() {
+            Ok(f) => {
+                self.file = f;
+                self.len = records.len() as u64;
+                self.unsynced = false;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(format!(
+                    "compacting {} failed (the old journal is kept): {e}",
+                    self.path.display()
+                ))
+            }
+        }
+    }
+}
+
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+fn try_lock(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own; the lock lives as long as the file.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// `$XDG_STATE_HOME/autopoiesis`, else `~/.local/state/autopoiesis`.
+pub fn default_data_dir(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    if let Some(state) = env("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
+        return Some(PathBuf::from(state).join("autopoiesis"));
+    }
+    env("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|home| PathBuf::from(home).join(".local/state/autopoiesis"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<Change> {
+        vec![
+            Change::Created {
+                id: "a".into(),
+                at: "2026-01-01T00:00:00.000000Z".into(),
+            },
+            Change::Messages {
+                id: "a".into(),
+                messages: vec![
+                    r#"{"kind":"request","parts":[]}"#.into(),
+                    r#"{"kind":"response"}"#.into(),
+                ],
+            },
+            Change::Seq {
+                id: "a".into(),
+                seq: 1024,
+            },
+            Change::Deleted { id: "a".into() },
+        ]
+    }
+
+    fn file_of(changes: &[Change]) -> Vec<u8> {
+        changes.iter().flat_map(encode).collect()
+    }
+
+    #[test]
+    fn crc32_check_value() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let bytes = file_of(&sample());
+        let r = replay(&bytes).unwrap();
+        let changes: Vec<Change> = r.changes.into_iter().map(|(c, _)| c).collect();
+        assert_eq!(changes, sample());
+        assert_eq!(r.valid_len, bytes.len() as u64);
+        assert_eq!(r.torn_at, None);
+    }
+
+    #[test]
+    fn a_torn_tail_is_dropped() {
+        let bytes = file_of(&sample());
+        let whole = encode(&sample()[0]).len() + encode(&sample()[1]).len();
+        for cut in [
+            whole + 1,
+            whole + 5,
+            whole + 9,
+            whole + encode(&sample()[2]).len() - 1,
+        ] {
+            let r = replay(&bytes[..cut]).unwrap();
+            assert_eq!(r.changes.len(), 2, "cut at {cut}");
+            assert_eq!(r.torn_at, Some(whole as u64));
+        }
+        // A last record whose payload was garbled in place is torn too.
+        let mut garbled = bytes.clone();
+        let last = garbled.len() - 3;
+        garbled[last] ^= 0xFF;
+        assert_eq!(replay(&garbled).unwrap().changes.len(), 3);
+    }
+
+    #[test]
+    fn a_bad_record_in_the_middle_is_corruption() {
+        let mut bytes = file_of(&sample());
+        let second = encode(&sample()[0]).len();
+        bytes[second + HEADER + 3] ^= 0x01;
+        assert_eq!(
+            replay(&bytes),
+            Err(Corrupt {
+                offset: second as u64,
+                len: bytes.len() as u64
+            })
+        );
+    }
+
+    #[test]
+    fn data_dir_default() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(
+            default_data_dir(env(&[("XDG_STATE_HOME", "/s"), ("HOME", "/h")])),
+            Some("/s/autopoiesis".into())
+        );
+        assert_eq!(
+            default_data_dir(env(&[("HOME", "/h")])),
+            Some("/h/.local/state/autopoiesis".into())
+        );
+        assert_eq!(default_data_dir(env(&[])), None);
+    }
+
+    #[test]
+    fn file_lock_refuses_a_second_opener_and_torn_tails_are_cut() {
+        let dir =
+            std::env::temp_dir().join(format!("autopoiesis-journal-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let (mut j, changes) = JournalFile::open(&dir, FsyncMode::Batch).unwrap();
+            assert!(changes.is_empty());
+            for c in sample() {
+                j.append(&c).unwrap();
+            }
+            j.commit();
+            let second = JournalFile::open(&dir, FsyncMode::Batch)
+                .err()
+                .unwrap_or_default();
+            assert!(second.contains("another autopoiesis server"), "{second}");
+        }
+        // Append half a record, as a crash would.
+        let good = std::fs::metadata(dir.join("journal")).unwrap().len();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.join("journal"))
+            .unwrap();
+        f.write_all(&encode(&sample()[1])[..10]).unwrap();
+        drop(f);
+        let (j, changes) = JournalFile::open(&dir, FsyncMode::Batch).unwrap();
+        assert_eq!(
+            changes.into_iter().map(|(c, _)| c).collect::<Vec<_>>(),
+            sample()
+        );
+        assert_eq!(j.len(), good);
+        assert_eq!(std::fs::metadata(dir.join("journal")).unwrap().len(), good);
+        drop(j);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
