@@ -178,11 +178,11 @@ Options:
   --max-queued-turns N        turns waiting per session, past it busy / 429 (default 8)
   --session-ttl SECS          drop sessions with no client and no activity, 0 = never (default 1800)
   --ws-ping-interval SECS     ping a silent WebSocket client after this (default 30)
-    --ws-idle-timeout SECS      close a WebSocket client silent this long (default 60)
+  --ws-idle-timeout SECS      close a WebSocket client silent this long (default 60)
   --allowed-origin ORIGIN     a browser origin (e.g. http://localhost:5173) allowed to call
                               the server when no API key is set; repeatable; '*' allows any
                               [env AUTOPOIESIS_ALLOWED_ORIGINS, comma-separated]
-    --agent echo|exec|openai    what answers messages [env AUTOPOIESIS_AGENT] (default echo)
+  --agent echo|exec|openai    what answers messages [env AUTOPOIESIS_AGENT] (default echo)
   --agent-cmd 'PROGRAM ARGS'  exec: the program run per turn, by /bin/sh -c [env AUTOPOIESIS_AGENT_CMD]
   --openai-base-url URL       openai: http://host:port/v1 of an OpenAI-compatible server
                               [env AUTOPOIESIS_OPENAI_BASE_URL]; OPENAI_API_KEY is sent if set

@@ -929,7 +929,8 @@ fn read_some(io: &mut Transport, inbuf: &mut Vec<u8>, chunk: &mut [u8]) -> ReadR
 }
 
 /// Turns the WebSocket in `slot` into a closing connection that sends
-/// `code`. Returns the client's id and session for the core to forget.
+/// `code` after what is queued — or, for 1008 (a client too far behind),
+/// instead of it. Returns the client's id and session for the core to forget.
 fn close_ws_conn(
     conns: &mut Slab,
     slot: usize,
@@ -946,7 +947,9 @@ fn close_ws_conn(
     };
     let session = w.session.clone();
     let mut io = w.ws.into_inner();
-    io.drop_unsent();
+    if code == close::POLICY {
+        io.drop_unsent();
+    }
     io.push(ws::close_frame(code, reason));
     conn.state = State::Closing(ClosingConn {
         io,

@@ -1,0 +1,442 @@
+//! Sessions survive restarts: SIGKILL and restart on the same data
+//! directory, a crash mid-turn, torn and corrupt journals, resume by `seq`,
+//! graceful shutdown with a running turn, disk trouble.
+
+mod common;
+use common::*;
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn serve_in(dir: &Path, extra: &[&str]) -> Server {
+    let dir = dir.to_str().unwrap();
+    let mut args = vec!["--data-dir", dir];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+fn kill9(s: &mut Server) {
+    signal(&s.child, libc::SIGKILL);
+    let _ = s.child.wait();
+}
+
+fn history(s: &Server, id: &str) -> Vec<Value> {
+    s.get(&format!("/api/sessions/{id}/history")).json()["messages"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn turn(ws: &mut Ws, text: &str) -> Vec<Value> {
+    send_json(ws, json!({"op": "message", "data": {"content": text}}));
+    until_done(ws)
+}
+
+/// Runs the binary to completion (it must exit by itself): status, stderr.
+fn run_to_exit(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_autopoiesis"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Starts the server with stderr captured; returns it once listening, and
+/// the stderr text so far is read after it is killed.
+fn start_capturing(dir: &Path) -> (std::process::Child, u16) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_autopoiesis"))
+        .args(["serve", "--port", "0", "--data-dir", dir.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+    (child, port)
+}
+
+#[test]
+fn sigkill_and_restart_keeps_history_message_count_and_seq() {
+    let dir = temp_dir("kill9");
+    let mut s = serve_in(&dir, &[]);
+    let mut ws = s.ws("/api/ws/keep");
+    turn(&mut ws, "first turn");
+    let frames = turn(&mut ws, "second turn here");
+    let last_seq = frames.last().unwrap()["seq"].as_u64().unwrap();
+    let r = s.post(
+        "/api/chat",
+        r#"{"content":"from rest","session_id":"keep"}"#,
+    );
+    assert_eq!(r.status, 200);
+    let last_seq = last_seq + 3; // the REST turn's token, token, done reached ws too
+    let other = s.post("/api/sessions", "").json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = s.get("/api/sessions").json();
+    let hist_before = history(&s, "keep");
+    drop(ws);
+    kill9(&mut s);
+
+    let s = serve_in(&dir, &[]);
+    assert_eq!(
+        s.get("/api/sessions").json(),
+        before,
+        "same sessions, order, created_at, message_count"
+    );
+    assert_eq!(history(&s, "keep"), hist_before);
+    assert_eq!(history(&s, &other), Vec::<Value>::new());
+    assert_eq!(before[0]["message_count"], 6);
+    // seq goes on, never reused.
+    let mut ws = s.ws("/api/ws/keep");
+    let frames = turn(&mut ws, "after the crash");
+    let first = frames[0]["seq"].as_u64().unwrap();
+    assert!(
+        first > last_seq,
+        "seq {first} reused (last before the crash {last_seq})"
+    );
+    let seqs: Vec<u64> = frames.iter().map(|f| f["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (first..first + seqs.len() as u64).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_clean_restart_continues_seq_exactly() {
+    let dir = temp_dir("clean");
+    let mut s = serve_in(&dir, &[]);
+    let mut ws = s.ws("/api/ws/c");
+    let last = turn(&mut ws, "one two").last().unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    drop(ws);
+    assert!(s.terminate().success());
+    let s = serve_in(&dir, &[]);
+    let mut ws = s.ws("/api/ws/c");
+    assert_eq!(turn(&mut ws, "three")[0]["seq"].as_u64().unwrap(), last + 1);
+}
+
+#[test]
+fn a_crash_mid_turn_keeps_the_prompt_and_the_session_usable() {
+    let dir = temp_dir("midturn");
+    let agent = dir.join("slow.sh");
+    std::fs::write(
+        &agent,
+        "#!/bin/sh\ncat >/dev/null\nprintf '{\"op\":\"token\",\"data\":{\"content\":\"partial \"}}\\n'\nsleep 60\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.join("data");
+    let mut s = serve_in(
+        &data,
+        &["--agent", "exec", "--agent-cmd", agent.to_str().unwrap()],
+    );
+    let mut ws = s.ws("/api/ws/m");
+    send_json(
+        &mut ws,
+        json!({"op": "message", "data": {"content": "remember me"}}),
+    );
+    assert_eq!(next_json(&mut ws)["data"]["content"], "partial ");
+    drop(ws);
+    kill9(&mut s);
+
+    let s = serve_in(&data, &[]);
+    let h = history(&s, "m");
+    assert_eq!(
+        h.len(),
+        1,
+        "the request was saved when the turn started: {h:?}"
+    );
+    assert_eq!(h[0]["parts"][0]["content"], "remember me");
+    let r = s.post("/api/chat", r#"{"content":"still here","session_id":"m"}"#);
+    assert_eq!(r.json()["content"], "still here");
+    assert_eq!(history(&s, "m").len(), 3);
+}
+
+#[test]
+fn a_torn_last_record_is_dropped_with_a_warning() {
+    let dir = temp_dir("torn");
+    let mut s = serve_in(&dir, &[]);
+    assert_eq!(
+        s.post("/api/chat", r#"{"content":"kept","session_id":"t"}"#)
+            .status,
+        200
+    );
+    kill9(&mut s);
+    let journal = dir.join("journal");
+    let good = std::fs::metadata(&journal).unwrap().len();
+    // Half a record: a header announcing 100 bytes, and 7 of them.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&journal)
+        .unwrap();
+    f.write_all(&[
+        100, 0, 0, 0, 1, 2, 3, 4, b'{', b'"', b't', b'"', b':', b'"', b'm',
+    ])
+    .unwrap();
+    drop(f);
+
+    let (mut child, port) = start_capturing(&dir);
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    c.write_all(&raw_request("GET", "/api/sessions/t/history", None, &[]))
+        .unwrap();
+    let r = read_response(&mut c).unwrap();
+    assert_eq!(r.json()["messages"].as_array().unwrap().len(), 2);
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        err.contains(&format!("dropping a torn record at byte offset {good}")),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::metadata(&journal).unwrap().len(),
+        good,
+        "the torn tail is cut off"
+    );
+}
+
+#[test]
+fn a_corrupt_record_in_the_middle_refuses_start_and_says_how_to_recover() {
+    let dir = temp_dir("corrupt");
+    let mut s = serve_in(&dir, &[]);
+    for i in 0..3 {
+        assert_eq!(
+            s.post(
+                "/api/chat",
+                &json!({"content": format!("turn {i}"), "session_id": "x"}).to_string()
+            )
+            .status,
+            200
+        );
+    }
+    kill9(&mut s);
+    let journal = dir.join("journal");
+    let mut bytes = std::fs::read(&journal).unwrap();
+    // Flip a byte inside the first record's payload.
+    bytes[12] ^= 0x20;
+    std::fs::write(&journal, &bytes).unwrap();
+    let (status, err) = run_to_exit(&["serve", "--port", "0", "--data-dir", dir.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("corrupt at byte offset 0"), "{err}");
+    assert!(
+        err.contains(&journal.display().to_string()),
+        "names the file: {err}"
+    );
+    assert!(err.contains("truncate"), "says how to recover: {err}");
+}
+
+#[test]
+fn a_second_server_on_the_same_directory_is_refused() {
+    let dir = temp_dir("lock");
+    let _s = serve_in(&dir, &[]);
+    let (status, err) = run_to_exit(&["serve", "--port", "0", "--data-dir", dir.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(1));
+    assert!(err.contains("another autopoiesis server"), "{err}");
+}
+
+#[test]
+fn an_unusable_data_directory_is_a_clear_error() {
+    let (status, err) = run_to_exit(&["serve", "--port", "0", "--data-dir", "/dev/null/sessions"]);
+    assert_eq!(status.code(), Some(1));
+    assert!(err.contains("/dev/null/sessions"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn resume_with_since_replays_from_the_middle_or_asks_to_resync() {
+    let dir = temp_dir("resume");
+    let s = serve_in(&dir, &["--retain-events", "6"]);
+    let mut ws = s.ws("/api/ws/r");
+    let all: Vec<Value> = [turn(&mut ws, "a b"), turn(&mut ws, "c d")].concat();
+    assert_eq!(all.len(), 6);
+    let seqs: Vec<u64> = all.iter().map(|f| f["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+
+    // From 0: everything, then live events, no gap, no duplicate.
+    let mut from0 = s.ws("/api/ws/r?since=0");
+    let replayed: Vec<Value> = (0..6).map(|_| next_json(&mut from0)).collect();
+    assert_eq!(replayed, all);
+    // From the middle.
+    let mut from4 = s.ws("/api/ws/r?since=4");
+    assert_eq!(next_json(&mut from4), all[4]);
+    assert_eq!(next_json(&mut from4), all[5]);
+    // At the latest: nothing replayed; the next frame is live.
+    let mut latest = s.ws("/api/ws/r?since=6");
+    let live = turn(&mut ws, "e");
+    assert_eq!(next_json(&mut latest), live[0]);
+    assert_eq!(next_json(&mut from0), live[0]);
+    assert_eq!(next_json(&mut from4), live[0]);
+    // Too old: 6 retained events are now seq 3..8; since=1 lacks seq 2.
+    let mut old = s.ws("/api/ws/r?since=1");
+    assert_eq!(
+        next_json(&mut old),
+        json!({"op": "resync", "data": {"since": 1}})
+    );
+    let live = turn(&mut ws, "f");
+    assert_eq!(next_json(&mut old), live[0]);
+}
+
+#[test]
+fn after_a_restart_an_old_since_gets_resync() {
+    let dir = temp_dir("resync");
+    let mut s = serve_in(&dir, &[]);
+    let mut ws = s.ws("/api/ws/r");
+    turn(&mut ws, "a b c");
+    drop(ws);
+    kill9(&mut s);
+    let s = serve_in(&dir, &[]);
+    let mut ws = s.ws("/api/ws/r?since=2");
+    assert_eq!(
+        next_json(&mut ws),
+        json!({"op": "resync", "data": {"since": 2}})
+    );
+}
+
+#[test]
+fn shutdown_lets_a_running_turn_finish_then_closes_1001() {
+    let dir = temp_dir("drain");
+    let mut s = serve_in(&dir, &["--echo-delay-ms", "20"]);
+    let mut ws = s.ws("/api/ws/d");
+    let words = "w ".repeat(30);
+    send_json(
+        &mut ws,
+        json!({"op": "message", "data": {"content": words}}),
+    );
+    assert_eq!(next_json(&mut ws)["op"], "token");
+    signal(&s.child, libc::SIGTERM);
+    // The turn completes within the grace period, then the close comes.
+    let mut last = next_json(&mut ws);
+    while last["op"] == "token" {
+        last = next_json(&mut ws);
+    }
+    assert_eq!(last["op"], "done");
+    assert_eq!(close_code(&mut ws), 1001);
+    drop(ws);
+    assert!(s.child.wait().unwrap().success());
+    let s = serve_in(&dir, &[]);
+    assert_eq!(history(&s, "d").len(), 2);
+}
+
+#[test]
+fn shutdown_cancels_a_turn_that_outlasts_the_grace_and_journals_it() {
+    let dir = temp_dir("grace");
+    let mut s = serve_in(&dir, &["--echo-delay-ms", "50", "--shutdown-grace", "1"]);
+    let mut ws = s.ws("/api/ws/g");
+    send_json(
+        &mut ws,
+        json!({"op": "message", "data": {"content": "w ".repeat(200)}}),
+    );
+    assert_eq!(next_json(&mut ws)["op"], "token");
+    signal(&s.child, libc::SIGTERM);
+    let mut streamed = String::from("w ");
+    loop {
+        let f = next_json(&mut ws);
+        if f["op"] == "token" {
+            streamed.push_str(f["data"]["content"].as_str().unwrap());
+            continue;
+        }
+        assert_eq!(f["data"]["code"], "cancelled", "{f}");
+        break;
+    }
+    assert_eq!(close_code(&mut ws), 1001);
+    drop(ws);
+    assert!(s.child.wait().unwrap().success());
+    let s = serve_in(&dir, &[]);
+    let h = history(&s, "g");
+    assert_eq!(h.len(), 2);
+    assert_eq!(h[1]["parts"][0]["content"], json!(streamed));
+}
+
+#[test]
+fn a_journal_write_failure_is_a_503_and_the_server_stays_up() {
+    let dir = temp_dir("full");
+    // The file size limit stands in for a full disk: appends past it fail
+    // (EFBIG) the way they would with ENOSPC.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_autopoiesis"));
+    cmd.args(["serve", "--port", "0", "--data-dir", dir.to_str().unwrap()]);
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit and signal are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 4096,
+                rlim_max: 4096,
+            };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+    let request = |method: &str, path: &str, body: Option<&str>| {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        c.write_all(&raw_request(method, path, body, &[])).unwrap();
+        read_response(&mut c).unwrap()
+    };
+    let mut saved = 0;
+    let failure = loop {
+        let r = request(
+            "POST",
+            "/api/chat",
+            Some(&json!({"content": "x".repeat(300), "session_id": "s"}).to_string()),
+        );
+        if r.status != 200 {
+            break r;
+        }
+        saved += 1;
+        assert!(saved < 100, "the journal never filled up");
+    };
+    assert_eq!(failure.status, 503);
+    let detail = failure.json()["detail"].as_str().unwrap().to_owned();
+    assert!(
+        detail.contains("journal") && detail.contains("byte offset"),
+        "{detail}"
+    );
+    // Still up; what was saved is still there; later writes are refused too.
+    assert_eq!(request("GET", "/api/health", None).status, 200);
+    let h = request("GET", "/api/sessions/s/history", None).json();
+    assert_eq!(h["messages"].as_array().unwrap().len(), 2 * saved);
+    assert_eq!(
+        request(
+            "POST",
+            "/api/chat",
+            Some(r#"{"content":"y","session_id":"s"}"#)
+        )
+        .status,
+        503
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    // The journal holds whole records only: a restart reads it all.
+    let s = serve_in(&dir, &[]);
+    assert_eq!(history(&s, "s").len(), 2 * saved);
+}
