@@ -203,3 +203,21 @@ pub fn exec_lines(data: &[u8]) {
         );
     }
 }
+
+/// `journal_replay`: arbitrary journal bytes through the replay that runs
+/// at start: never a panic; what it accepts re-encodes to the same
+/// records; and cutting the file at the valid length replays the same.
+pub fn journal_replay(data: &[u8]) {
+    let Ok(replayed) = crate::journal::replay(data) else {
+        return;
+    };
+    let valid = usize::try_from(replayed.valid_len).unwrap_or(usize::MAX);
+    assert!(valid <= data.len());
+    let again = crate::journal::replay(&data[..valid]).expect("a valid prefix replays");
+    assert_eq!(again.changes, replayed.changes);
+    assert_eq!(again.torn_at, None);
+    let reencoded: Vec<u8> = replayed.changes.iter().flat_map(|(c, _)| crate::journal::encode(c)).collect();
+    let third = crate::journal::replay(&reencoded).expect("re-encoded records replay");
+    let changes = |r: crate::journal::Replay| r.changes.into_iter().map(|(c, _)| c).collect::<Vec<_>>();
+    assert_eq!(changes(third), changes(replayed));
+}

@@ -48,3 +48,8 @@ fn sse_stream_corpus() {
 fn exec_lines_corpus() {
     replay("exec_lines", autopoiesis::fuzzing::exec_lines);
 }
+
+#[test]
+fn journal_replay_corpus() {
+    replay("journal_replay", autopoiesis::fuzzing::journal_replay);
+}
