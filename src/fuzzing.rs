@@ -2,6 +2,9 @@
 //! (`tests/fuzz_corpus.rs`), so `cargo test` checks every corpus file with
 //! exactly the code the fuzzer runs. Each harness panics on a finding.
 
+// Panicking is how a harness reports a finding.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use crate::http::chunked::{ChunkError, ChunkedDecoder};
 use crate::http::{ParserLimits, Progress, RequestParser};
 
