@@ -13,11 +13,12 @@
 //! | [`http`] | HTTP/1.1 request state machine, chunked bodies, response bytes | [`reactor`] (per connection), fuzz targets |
 //! | [`ws`] | the upgrade handshake, server frame encoding, client ops | [`api`], [`reactor`], fuzz targets |
 //! | [`api`] | [`api::App`]: routing, auth, REST handlers, WebSocket ops | [`reactor`] |
-//! | [`sessions`] | the session table, history, `seq`, subscribers, broadcast | [`api`], [`turns`] |
+//! | [`sessions`] | the session table, history, `seq`, subscribers, broadcast, retained events for resume | [`api`], [`turns`] |
 //! | [`turns`] | per-session turn queue, the echo agent's stepwise streaming, cancel | [`api`] |
 //! | [`echo`] | the echo agent's word tokenizer | [`turns`] |
 //! | [`events`] | server → client event JSON, framed once for all subscribers | [`sessions`], [`api`] |
 //! | [`sink`] | [`sink::ConnId`] and the [`sink::Sink`] trait the core answers through | [`api`], [`turns`], [`reactor`] |
+//! | [`journal`] | the append-only session journal: record framing, replay, fsync policy, compaction | [`sessions`] (records), [`reactor`] (the file) |
 //! | [`clock`] | RFC 3339 timestamps, random session ids | [`sessions`], [`turns`] |
 //! | [`fuzzing`] | fuzz harnesses, shared by `fuzz/` and the corpus replay test | `fuzz/` targets, `tests/fuzz_corpus.rs` |
 //! | [`agent`] | agent events, the `exec` JSON-lines protocol, the OpenAI stream decoder, history folding | [`turns`], [`reactor`] |
