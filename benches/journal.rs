@@ -16,10 +16,18 @@ use autopoiesis::agent::request_message;
 use autopoiesis::journal::{encode, Change};
 
 fn main() {
-    let bin = std::env::var("AUTOPOIESIS_BIN").unwrap_or_else(|_| "target/release/autopoiesis".into());
-    let turns: usize = std::env::var("TURNS").ok().and_then(|t| t.parse().ok()).unwrap_or(100_000);
-    let runs: usize = std::env::var("RUNS").ok().and_then(|t| t.parse().ok()).unwrap_or(5);
-    let dir = std::env::temp_dir().join(format!("autopoiesis-journal-bench-{}", std::process::id()));
+    let bin =
+        std::env::var("AUTOPOIESIS_BIN").unwrap_or_else(|_| "target/release/autopoiesis".into());
+    let turns: usize = std::env::var("TURNS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(100_000);
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(5);
+    let dir =
+        std::env::temp_dir().join(format!("autopoiesis-journal-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
 
@@ -42,15 +50,30 @@ fn main() {
     for t in 0..turns {
         let id = format!("{:032x}", t / 10);
         if t % 10 == 0 {
-            write(Change::Created { id: id.clone(), at: ts.into() });
+            write(Change::Created {
+                id: id.clone(),
+                at: ts.into(),
+            });
             // One reservation covers this session's first 1024 events.
-            write(Change::Seq { id: id.clone(), seq: 1024 });
+            write(Change::Seq {
+                id: id.clone(),
+                seq: 1024,
+            });
         }
-        write(Change::Messages { id: id.clone(), messages: vec![request_message(prompt, ts)] });
-        write(Change::Messages { id, messages: vec![response.clone()] });
+        write(Change::Messages {
+            id: id.clone(),
+            messages: vec![request_message(prompt, ts)],
+        });
+        write(Change::Messages {
+            id,
+            messages: vec![response.clone()],
+        });
     }
     drop(file);
-    println!("journal turns={turns} bytes={bytes} bytes_per_turn={:.0}", bytes as f64 / turns as f64);
+    println!(
+        "journal turns={turns} bytes={bytes} bytes_per_turn={:.0}",
+        bytes as f64 / turns as f64
+    );
 
     let mut times = Vec::new();
     for _ in 0..runs {
@@ -62,7 +85,9 @@ fn main() {
             .spawn()
             .unwrap_or_else(|e| panic!("start {bin}: {e} (cargo build --release first)"));
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         times.push(t0.elapsed().as_secs_f64() * 1000.0);
         assert!(line.starts_with("listening on"), "{line}");
         let _ = child.kill();

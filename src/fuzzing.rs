@@ -219,8 +219,13 @@ pub fn journal_replay(data: &[u8]) {
     let again = crate::journal::replay(&data[..valid]).expect("a valid prefix replays");
     assert_eq!(again.changes, replayed.changes);
     assert_eq!(again.torn_at, None);
-    let reencoded: Vec<u8> = replayed.changes.iter().flat_map(|(c, _)| crate::journal::encode(c)).collect();
+    let reencoded: Vec<u8> = replayed
+        .changes
+        .iter()
+        .flat_map(|(c, _)| crate::journal::encode(c))
+        .collect();
     let third = crate::journal::replay(&reencoded).expect("re-encoded records replay");
-    let changes = |r: crate::journal::Replay| r.changes.into_iter().map(|(c, _)| c).collect::<Vec<_>>();
+    let changes =
+        |r: crate::journal::Replay| r.changes.into_iter().map(|(c, _)| c).collect::<Vec<_>>();
     assert_eq!(changes(third), changes(replayed));
 }
