@@ -224,15 +224,7 @@ fn emfile_on_accept_does_not_spin_and_service_resumes() {
             Ok(())
         });
     }
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    let port: u16 = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+    let (mut child, port) = spawn_listening(cmd.stderr(std::process::Stdio::null()));
     let pid = child.id();
     let connect = || {
         let c = TcpStream::connect(("127.0.0.1", port)).unwrap();

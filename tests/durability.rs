@@ -6,7 +6,7 @@ mod common;
 use common::*;
 
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -52,19 +52,9 @@ fn run_to_exit(args: &[&str]) -> (std::process::ExitStatus, String) {
 /// Starts the server with stderr captured; returns it once listening, and
 /// the stderr text so far is read after it is killed.
 fn start_capturing(dir: &Path) -> (std::process::Child, u16) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_autopoiesis"))
-        .args(["serve", "--port", "0", "--data-dir", dir.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line.trim().rsplit(':').next().unwrap().parse().unwrap();
-    (child, port)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_autopoiesis"));
+    cmd.args(["serve", "--port", "0", "--data-dir", dir.to_str().unwrap()]);
+    spawn_listening(cmd.stderr(Stdio::piped()))
 }
 
 #[test]
@@ -386,16 +376,7 @@ fn a_journal_write_failure_is_a_503_and_the_server_stays_up() {
             Ok(())
         });
     }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+    let (mut child, port) = spawn_listening(cmd.stderr(Stdio::null()));
     let request = |method: &str, path: &str, body: Option<&str>| {
         let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();

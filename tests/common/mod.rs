@@ -133,6 +133,27 @@ impl Drop for Server {
     }
 }
 
+/// Spawns `cmd` (a `serve --port 0` command) with stdout piped, and waits
+/// for its `listening on` line; returns the child and its port.
+pub fn spawn_listening(cmd: &mut Command) -> (Child, u16) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the server binary");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the listening line");
+    let port = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    (child, port)
+}
+
 pub fn signal(child: &Child, sig: i32) {
     // SAFETY: kill(2) on our own child's pid.
     unsafe {
