@@ -335,7 +335,7 @@ impl JournalFile {
     /// Appends one record (written now; synced now with `always`). On
     /// failure the file is cut back to its last whole record and the
     /// journal refuses further writes; the error names the file and offset.
-    pub fn append(&mut self, change: &Change) -> Result<(), String> {
+    pub fn append(&mut self, change: &Change) -> Result<u64, String> {
         if let Some(why) = &self.failed {
             return Err(why.clone());
         }
@@ -352,7 +352,7 @@ impl JournalFile {
             Ok(()) => {
                 self.len += record.len() as u64;
                 self.unsynced = self.mode == FsyncMode::Batch;
-                Ok(())
+                Ok(record.len() as u64)
             }
             Err(e) => {
                 let why = format!(

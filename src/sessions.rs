@@ -209,8 +209,8 @@ impl SessionTable {
             id: id.to_owned(),
             messages,
         };
-        sink.persist(&change)?;
-        self.account(&change);
+        let bytes = sink.persist(&change)?;
+        self.account(&change, bytes);
         if let (Change::Messages { messages, .. }, Some(s)) = (change, self.sessions.get_mut(id)) {
             s.messages.extend(messages);
         }
@@ -221,14 +221,14 @@ impl SessionTable {
     /// the journal. A failure is the journal's to report; the state stays.
     pub fn flush_changes(&mut self, sink: &mut dyn Sink) {
         for change in std::mem::take(&mut self.pending) {
-            if sink.persist(&change).is_ok() {
-                self.account(&change);
+            if let Ok(bytes) = sink.persist(&change) {
+                self.account(&change, bytes);
             }
         }
     }
 
-    fn account(&mut self, change: &Change) {
-        let bytes = journal::encode(change).len() as u64;
+    /// Counts a record's `bytes` towards its session's live journal size.
+    fn account(&mut self, change: &Change, bytes: u64) {
         match change {
             Change::Deleted { .. } => {}
             Change::Seq { .. } => {}

@@ -33,9 +33,9 @@ pub trait Sink {
     /// The turn has ended: stop its agent. `graceful`: it said `done`, so
     /// let it exit by itself (briefly); otherwise kill it now.
     fn stop_agent(&mut self, turn: u64, graceful: bool);
-    /// Write a state change to the journal (a no-op when in memory). Err
-    /// says why it could not be saved.
-    fn persist(&mut self, change: &Change) -> Result<(), String>;
+    /// Write a state change to the journal (a no-op when in memory).
+    /// Returns the bytes written; Err says why it could not be saved.
+    fn persist(&mut self, change: &Change) -> Result<u64, String>;
 }
 
 /// What a [`Sink`] was given, in order; for tests and fuzz targets.
@@ -94,12 +94,12 @@ impl Sink for Recorder {
     fn stop_agent(&mut self, turn: u64, graceful: bool) {
         self.agents_stopped.push((turn, graceful));
     }
-    fn persist(&mut self, change: &Change) -> Result<(), String> {
+    fn persist(&mut self, change: &Change) -> Result<u64, String> {
         match &self.persist_error {
             Some(why) => Err(why.clone()),
             None => {
                 self.persisted.push(change.clone());
-                Ok(())
+                Ok(0)
             }
         }
     }

@@ -421,3 +421,47 @@ fn a_journal_write_failure_is_a_503_and_the_server_stays_up() {
     let s = serve_in(&dir, &[]);
     assert_eq!(history(&s, "s").len(), 2 * saved);
 }
+
+#[test]
+fn the_journal_is_compacted_when_dead_records_outweigh_live_ones() {
+    let dir = temp_dir("compact");
+    let mut s = serve_in(&dir, &[]);
+    let big = "x".repeat(100_000);
+    for _ in 0..8 {
+        let r = s.post(
+            "/api/chat",
+            &json!({"content": big, "session_id": "gone"}).to_string(),
+        );
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(
+        s.post("/api/chat", r#"{"content":"small","session_id":"kept"}"#)
+            .status,
+        200
+    );
+    let journal = dir.join("journal");
+    let full = std::fs::metadata(&journal).unwrap().len();
+    assert!(full > 1_600_000, "{full}");
+    assert_eq!(
+        s.request("DELETE", "/api/sessions/gone", None, &[]).status,
+        204
+    );
+    // The server compacts on a timer tick (once a second): wait, bounded.
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    while std::fs::metadata(&journal).unwrap().len() > 10_000 {
+        assert!(std::time::Instant::now() < deadline, "never compacted");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // It keeps serving and appending to the new file.
+    assert_eq!(
+        s.post("/api/chat", r#"{"content":"after","session_id":"kept"}"#)
+            .status,
+        200
+    );
+    let before = s.get("/api/sessions").json();
+    kill9(&mut s);
+    let s = serve_in(&dir, &[]);
+    assert_eq!(s.get("/api/sessions").json(), before);
+    assert_eq!(history(&s, "kept").len(), 4);
+    assert_eq!(s.get("/api/sessions/gone/history").status, 404);
+}

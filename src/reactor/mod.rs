@@ -750,6 +750,8 @@ impl Server {
         if let Some(j) = &mut self.journal {
             j.commit();
         }
+        // Two comparisons per iteration; the rewrite itself is rare.
+        self.maybe_compact();
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();
@@ -804,7 +806,6 @@ impl Server {
     /// and idle closes, lingering closes.
     fn tick(&mut self, now: Instant) {
         self.next_tick = now + TICK;
-        self.maybe_compact();
         self.agent_timers(now);
         // glibc keeps the freed buffers of closed connections in its heap;
         // once a wave of them has gone, hand the pages back so RSS returns
@@ -1062,10 +1063,10 @@ impl Sink for ConnSink<'_> {
         self.agent_starts.push(job);
     }
 
-    fn persist(&mut self, change: &Change) -> Result<(), String> {
+    fn persist(&mut self, change: &Change) -> Result<u64, String> {
         match self.journal {
             Some(j) => j.append(change),
-            None => Ok(()),
+            None => Ok(0),
         }
     }
 
