@@ -235,16 +235,19 @@ impl UpstreamDecoder {
                 // keep it for the next piece.
                 self.pending.extend_from_slice(input);
                 let mut body = Vec::new();
-                let (used, complete) = take_body(framing, &self.pending, &mut body)?;
-                self.pending.drain(..used);
-                if self.pending.len() > MAX_HEAD {
-                    return Err("upstream sent malformed chunked encoding".into());
-                }
+                let framed = take_body(framing, &self.pending, &mut body);
                 self.body_bytes += body.len() as u64;
                 if self.body_bytes > self.max_body {
                     return Err("upstream stream passed the output bound".into());
                 }
+                // What was decoded before a framing error still counts, so
+                // the events do not depend on how the bytes arrived.
                 self.sse_bytes(&body, events)?;
+                let (used, complete) = framed?;
+                self.pending.drain(..used);
+                if self.pending.len() > MAX_HEAD {
+                    return Err("upstream sent malformed chunked encoding".into());
+                }
                 if complete {
                     self.end_of_stream(events)
                 } else {
