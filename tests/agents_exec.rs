@@ -410,3 +410,15 @@ fn echo_delay_streams_slowly_and_can_be_cancelled_over_rest_wait() {
     assert_eq!(r.status, 409);
     assert_eq!(r.json()["detail"]["code"], "cancelled");
 }
+
+#[test]
+fn an_agent_that_writes_past_the_output_bound_is_stopped() {
+    // 17 MB of token lines, past the 16 MiB bound, and never a `done`.
+    let body = "#!/bin/sh\ncat >/dev/null\nyes '{\"op\":\"token\",\"data\":{\"content\":\"x\"}}' | head -c 17000000\nsleep 60\n";
+    let s = exec_server(&script("flood.sh", body), &[]);
+    let r = chat(&s, "o", "go");
+    assert_eq!(r.status, 503);
+    let detail = r.json()["detail"].as_str().unwrap().to_owned();
+    assert!(detail.contains("output passed 16777216 bytes"), "{detail}");
+    eventually_no_children(s.child.id());
+}
