@@ -180,7 +180,7 @@ impl App {
         let path = percent_decode(&req.head.path);
         let route = match route(&path) {
             Some(Target::Rest(route)) => route,
-            Some(Target::WebSocket(id)) => return self.upgrade(&req, id, now),
+            Some(Target::WebSocket(id)) => return self.upgrade(&req, id, now, sink),
             None => return HttpOutcome::Respond(Response::detail(404, "Not Found")),
         };
         if !route.allowed().contains(&req.head.method.as_str()) {
@@ -197,10 +197,12 @@ impl App {
         }
         let response = match route {
             Route::Health => Response::json(200, self.health_body.clone()),
-            Route::Sessions if req.head.method == "POST" => match self.sessions.create(now) {
-                Ok(id) => Response::json(201, self.sessions.info_json(&id).unwrap_or_default()),
-                Err(_) => Response::detail(503, TOO_MANY_SESSIONS),
-            },
+            Route::Sessions if req.head.method == "POST" => {
+                match self.ensure_session(None, now, sink) {
+                    Ok(id) => Response::json(201, self.sessions.info_json(&id).unwrap_or_default()),
+                    Err(why) => Response::detail(503, &why),
+                }
+            }
             Route::Sessions => Response::json(200, self.sessions.list_json()),
             Route::History(id) if !valid_session_id(&id) => invalid_id(),
             Route::History(id) => match self.sessions.history_json(&id) {
@@ -219,7 +221,7 @@ impl App {
                     None => session_not_found(),
                 }
             }
-            Route::Chat => return self.chat(&req.body, from, now),
+            Route::Chat => return self.chat(&req.body, from, now, sink),
         };
         HttpOutcome::Respond(response)
     }
@@ -230,7 +232,13 @@ impl App {
         }
     }
 
-    fn chat(&mut self, body: &[u8], from: ConnId, now: Instant) -> HttpOutcome {
+    fn chat(
+        &mut self,
+        body: &[u8],
+        from: ConnId,
+        now: Instant,
+        sink: &mut dyn Sink,
+    ) -> HttpOutcome {
         let (content, session_id) = match validate_chat_body(body) {
             Ok(parts) => parts,
             Err(errors) => {
@@ -238,18 +246,15 @@ impl App {
                 return HttpOutcome::Respond(Response::json(422, body));
             }
         };
-        let id = match session_id {
-            None => match self.sessions.create(now) {
-                Ok(id) => id,
-                Err(_) => return HttpOutcome::Respond(Response::detail(503, TOO_MANY_SESSIONS)),
-            },
-            Some(id) if !valid_session_id(&id) => return HttpOutcome::Respond(invalid_id()),
-            Some(id) => {
-                if self.sessions.get_or_create(&id, now).is_err() {
-                    return HttpOutcome::Respond(Response::detail(503, TOO_MANY_SESSIONS));
-                }
-                id
-            }
+        if session_id
+            .as_deref()
+            .is_some_and(|id| !valid_session_id(id))
+        {
+            return HttpOutcome::Respond(invalid_id());
+        }
+        let id = match self.ensure_session(session_id.as_deref(), now, sink) {
+            Ok(id) => id,
+            Err(why) => return HttpOutcome::Respond(Response::detail(503, &why)),
         };
         let turn = Turn::new(self.new_turn_id(), content, Some(from));
         match self.submit(&id, turn, now) {
@@ -273,7 +278,13 @@ impl App {
         Ok(())
     }
 
-    fn upgrade(&mut self, req: &Request, id: String, now: Instant) -> HttpOutcome {
+    fn upgrade(
+        &mut self,
+        req: &Request,
+        id: String,
+        now: Instant,
+        sink: &mut dyn Sink,
+    ) -> HttpOutcome {
         let head = &req.head;
         // A plain GET is not a WebSocket route (FastAPI answers it 404).
         if !head.upgrade_websocket {
@@ -307,8 +318,8 @@ impl App {
                     None => {}
                 }
             }
-            if self.sessions.get_or_create(&id, now).is_err() {
-                return HttpOutcome::Respond(Response::detail(503, TOO_MANY_SESSIONS));
+            if let Err(why) = self.ensure_session(Some(&id), now, sink) {
+                return HttpOutcome::Respond(Response::detail(503, &why));
             }
         }
         if !authorized {
@@ -368,7 +379,35 @@ impl App {
     /// Hands pending state changes to the journal (called by the reactor
     /// before it writes the iteration's output).
     pub fn persist_pending(&mut self, sink: &mut dyn Sink) {
-        self.sessions.flush_changes(sink);
+        // A failure is logged by the journal and refuses later writes.
+        let _ = self.sessions.flush_changes(sink);
+    }
+
+    /// Session `id` (a new random one for None), created if needed and
+    /// journaled before anyone hears of it. Err: the 503 message (the
+    /// session table is full, or the session could not be saved).
+    fn ensure_session(
+        &mut self,
+        id: Option<&str>,
+        now: Instant,
+        sink: &mut dyn Sink,
+    ) -> Result<String, String> {
+        let full = |_| TOO_MANY_SESSIONS.to_owned();
+        let (id, new) = match id {
+            Some(id) => {
+                let new = self.sessions.get(id).is_none();
+                self.sessions.get_or_create(id, now).map_err(full)?;
+                (id.to_owned(), new)
+            }
+            None => (self.sessions.create(now).map_err(full)?, true),
+        };
+        if let Err(why) = self.sessions.flush_changes(sink) {
+            if new {
+                self.sessions.forget(&id);
+            }
+            return Err(format!("the session could not be saved: {why}"));
+        }
+        Ok(id)
     }
 
     /// Journals every session's exact `seq` (clean shutdown).
@@ -414,8 +453,8 @@ impl App {
         match ws::parse_client_op(text) {
             ClientOp::Message(content) => {
                 // Looked up per turn: a session deleted over REST comes back.
-                if self.sessions.get_or_create(session_id, now).is_err() {
-                    return reply(sink, Some("too_many_sessions"), TOO_MANY_SESSIONS);
+                if let Err(why) = self.ensure_session(Some(session_id), now, sink) {
+                    return reply(sink, Some("unavailable"), &why);
                 }
                 let turn = Turn::new(self.new_turn_id(), content, None);
                 if self.submit(session_id, turn, now).is_err() {
@@ -426,8 +465,8 @@ impl App {
             ClientOp::Invalid => reply(sink, None, "Invalid message format"),
             ClientOp::Unknown(op) => reply(sink, None, &format!("Unknown op: {op}")),
             ClientOp::Approve => {
-                if self.sessions.get_or_create(session_id, now).is_err() {
-                    return reply(sink, Some("too_many_sessions"), TOO_MANY_SESSIONS);
+                if let Err(why) = self.ensure_session(Some(session_id), now, sink) {
+                    return reply(sink, Some("unavailable"), &why);
                 }
                 let data = ErrorData {
                     code: Some("approval_unsupported"),

@@ -204,7 +204,7 @@ impl SessionTable {
         messages: Vec<String>,
         sink: &mut dyn Sink,
     ) -> Result<(), String> {
-        self.flush_changes(sink);
+        self.flush_changes(sink)?;
         let change = Change::Messages {
             id: id.to_owned(),
             messages,
@@ -218,12 +218,26 @@ impl SessionTable {
     }
 
     /// Hands pending changes (creations, deletions, `seq` reservations) to
-    /// the journal. A failure is the journal's to report; the state stays.
-    pub fn flush_changes(&mut self, sink: &mut dyn Sink) {
+    /// the journal. Err: the first reason one could not be saved (the
+    /// journal has logged it; the in-memory state stays as it is).
+    pub fn flush_changes(&mut self, sink: &mut dyn Sink) -> Result<(), String> {
+        let mut failed = None;
         for change in std::mem::take(&mut self.pending) {
-            if let Ok(bytes) = sink.persist(&change) {
-                self.account(&change, bytes);
+            match sink.persist(&change) {
+                Ok(bytes) => self.account(&change, bytes),
+                Err(why) => {
+                    failed.get_or_insert(why);
+                }
             }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Drops a session that was never saved (its creation could not be
+    /// journaled): no record of it is written.
+    pub fn forget(&mut self, id: &str) {
+        if let Some(session) = self.sessions.remove(id) {
+            self.order.remove(&session.ordinal);
         }
     }
 

@@ -415,6 +415,21 @@ fn a_journal_write_failure_is_a_503_and_the_server_stays_up() {
         .status,
         503
     );
+    // Nor is a new session announced that could not be saved.
+    let r = request("POST", "/api/sessions", None);
+    assert_eq!(r.status, 503);
+    assert!(r.json()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("could not be saved"));
+    assert_eq!(
+        request("GET", "/api/sessions", None)
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     let _ = child.kill();
     let _ = child.wait();
     // The journal holds whole records only: a restart reads it all.
