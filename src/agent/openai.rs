@@ -243,6 +243,10 @@ impl UpstreamDecoder {
                 // What was decoded before a framing error still counts, so
                 // the events do not depend on how the bytes arrived.
                 self.sse_bytes(&body, events)?;
+                if self.is_finished() {
+                    // `[DONE]` ended the stream: whatever follows is ignored.
+                    return Ok(());
+                }
                 let (used, complete) = framed?;
                 self.pending.drain(..used);
                 if self.pending.len() > MAX_HEAD {
