@@ -125,16 +125,7 @@ fn read_request(conn: &mut TcpStream) -> Captured {
         head.push(byte[0]);
         assert!(head.len() < 64 * 1024, "upstream: request head too long");
     }
-    let text = String::from_utf8(head).expect("ASCII request head");
-    let mut lines = text.split("\r\n");
-    let request_line = lines.next().unwrap().to_owned();
-    let headers: Vec<(String, String)> = lines
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (k, v) = l.split_once(':').expect("header line");
-            (k.trim().to_owned(), v.trim().to_owned())
-        })
-        .collect();
+    let (request_line, headers) = split_head(&head);
     let len: usize = headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))

@@ -262,17 +262,8 @@ pub fn read_response(s: &mut impl Read) -> Option<HttpResponse> {
             Err(e) => panic!("reading a response: {e}"),
         }
     }
-    let text = String::from_utf8(head).expect("ASCII head");
-    let mut lines = text.split("\r\n");
-    let status_line = lines.next().unwrap();
+    let (status_line, headers) = split_head(&head);
     let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (k, v) = l.split_once(':').expect("header line");
-            (k.trim().to_owned(), v.trim().to_owned())
-        })
-        .collect();
     let len: usize = headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
@@ -284,6 +275,21 @@ pub fn read_response(s: &mut impl Read) -> Option<HttpResponse> {
         headers,
         body,
     })
+}
+
+/// The first line and the headers of an HTTP head (request or response).
+pub fn split_head(head: &[u8]) -> (String, Vec<(String, String)>) {
+    let text = std::str::from_utf8(head).expect("ASCII head");
+    let mut lines = text.split("\r\n");
+    let first = lines.next().unwrap_or_default().to_owned();
+    let headers = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.split_once(':').expect("header line");
+            (k.trim().to_owned(), v.trim().to_owned())
+        })
+        .collect();
+    (first, headers)
 }
 
 /// True when the server has closed `s` (EOF or reset) with nothing more to read.
