@@ -75,14 +75,8 @@ pub fn encode(change: &Change) -> Vec<u8> {
         Change::Messages { id, messages } => {
             out.extend_from_slice(br#"{"t":"m","id":"#);
             id_json(&mut out, id);
-            out.extend_from_slice(br#","messages":["#);
-            for (i, m) in messages.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(m.as_bytes());
-            }
-            out.push(b']');
+            out.extend_from_slice(br#","messages":"#);
+            crate::sessions::write_json_array(&mut out, messages);
         }
         Change::Seq { id, seq } => {
             out.extend_from_slice(br#"{"t":"s","id":"#);

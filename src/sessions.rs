@@ -372,14 +372,9 @@ impl SessionTable {
             Vec::with_capacity(64 + s.messages.iter().map(|m| m.len() + 1).sum::<usize>());
         out.extend_from_slice(b"{\"session_id\":");
         let _ = serde_json::to_writer(&mut out, id);
-        out.extend_from_slice(b",\"messages\":[");
-        for (i, m) in s.messages.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(m.as_bytes());
-        }
-        out.extend_from_slice(b"]}");
+        out.extend_from_slice(b",\"messages\":");
+        write_json_array(&mut out, &s.messages);
+        out.push(b'}');
         Some(out)
     }
 
@@ -474,6 +469,19 @@ fn info<'a>(id: &'a str, s: &'a Session) -> SessionInfo<'a> {
         created_at: &s.created_at,
         message_count: s.messages.len(),
     }
+}
+
+/// Writes `[a,b,...]` from JSON texts kept as strings (the history's
+/// `ModelMessage`s), without parsing them again.
+pub fn write_json_array(out: &mut Vec<u8>, items: &[String]) {
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item.as_bytes());
+    }
+    out.push(b']');
 }
 
 /// `^[A-Za-z0-9._-]{1,128}$`: the ids a client may name.

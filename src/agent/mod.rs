@@ -68,14 +68,9 @@ pub fn exec_request(job: &AgentJob) -> Vec<u8> {
     let _ = serde_json::to_writer(&mut out, &job.session_id);
     out.extend_from_slice(b",\"prompt\":");
     let _ = serde_json::to_writer(&mut out, &job.prompt);
-    out.extend_from_slice(b",\"history\":[");
-    for (i, m) in job.history.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(m.as_bytes());
-    }
-    out.extend_from_slice(b"]}\n");
+    out.extend_from_slice(b",\"history\":");
+    crate::sessions::write_json_array(&mut out, &job.history);
+    out.extend_from_slice(b"}\n");
     out
 }
 
