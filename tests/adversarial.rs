@@ -171,11 +171,12 @@ fn a_websocket_that_never_reads_is_closed_and_memory_stays_flat() {
     // The history keeps each prompt and reply (about 16 MiB for 8 turns),
     // the session retains its last events for resume (1 MiB plus one
     // frame), and a turn's own buffers (prompt, reply, the 1 MiB `done`
-    // frame) come and go; beyond that, nothing may pile up for the stuck
-    // client, whose backlog alone would be 8 x 17 MB.
+    // frame) come and go, and glibc keeps some of what they freed; beyond
+    // that, nothing may pile up for the stuck client, whose backlog alone
+    // would be 8 x 17 MB.
     let history_kib = 8 * 2 * words.len() as u64 / 1024;
     assert!(
-        peak < before + history_kib + 16 * 1024,
+        peak < before + history_kib + 32 * 1024,
         "server RSS grew from {before} to {peak} KiB ({history_kib} KiB of history)"
     );
     // The stuck client was closed: its connection ends. If the kernel had
