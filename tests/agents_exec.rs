@@ -395,8 +395,7 @@ fn echo_delay_streams_slowly_and_can_be_cancelled_over_rest_wait() {
     let waiter = std::thread::spawn(move || {
         let mut c = std::net::TcpStream::connect(addr).unwrap();
         c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        let body =
-            json!({"content": "a b c d e f g h i j k l m n o p", "session_id": "e"}).to_string();
+        let body = json!({"content": "w ".repeat(500), "session_id": "e"}).to_string();
         std::io::Write::write_all(&mut c, &raw_request("POST", "/api/chat", Some(&body), &[]))
             .unwrap();
         read_response(&mut c).unwrap()

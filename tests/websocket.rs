@@ -134,9 +134,10 @@ fn op_errors_go_to_the_sender_only() {
 
 #[test]
 fn cancel_and_busy() {
-    let s = Server::start(&["--max-queued-turns", "1"]);
+    // A slow echo (one token per 5 ms), so the cancel surely finds the turn running.
+    let s = Server::start(&["--max-queued-turns", "1", "--echo-delay-ms", "5"]);
     let mut a = s.ws("/api/ws/c");
-    let long = "word ".repeat(20_000);
+    let long = "word ".repeat(2_000);
     // Three messages in one go: one runs, one queues, the third is refused.
     for text in [long.as_str(), "queued", "refused"] {
         send_json(&mut a, message(text));
