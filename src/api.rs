@@ -593,14 +593,20 @@ pub fn key_matches(candidate: &[u8], key: &[u8]) -> bool {
 
 fn route(path: &str) -> Option<Target> {
     let rest = path.strip_prefix("/api/")?;
-    let segments: Vec<&str> = rest.split('/').collect();
-    let route = match segments.as_slice() {
-        ["health"] => Route::Health,
-        ["sessions"] => Route::Sessions,
-        ["chat"] => Route::Chat,
-        ["sessions", id] if !id.is_empty() => Route::Session((*id).to_owned()),
-        ["sessions", id, "history"] if !id.is_empty() => Route::History((*id).to_owned()),
-        ["ws", id] if !id.is_empty() => return Some(Target::WebSocket((*id).to_owned())),
+    // At most four segments matter (a fourth means no route); no allocation.
+    let mut parts = rest.split('/');
+    let segments = (parts.next(), parts.next(), parts.next(), parts.next());
+    let route = match segments {
+        (Some("health"), None, ..) => Route::Health,
+        (Some("sessions"), None, ..) => Route::Sessions,
+        (Some("chat"), None, ..) => Route::Chat,
+        (Some("sessions"), Some(id), None, _) if !id.is_empty() => Route::Session(id.to_owned()),
+        (Some("sessions"), Some(id), Some("history"), None) if !id.is_empty() => {
+            Route::History(id.to_owned())
+        }
+        (Some("ws"), Some(id), None, _) if !id.is_empty() => {
+            return Some(Target::WebSocket(id.to_owned()))
+        }
         _ => return None,
     };
     Some(Target::Rest(route))
@@ -608,9 +614,9 @@ fn route(path: &str) -> Option<Target> {
 
 /// `%XX` decoding of a request path (as ASGI servers hand it to FastAPI);
 /// bytes that are not UTF-8 become U+FFFD, which no route or id accepts.
-pub fn percent_decode(path: &str) -> String {
+pub fn percent_decode(path: &str) -> std::borrow::Cow<'_, str> {
     if !path.contains('%') {
-        return path.to_owned();
+        return std::borrow::Cow::Borrowed(path);
     }
     let bytes = path.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -632,7 +638,7 @@ pub fn percent_decode(path: &str) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// `since=N` from a query string: None when absent, Err when not a

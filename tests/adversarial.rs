@@ -263,13 +263,7 @@ fn emfile_on_accept_does_not_spin_and_service_resumes() {
 fn garbage_after_the_upgrade_closes_only_that_client() {
     let s = Server::start(&[]);
     let mut good = s.ws("/api/ws/g");
-    let mut c = s.connect();
-    c.write_all(
-        b"GET /api/ws/g HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .unwrap();
-    assert_eq!(read_response(&mut c).unwrap().status, 101);
+    let mut c = raw_ws(&s, "/api/ws/g");
     // An unmasked frame with reserved bits and opcode, then noise.
     c.write_all(&[0xF3, 0x05, b'h', b'e', b'l', b'l', b'o', 0, 1, 2, 3])
         .unwrap();

@@ -313,13 +313,7 @@ fn oversized_message_closes_1009_and_bad_utf8_closes_1007() {
 
     // tungstenite's client refuses to send invalid UTF-8, so write the
     // masked frame by hand after a handshake.
-    let mut c = s.connect();
-    c.write_all(
-        b"GET /api/ws/utf HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .unwrap();
-    assert_eq!(read_response(&mut c).unwrap().status, 101);
+    let mut c = raw_ws(&s, "/api/ws/utf");
     let mask = [1u8, 2, 3, 4];
     let payload = [0xffu8, 0xfe];
     let mut frame = vec![0x81, 0x80 | payload.len() as u8];

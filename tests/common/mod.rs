@@ -277,6 +277,19 @@ pub fn read_response(s: &mut impl Read) -> Option<HttpResponse> {
     })
 }
 
+/// A raw socket upgraded to a WebSocket on `path` (the 101 read), for
+/// tests that write frames tungstenite's client would refuse to send.
+pub fn raw_ws(s: &Server, path: &str) -> TcpStream {
+    let mut c = s.connect();
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    c.write_all(head.as_bytes()).expect("write the upgrade");
+    assert_eq!(read_response(&mut c).expect("a 101").status, 101);
+    c
+}
+
 /// The first line and the headers of an HTTP head (request or response).
 pub fn split_head(head: &[u8]) -> (String, Vec<(String, String)>) {
     let text = std::str::from_utf8(head).expect("ASCII head");
