@@ -37,6 +37,16 @@ pub enum HttpOutcome {
     /// the connection reads no further request until then.
     Pending,
     Upgrade(Upgrade),
+    /// Switch this connection to a Server-Sent Events stream.
+    EventStream(EventStream),
+}
+
+/// Stream the events of `session_id` to this connection (SSE).
+#[derive(Debug, PartialEq, Eq)]
+pub struct EventStream {
+    pub session_id: String,
+    /// `Last-Event-ID` or `?since=N`: replay the retained events after N.
+    pub since: Option<u64>,
 }
 
 /// Switch this connection to a WebSocket of `session_id`.
@@ -52,11 +62,17 @@ pub struct Upgrade {
 }
 
 enum Route {
+    /// `/`: the built-in chat page.
+    Page,
     Health,
     Sessions,
     Session(String),
     History(String),
     Chat,
+    /// `/api/sessions/{id}/chat`: a chat routed by its session.
+    SessionChat(String),
+    /// `/api/sessions/{id}/events`: Server-Sent Events.
+    Events(String),
 }
 
 /// What a request path names: a REST route or the WebSocket endpoint.
@@ -68,11 +84,16 @@ enum Target {
 impl Route {
     fn allowed(&self) -> &'static [&'static str] {
         match self {
-            Route::Health | Route::History(_) => &["GET"],
+            Route::Page | Route::Health | Route::History(_) | Route::Events(_) => &["GET"],
             Route::Sessions => &["GET", "POST"],
             Route::Session(_) => &["DELETE"],
-            Route::Chat => &["POST"],
+            Route::Chat | Route::SessionChat(_) => &["POST"],
         }
+    }
+
+    /// Routes anyone may use: no key, no Origin check.
+    fn public(&self) -> bool {
+        matches!(self, Route::Page | Route::Health)
     }
 }
 
@@ -87,6 +108,7 @@ pub struct App {
     next_turn_id: u64,
     next_sweep: Instant,
     health_body: Vec<u8>,
+    page: crate::page::ChatPage,
 }
 
 impl App {
@@ -118,6 +140,7 @@ impl App {
             next_turn_id: 0,
             next_sweep: now,
             health_body,
+            page: crate::page::ChatPage::new(),
         };
         app.next_sweep = now + app.sweep_interval();
         app
@@ -161,6 +184,11 @@ impl App {
         matches!((authority, head.host.as_deref()), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
     }
 
+    /// The key from `X-API-Key`, else from `Authorization: Bearer`.
+    fn head_authorized(&self, head: &Head) -> bool {
+        self.authorized(head.api_key.as_deref().or(head.bearer.as_deref()))
+    }
+
     fn authorized(&self, candidate: Option<&[u8]>) -> bool {
         match (&self.config.api_key, candidate) {
             (None, _) => true,
@@ -189,13 +217,14 @@ impl App {
                 Response::detail(405, "Method Not Allowed").with_header("allow", allow),
             );
         }
-        if !matches!(route, Route::Health) && !self.origin_allowed(&req.head) {
+        if !route.public() && !self.origin_allowed(&req.head) {
             return HttpOutcome::Respond(Response::detail(403, ORIGIN_NOT_ALLOWED));
         }
-        if !matches!(route, Route::Health) && !self.authorized(req.head.api_key.as_deref()) {
+        if !route.public() && !self.head_authorized(&req.head) {
             return HttpOutcome::Respond(Response::detail(401, UNAUTHORIZED));
         }
         let response = match route {
+            Route::Page => self.page.response(),
             Route::Health => Response::json(200, self.health_body.clone()),
             Route::Sessions if req.head.method == "POST" => {
                 match self.ensure_session(None, now, sink) {
@@ -217,11 +246,19 @@ impl App {
                 // Deleting a session cancels its turns (their REST callers get 409).
                 turns::cancel(&mut self.sessions, &id, sink, &self.engine);
                 match self.sessions.remove(&id) {
-                    Some(_) => Response::json(204, Vec::new()),
+                    Some(_) => {
+                        for &conn in self.sessions.subscribers(&id) {
+                            sink.session_gone(conn);
+                        }
+                        Response::json(204, Vec::new())
+                    }
                     None => session_not_found(),
                 }
             }
-            Route::Chat => return self.chat(&req.body, from, now, sink),
+            Route::Chat => return self.chat(&req.body, None, from, now, sink),
+            Route::SessionChat(id) if !valid_session_id(&id) => invalid_id(),
+            Route::SessionChat(id) => return self.chat(&req.body, Some(id), from, now, sink),
+            Route::Events(id) => return self.event_stream(&req.head, id, now),
         };
         HttpOutcome::Respond(response)
     }
@@ -232,20 +269,24 @@ impl App {
         }
     }
 
+    /// `POST /api/chat`, or `POST /api/sessions/{path_id}/chat` (the
+    /// path's id stands for the body's `session_id`, which is then ignored).
     fn chat(
         &mut self,
         body: &[u8],
+        path_id: Option<String>,
         from: ConnId,
         now: Instant,
         sink: &mut dyn Sink,
     ) -> HttpOutcome {
-        let (content, session_id) = match validate_chat_body(body) {
+        let (content, body_id) = match validate_chat_body(body) {
             Ok(parts) => parts,
             Err(errors) => {
                 let body = json!({ "detail": errors }).to_string().into_bytes();
                 return HttpOutcome::Respond(Response::json(422, body));
             }
         };
+        let session_id = path_id.or(body_id);
         if session_id
             .as_deref()
             .is_some_and(|id| !valid_session_id(id))
@@ -278,6 +319,27 @@ impl App {
         Ok(())
     }
 
+    /// `GET /api/sessions/{id}/events`: checks the session and the resume
+    /// point; the reactor then opens the stream and calls
+    /// [`stream_opened`](Self::stream_opened).
+    fn event_stream(&mut self, head: &Head, id: String, now: Instant) -> HttpOutcome {
+        if !valid_session_id(&id) {
+            return HttpOutcome::Respond(invalid_id());
+        }
+        let since = match resume_point(head) {
+            Ok(since) => since,
+            Err(why) => return HttpOutcome::Respond(Response::detail(400, why)),
+        };
+        if self.sessions.get(&id).is_none() {
+            return HttpOutcome::Respond(session_not_found());
+        }
+        self.touch(&id, now);
+        HttpOutcome::EventStream(EventStream {
+            session_id: id,
+            since,
+        })
+    }
+
     fn upgrade(
         &mut self,
         req: &Request,
@@ -299,12 +361,10 @@ impl App {
         }
         let mut protocol = None;
         let mut since = None;
-        let authorized =
-            self.config.api_key.is_none() || self.authorized(head.api_key.as_deref()) || {
-                protocol =
-                    ws::key_from_subprotocols(&head.ws_protocols, |k| self.authorized(Some(k)));
-                protocol.is_some()
-            };
+        let authorized = self.config.api_key.is_none() || self.head_authorized(head) || {
+            protocol = ws::key_from_subprotocols(&head.ws_protocols, |k| self.authorized(Some(k)));
+            protocol.is_some()
+        };
         if authorized {
             if !valid_session_id(&id) {
                 return HttpOutcome::Respond(invalid_id());
@@ -341,7 +401,6 @@ impl App {
         })
     }
 
-    /// A WebSocket client of `session_id` is open and subscribed.
     /// A WebSocket client of `session_id` is open: subscribe it, and with
     /// `?since=N` first replay the retained events after N (or tell it to
     /// resync). Replay and subscription happen in one step of the loop, so
@@ -354,16 +413,46 @@ impl App {
         now: Instant,
         sink: &mut dyn Sink,
     ) {
+        self.subscribe(conn, session_id, since, now, sink);
+    }
+
+    /// An event stream (SSE) of `session_id` is open: the same replay and
+    /// subscription as a WebSocket client's.
+    pub fn stream_opened(
+        &mut self,
+        conn: ConnId,
+        session_id: &str,
+        since: Option<u64>,
+        now: Instant,
+        sink: &mut dyn Sink,
+    ) {
+        self.subscribe(conn, session_id, since, now, sink);
+    }
+
+    /// A subscriber has gone (WebSocket or event stream).
+    pub fn unsubscribed(&mut self, conn: ConnId, session_id: &str, now: Instant) {
+        self.sessions.unsubscribe(session_id, conn);
+        self.touch(session_id, now);
+    }
+
+    fn subscribe(
+        &mut self,
+        conn: ConnId,
+        session_id: &str,
+        since: Option<u64>,
+        now: Instant,
+        sink: &mut dyn Sink,
+    ) {
         if let (Some(since), Some(session)) = (since, self.sessions.get(session_id)) {
             match session.events_after(since) {
-                Some(frames) => {
-                    for frame in frames {
-                        sink.send(conn, frame);
+                Some(events) => {
+                    for event in events {
+                        sink.deliver(conn, event);
                     }
                 }
                 None => {
                     let data = serde_json::json!({ "since": since });
-                    sink.send(conn, &events::event_frame("resync", data, None));
+                    sink.deliver(conn, &events::Event::new("resync", data, None));
                 }
             }
         }
@@ -429,8 +518,7 @@ impl App {
 
     /// A WebSocket client has gone (for whatever reason).
     pub fn ws_closed(&mut self, conn: ConnId, session_id: &str, now: Instant) {
-        self.sessions.unsubscribe(session_id, conn);
-        self.touch(session_id, now);
+        self.unsubscribed(conn, session_id, now);
     }
 
     /// A binary frame: not a frame of the contract.
@@ -592,6 +680,9 @@ pub fn key_matches(candidate: &[u8], key: &[u8]) -> bool {
 }
 
 fn route(path: &str) -> Option<Target> {
+    if path == "/" {
+        return Some(Target::Rest(Route::Page));
+    }
     let rest = path.strip_prefix("/api/")?;
     // At most four segments matter (a fourth means no route); no allocation.
     let mut parts = rest.split('/');
@@ -603,6 +694,12 @@ fn route(path: &str) -> Option<Target> {
         (Some("sessions"), Some(id), None, _) if !id.is_empty() => Route::Session(id.to_owned()),
         (Some("sessions"), Some(id), Some("history"), None) if !id.is_empty() => {
             Route::History(id.to_owned())
+        }
+        (Some("sessions"), Some(id), Some("chat"), None) if !id.is_empty() => {
+            Route::SessionChat(id.to_owned())
+        }
+        (Some("sessions"), Some(id), Some("events"), None) if !id.is_empty() => {
+            Route::Events(id.to_owned())
         }
         (Some("ws"), Some(id), None, _) if !id.is_empty() => {
             return Some(Target::WebSocket(id.to_owned()))
@@ -639,6 +736,23 @@ pub fn percent_decode(path: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Where an event stream resumes: `Last-Event-ID: N` (what `EventSource`
+/// sends when it reconnects) or else `?since=N`. Err: the 400 message.
+fn resume_point(head: &Head) -> Result<Option<u64>, &'static str> {
+    if let Some(value) = &head.last_event_id {
+        let ok = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+        return match ok.then(|| value.parse::<u64>().ok()).flatten() {
+            Some(n) => Ok(Some(n)),
+            None => Err("Invalid Last-Event-ID"),
+        };
+    }
+    match head.query.as_deref().and_then(since_param) {
+        Some(Ok(n)) => Ok(Some(n)),
+        Some(Err(())) => Err("Invalid since"),
+        None => Ok(None),
+    }
 }
 
 /// `since=N` from a query string: None when absent, Err when not a

@@ -1,10 +1,11 @@
-//! Server → client WebSocket events: serialized once, framed once, and the
-//! same [`Bytes`] handed to every subscriber (a refcount bump each).
+//! Server → client events: serialized once, framed once, and the same
+//! [`Bytes`] handed to every subscriber (a refcount bump each), WebSocket
+//! and Server-Sent Events alike.
 
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::ws::{frame_in_place, FRAME_HEADER_ROOM, OPCODE_TEXT};
+use crate::ws::{frame_header, frame_in_place, FRAME_HEADER_ROOM, OPCODE_TEXT};
 
 #[derive(Serialize)]
 struct Wire<'a, D: Serialize> {
@@ -48,6 +49,78 @@ fn write_event(buf: &mut Vec<u8>, op: &str, data: impl Serialize, seq: Option<u6
     let _ = serde_json::to_writer(buf, &Wire { op, data, seq });
 }
 
+/// A broadcast event, serialized once into one allocation that holds both
+/// of its wire forms around the same JSON text:
+///
+/// ```text
+/// id: 7\nevent: token\ndata: ·[ws header]{"op":"token",…,"seq":7}\n\n
+/// └──── SSE head ─────────────┘└──── WebSocket frame ─────────┘
+///                                          └──── SSE body ─────────────┘
+/// ```
+///
+/// A WebSocket subscriber gets one slice (header + JSON), an SSE subscriber
+/// two (head, then JSON + blank line); neither copies the JSON.
+#[derive(Clone, Debug)]
+pub struct Event {
+    buf: Bytes,
+    sse_head_end: usize,
+    frame_start: usize,
+    json_start: usize,
+}
+
+impl Event {
+    /// The event `op` with `data`; `seq` None for one-client events
+    /// (`resync`), which then carry no `seq` and no SSE `id:`.
+    pub fn new(op: &str, data: impl Serialize, seq: Option<u64>) -> Self {
+        use std::io::Write as _;
+        let mut buf = Vec::with_capacity(48 + FRAME_HEADER_ROOM + 64);
+        if let Some(seq) = seq {
+            let _ = write!(buf, "id: {seq}\n");
+        }
+        let _ = write!(buf, "event: {op}\ndata: ");
+        let sse_head_end = buf.len();
+        buf.resize(sse_head_end + FRAME_HEADER_ROOM, 0);
+        let json_start = buf.len();
+        write_event(&mut buf, op, data, seq);
+        let json_len = buf.len() - json_start;
+        let header = frame_header(OPCODE_TEXT, json_len);
+        let frame_start = json_start - header.len();
+        buf[frame_start..json_start].copy_from_slice(&header);
+        buf.extend_from_slice(b"\n\n");
+        Event {
+            buf: Bytes::from(buf),
+            sse_head_end,
+            frame_start,
+            json_start,
+        }
+    }
+
+    /// The complete WebSocket text frame.
+    pub fn ws_frame(&self) -> Bytes {
+        self.buf.slice(self.frame_start..self.buf.len() - 2)
+    }
+
+    /// `id: N\nevent: OP\ndata: `: what goes before [`sse_body`](Self::sse_body).
+    pub fn sse_head(&self) -> Bytes {
+        self.buf.slice(..self.sse_head_end)
+    }
+
+    /// The JSON and the blank line that ends the SSE event.
+    pub fn sse_body(&self) -> Bytes {
+        self.buf.slice(self.json_start..)
+    }
+
+    /// The event's JSON text (what a client's `JSON.parse` sees).
+    pub fn json(&self) -> &[u8] {
+        &self.buf[self.json_start..self.buf.len() - 2]
+    }
+
+    /// Bytes this event holds (for retention limits).
+    pub fn size(&self) -> usize {
+        self.buf.len()
+    }
+}
+
 /// An `error` for one client only (no `seq`).
 pub fn error_frame(code: Option<&str>, message: &str) -> Bytes {
     event_frame("error", ErrorData { code, message }, None)
@@ -79,6 +152,43 @@ mod tests {
         );
         assert_eq!(&frame[2..], &json[..]);
         assert_eq!(frame[1] as usize, json.len());
+    }
+
+    #[test]
+    fn one_event_both_wire_forms_share_the_json() {
+        let data = Content { content: "a\nb" };
+        let event = Event::new("token", &data, Some(42));
+        let json = event_json("token", &data, Some(42));
+        assert_eq!(event.json(), &json[..]);
+        assert_eq!(
+            &event.ws_frame()[..],
+            &event_frame("token", &data, Some(42))[..]
+        );
+        let mut sse = event.sse_head().to_vec();
+        sse.extend_from_slice(&event.sse_body());
+        let mut want = b"id: 42\nevent: token\ndata: ".to_vec();
+        want.extend_from_slice(&json);
+        want.extend_from_slice(b"\n\n");
+        assert_eq!(sse, want);
+        // The JSON is not copied: both forms point into one allocation.
+        assert_eq!(
+            event.ws_frame().as_ptr().wrapping_add(2),
+            event.sse_body().as_ptr()
+        );
+        // Newlines inside strings are escaped: the data line stays one line.
+        assert!(!event.json().contains(&b'\n'));
+    }
+
+    #[test]
+    fn long_event_and_event_without_seq() {
+        let long = "x".repeat(70_000);
+        let event = Event::new("done", Content { content: &long }, Some(1));
+        let frame = event.ws_frame();
+        assert_eq!(frame[1], 127);
+        assert_eq!(frame.len(), 10 + event.json().len());
+        let resync = Event::new("resync", serde_json::json!({"since": 5}), None);
+        assert_eq!(&resync.sse_head()[..], b"event: resync\ndata: ");
+        assert_eq!(resync.json(), br#"{"op":"resync","data":{"since":5}}"#);
     }
 
     #[test]

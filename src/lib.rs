@@ -37,6 +37,7 @@ pub mod events;
 pub mod fuzzing;
 pub mod http;
 pub mod journal;
+pub mod page;
 pub mod reactor;
 pub mod sessions;
 pub mod sink;

@@ -12,10 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use bytes::Bytes;
-
 use crate::clock;
-use crate::events;
+use crate::events::Event;
 use crate::journal::{self, Change};
 use crate::sink::{ConnId, Sink};
 use crate::turns::Turn;
@@ -34,8 +32,8 @@ pub struct Session {
     /// The journal promises no `seq` up to this was used: after a crash,
     /// numbering resumes above it, so no `seq` is ever given twice.
     seq_reserved: u64,
-    /// Recent broadcast frames, for `?since=` resume (bounded).
-    retained: VecDeque<(u64, Bytes)>,
+    /// Recent broadcast events, for `?since=` resume (bounded).
+    retained: VecDeque<(u64, Event)>,
     retained_bytes: usize,
     /// Bytes of this session's records in the journal (for compaction).
     journal_bytes: u64,
@@ -56,11 +54,12 @@ impl Session {
         self.messages.len()
     }
 
-    /// The frames after `since`, or None when some of them are no longer
-    /// retained (the client must resync).
-    pub fn events_after(&self, since: u64) -> Option<impl Iterator<Item = &Bytes>> {
+    /// The events after `since`, or None when the client must resync:
+    /// some of them are no longer retained, or `since` is above any `seq`
+    /// this session gave (the client saw another incarnation of it).
+    pub fn events_after(&self, since: u64) -> Option<impl Iterator<Item = &Event>> {
         let first = self.retained.front().map_or(self.seq + 1, |(seq, _)| *seq);
-        if since < self.seq && since + 1 < first {
+        if since > self.seq || (since < self.seq && since + 1 < first) {
             return None;
         }
         Some(
@@ -417,18 +416,18 @@ impl SessionTable {
                 seq: session.seq_reserved,
             });
         }
-        let frame = events::event_frame(op, data, Some(seq));
-        session.retained_bytes += frame.len();
-        session.retained.push_back((seq, frame.clone()));
+        let event = Event::new(op, data, Some(seq));
+        session.retained_bytes += event.size();
+        session.retained.push_back((seq, event.clone()));
         while session.retained.len() > self.retention.events
             || (session.retained_bytes > self.retention.bytes && session.retained.len() > 1)
         {
             if let Some((_, old)) = session.retained.pop_front() {
-                session.retained_bytes -= old.len();
+                session.retained_bytes -= old.size();
             }
         }
         for &conn in self.subscribers(id) {
-            sink.send(conn, &frame);
+            sink.deliver(conn, &event);
         }
         Some(seq)
     }
@@ -484,9 +483,12 @@ pub fn write_json_array(out: &mut Vec<u8>, items: &[String]) {
     out.push(b']');
 }
 
-/// `^[A-Za-z0-9._-]{1,128}$`: the ids a client may name.
+/// `^[A-Za-z0-9._-]{1,128}$` but not `.` or `..` (which cannot survive in
+/// a URL path): the ids a client may name.
 pub fn valid_session_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
+        && id != "."
+        && id != ".."
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
@@ -495,6 +497,7 @@ pub fn valid_session_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events;
     use crate::sink::Recorder;
 
     #[test]
@@ -506,6 +509,10 @@ mod tests {
         assert!(!valid_session_id("a b"));
         assert!(!valid_session_id("a/b"));
         assert!(!valid_session_id("é"));
+        assert!(!valid_session_id("."));
+        assert!(!valid_session_id(".."));
+        assert!(valid_session_id("..."));
+        assert!(valid_session_id(".a"));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use bytes::Bytes;
 
 use crate::agent::AgentJob;
+use crate::events::Event;
 use crate::http::Response;
 use crate::journal::Change;
 
@@ -20,8 +21,15 @@ pub struct ConnId {
 }
 
 pub trait Sink {
-    /// Queue one WebSocket frame (already encoded) to a client.
+    /// Queue one WebSocket frame (already encoded) to one WebSocket client
+    /// (a reply meant for it alone).
     fn send(&mut self, to: ConnId, frame: &Bytes);
+    /// Queue a session event to a subscriber, in the subscriber's wire form
+    /// (a WebSocket frame, or a Server-Sent Event).
+    fn deliver(&mut self, to: ConnId, event: &Event);
+    /// The session `to` follows was deleted. A WebSocket client stays (its
+    /// next message creates the session again); an event stream ends.
+    fn session_gone(&mut self, to: ConnId);
     /// The response of an HTTP request that was answered later (a chat turn).
     fn respond(&mut self, to: ConnId, response: Response);
     /// Close a WebSocket client with `code` after what is queued for it.
@@ -44,6 +52,8 @@ pub struct Recorder {
     pub sent: Vec<(ConnId, Bytes)>,
     pub responses: Vec<(ConnId, Response)>,
     pub closed: Vec<(ConnId, u16, String)>,
+    /// Subscribers told that their session was deleted.
+    pub gone: Vec<ConnId>,
     /// Backlog to report per connection (default 0).
     pub backlogs: Vec<(ConnId, usize)>,
     pub agents_started: Vec<AgentJob>,
@@ -75,6 +85,12 @@ impl Recorder {
 impl Sink for Recorder {
     fn send(&mut self, to: ConnId, frame: &Bytes) {
         self.sent.push((to, frame.clone()));
+    }
+    fn deliver(&mut self, to: ConnId, event: &Event) {
+        self.sent.push((to, event.ws_frame()));
+    }
+    fn session_gone(&mut self, to: ConnId) {
+        self.gone.push(to);
     }
     fn respond(&mut self, to: ConnId, response: Response) {
         self.responses.push((to, response));

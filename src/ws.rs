@@ -72,23 +72,42 @@ pub const FRAME_HEADER_ROOM: usize = 10;
 /// without copying the payload.
 pub fn frame_in_place(mut buf: Vec<u8>, opcode: u8) -> Bytes {
     let len = buf.len().saturating_sub(FRAME_HEADER_ROOM);
-    let mut header = [0u8; FRAME_HEADER_ROOM];
-    header[0] = 0x80 | opcode;
-    let header_len = if len < 126 {
-        header[1] = len as u8;
+    let header = frame_header(opcode, len);
+    let start = FRAME_HEADER_ROOM - header.len();
+    buf[start..FRAME_HEADER_ROOM].copy_from_slice(&header);
+    Bytes::from(buf).slice(start..)
+}
+
+/// The header of one unmasked, final server frame of `len` payload bytes.
+pub fn frame_header(opcode: u8, len: usize) -> FrameHeader {
+    let mut bytes = [0u8; FRAME_HEADER_ROOM];
+    bytes[0] = 0x80 | opcode;
+    let len_used = if len < 126 {
+        bytes[1] = len as u8;
         2
     } else if len <= 0xFFFF {
-        header[1] = 126;
-        header[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        bytes[1] = 126;
+        bytes[2..4].copy_from_slice(&(len as u16).to_be_bytes());
         4
     } else {
-        header[1] = 127;
-        header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        bytes[1] = 127;
+        bytes[2..10].copy_from_slice(&(len as u64).to_be_bytes());
         10
     };
-    let start = FRAME_HEADER_ROOM - header_len;
-    buf[start..FRAME_HEADER_ROOM].copy_from_slice(&header[..header_len]);
-    Bytes::from(buf).slice(start..)
+    FrameHeader { bytes, len_used }
+}
+
+/// A frame header: 2, 4 or 10 bytes.
+pub struct FrameHeader {
+    bytes: [u8; FRAME_HEADER_ROOM],
+    len_used: usize,
+}
+
+impl std::ops::Deref for FrameHeader {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len_used]
+    }
 }
 
 pub const OPCODE_TEXT: u8 = 0x1;
@@ -108,6 +127,7 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
 
 /// Close codes the server sends.
 pub mod close {
+    pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL_ERROR: u16 = 1002;
     pub const INVALID_PAYLOAD: u16 = 1007;

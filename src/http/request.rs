@@ -38,6 +38,10 @@ pub struct Head {
     /// Every `Sec-WebSocket-Protocol` token offered, in order.
     pub ws_protocols: Vec<String>,
     pub api_key: Option<Vec<u8>>,
+    /// The credentials of `Authorization: Bearer <KEY>`.
+    pub bearer: Option<Vec<u8>>,
+    /// `Last-Event-ID` (an `EventSource` reconnecting).
+    pub last_event_id: Option<String>,
     pub origin: Option<String>,
     /// The `Host` header (the origin a same-site browser page would send).
     pub host: Option<String>,
@@ -274,6 +278,10 @@ fn interpret(req: &httparse::Request, limits: ParserLimits) -> Result<(Head, Bod
             head.ws_protocols.extend(tokens(value).map(str::to_owned));
         } else if name.eq_ignore_ascii_case("x-api-key") {
             head.api_key = Some(value.to_vec());
+        } else if name.eq_ignore_ascii_case("authorization") {
+            head.bearer = bearer_token(value).map(<[u8]>::to_vec);
+        } else if name.eq_ignore_ascii_case("last-event-id") {
+            head.last_event_id = Some(String::from_utf8_lossy(value).trim().to_owned());
         } else if name.eq_ignore_ascii_case("origin") {
             head.origin = Some(String::from_utf8_lossy(value).into_owned());
         } else if name.eq_ignore_ascii_case("host") {
@@ -295,6 +303,16 @@ fn interpret(req: &httparse::Request, limits: ParserLimits) -> Result<(Head, Bod
         (None, None) => BodyKind::None,
     };
     Ok((head, body))
+}
+
+/// The token of `Bearer <token>` (the scheme is case-insensitive).
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let start = rest.iter().position(|&b| b != b' ')?;
+    Some(&rest[start..])
 }
 
 /// `Content-Length` is 1*DIGIT: no sign, no spaces inside, no list.

@@ -1,9 +1,13 @@
 //! Response bytes: status line, the few headers we send, body.
 
+pub const JSON: &str = "application/json";
+pub const HTML: &str = "text/html; charset=utf-8";
+
 /// A response the API layer produced, not yet framed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
+    pub content_type: &'static str,
     /// Headers beyond Content-Type / Content-Length / Connection.
     pub headers: Vec<(&'static str, String)>,
     /// JSON, or empty (204).
@@ -15,6 +19,17 @@ impl Response {
     pub fn json(status: u16, body: Vec<u8>) -> Self {
         Response {
             status,
+            content_type: JSON,
+            headers: Vec::new(),
+            body,
+        }
+    }
+
+    /// A body of another type (the chat page, documents, metrics).
+    pub fn typed(status: u16, content_type: &'static str, body: Vec<u8>) -> Self {
+        Response {
+            status,
+            content_type,
             headers: Vec::new(),
             body,
         }
@@ -41,7 +56,8 @@ impl Response {
         if self.status != 204 {
             let _ = write!(
                 out,
-                "content-type: application/json\r\ncontent-length: {}\r\n",
+                "content-type: {}\r\ncontent-length: {}\r\n",
+                self.content_type,
                 self.body.len()
             );
         }

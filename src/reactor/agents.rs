@@ -17,7 +17,8 @@ use mio::{Interest, Registry, Token};
 use std::net::ToSocketAddrs;
 use std::time::Duration;
 
-use super::{sink, ConnSink, Server};
+use super::conn_sink::sink;
+use super::Server;
 
 /// How long an agent that said `done` may take to exit before it is killed.
 const AGENT_EXIT_GRACE: Duration = Duration::from_secs(2);

@@ -12,7 +12,10 @@ use bytes::{Buf, Bytes};
 use mio::net::TcpStream;
 use tungstenite::WebSocket;
 
+use super::LINGER;
 use crate::http::RequestParser;
+use crate::sink::ConnId;
+use crate::ws::{self, close};
 
 /// Most buffers handed to one `writev`.
 const IOV_BATCH: usize = 64;
@@ -182,6 +185,16 @@ pub struct WsConn {
     pub ping_sent: bool,
 }
 
+/// A Server-Sent Events stream of one session: output only. What the
+/// client sends is read and dropped (so its EOF is seen); it holds no read
+/// buffer and no parser, less than an idle WebSocket.
+pub struct SseConn {
+    pub io: Transport,
+    pub session: Rc<str>,
+    /// When the last keep-alive comment was queued (or the stream opened).
+    pub last_keepalive: Instant,
+}
+
 /// A connection on its way out: queued bytes are flushed, then the write
 /// side is shut down and input is read and discarded until the client
 /// closes or `deadline` passes. Closing this way (rather than dropping the
@@ -223,6 +236,7 @@ impl ClosingConn {
 pub enum State {
     Http(Box<HttpConn>),
     Ws(Box<WsConn>),
+    Sse(Box<SseConn>),
     Closing(ClosingConn),
     /// Only while a connection moves between states.
     Moving,
@@ -235,10 +249,29 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// The session a subscriber (WebSocket or event stream) follows.
+    pub fn subscribed_to(&self) -> Option<&Rc<str>> {
+        match &self.state {
+            State::Ws(w) => Some(&w.session),
+            State::Sse(s) => Some(&s.session),
+            _ => None,
+        }
+    }
+
+    /// Output queued for a subscriber (0 for other connections).
+    pub fn subscriber_backlog(&self) -> usize {
+        match &self.state {
+            State::Ws(w) => w.ws.get_ref().queued(),
+            State::Sse(s) => s.io.queued(),
+            _ => 0,
+        }
+    }
+
     pub fn transport_mut(&mut self) -> Option<&mut Transport> {
         match &mut self.state {
             State::Http(h) => Some(&mut h.io),
             State::Ws(w) => Some(w.ws.get_mut()),
+            State::Sse(s) => Some(&mut s.io),
             State::Closing(c) => Some(&mut c.io),
             State::Moving => None,
         }
@@ -306,4 +339,55 @@ impl Slab {
     pub fn entries_serial(&self, slot: usize) -> Option<u64> {
         self.get(slot).map(|c| c.serial)
     }
+}
+
+/// Turns the subscriber in `slot` into a closing connection. A WebSocket
+/// gets a close frame with `code` after what is queued; an event stream
+/// simply ends after it. For 1008 (a client too far behind) the unsent
+/// output is dropped instead. Returns the client's id and session for the
+/// core to forget (None: not a subscriber).
+pub fn close_subscriber(
+    conns: &mut Slab,
+    slot: usize,
+    code: u16,
+    reason: &str,
+    now: Instant,
+) -> Option<(ConnId, Rc<str>)> {
+    let conn = conns.get_mut(slot)?;
+    let (io, session) = match std::mem::replace(&mut conn.state, State::Moving) {
+        State::Ws(w) => {
+            let session = w.session.clone();
+            let mut io = w.ws.into_inner();
+            if code == close::POLICY {
+                io.drop_unsent();
+            }
+            io.push(ws::close_frame(code, reason));
+            (io, session)
+        }
+        State::Sse(s) => {
+            let SseConn {
+                mut io, session, ..
+            } = *s;
+            if code == close::POLICY {
+                io.drop_unsent();
+            }
+            (io, session)
+        }
+        other => {
+            conn.state = other;
+            return None;
+        }
+    };
+    conn.state = State::Closing(ClosingConn {
+        io,
+        deadline: now + LINGER,
+        write_shut: false,
+    });
+    Some((
+        ConnId {
+            slot,
+            serial: conn.serial,
+        },
+        session,
+    ))
 }

@@ -10,6 +10,9 @@
 
 mod agents;
 mod conn;
+mod conn_sink;
+mod sse;
+mod websocket;
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -21,17 +24,18 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
-use tungstenite::protocol::{Role, WebSocketConfig};
-use tungstenite::{Message, WebSocket};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::Message;
 
 use crate::agent::{AgentJob, AgentKind};
-use crate::api::{App, HttpOutcome, Upgrade};
+use crate::api::{App, HttpOutcome};
 use crate::config::{Config, Limits};
 use crate::http::{response, ParserLimits, Progress, RequestParser, Response};
-use crate::journal::{Change, JournalFile};
+use crate::journal::JournalFile;
 use crate::sink::{ConnId, Sink};
-use crate::ws::{self, close};
-use conn::{ClosingConn, Conn, HttpConn, Slab, State, Transport, WsConn};
+use crate::ws::close;
+use conn::{close_subscriber, ClosingConn, Conn, HttpConn, Slab, State, Transport};
+use conn_sink::sink;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
@@ -74,8 +78,8 @@ pub struct Server {
     dirty: Vec<usize>,
     /// HTTP connections whose deferred answer arrived: parse on.
     wake: Vec<usize>,
-    /// WebSocket clients the sink closed; the core still has to forget them.
-    gone_ws: Vec<(ConnId, Rc<str>)>,
+    /// Subscribers the sink closed; the core still has to forget them.
+    gone_subscribers: Vec<(ConnId, Rc<str>)>,
     /// Connections that stopped with work left (fairness budget).
     retry: Vec<usize>,
     accept_paused: bool,
@@ -192,7 +196,7 @@ impl Server {
             read_buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
             dirty: Vec::new(),
             wake: Vec::new(),
-            gone_ws: Vec::new(),
+            gone_subscribers: Vec::new(),
             retry: Vec::new(),
             accept_paused: false,
             conns_peak: 0,
@@ -411,7 +415,9 @@ impl Server {
                 continue;
             };
             match &mut conn.state {
-                State::Ws(_) => self.close_ws(slot, close::GOING_AWAY, "Server shutting down", now),
+                State::Ws(_) | State::Sse(_) => {
+                    self.close_client(slot, close::GOING_AWAY, "Server shutting down", now)
+                }
                 State::Http(h) if h.is_idle() && h.io.queued() == 0 => self.begin_close(slot, now),
                 State::Http(h) => h.keep_alive = false,
                 _ => {}
@@ -458,6 +464,7 @@ impl Server {
         match &mut conn.state {
             State::Http(_) => self.drive_http(slot, now),
             State::Ws(_) => self.drive_ws(slot, now),
+            State::Sse(_) => self.drive_sse(slot, now),
             // Closing connections make progress in `flush_dirty`, after the
             // journal's group commit: nothing leaves before it is saved.
             State::Closing(_) | State::Moving => {}
@@ -541,6 +548,9 @@ impl Server {
                         HttpOutcome::Upgrade(upgrade) => {
                             return self.upgrade(slot, id, upgrade, now)
                         }
+                        HttpOutcome::EventStream(stream) => {
+                            return self.open_stream(slot, id, stream, now)
+                        }
                     }
                     budget -= 1;
                     if budget == 0 {
@@ -580,6 +590,11 @@ impl Server {
         let io = match std::mem::replace(&mut conn.state, State::Moving) {
             State::Http(h) => h.io,
             State::Ws(w) => w.ws.into_inner(),
+            sse @ State::Sse(_) => {
+                // A subscriber: the core must forget it too.
+                conn.state = sse;
+                return self.close_client(slot, close::NORMAL, "", now);
+            }
             State::Closing(c) => {
                 conn.state = State::Closing(c);
                 return;
@@ -594,99 +609,11 @@ impl Server {
         self.dirty.push(slot);
     }
 
-    fn upgrade(&mut self, slot: usize, id: ConnId, upgrade: Upgrade, now: Instant) {
-        let Some(conn) = self.conns.get_mut(slot) else {
-            return;
-        };
-        let State::Http(h) = std::mem::replace(&mut conn.state, State::Moving) else {
-            return;
-        };
-        let HttpConn { mut io, inbuf, .. } = *h;
-        io.push(Bytes::from(upgrade.response));
-        self.dirty.push(slot);
-        if !upgrade.authorized {
-            io.push(ws::close_frame(close::UNAUTHORIZED, "Unauthorized"));
-            conn.state = State::Closing(ClosingConn {
-                io,
-                deadline: now + LINGER,
-                write_shut: false,
-            });
-            return;
-        }
-        let session: Rc<str> = Rc::from(upgrade.session_id);
-        let ws = WebSocket::from_partially_read(io, inbuf, Role::Server, Some(self.ws_config));
-        conn.state = State::Ws(Box::new(WsConn {
-            ws,
-            session: session.clone(),
-            last_heard: now,
-            ping_sent: false,
-        }));
-        self.app
-            .ws_opened(id, &session, upgrade.since, now, &mut sink!(self));
-        // Frames may already be buffered after the head: edge-triggered
-        // polling will not report them again.
-        self.drive_ws(slot, now);
-    }
-
-    /// Reads WebSocket messages until WouldBlock (or the budget) and hands
-    /// each to the core.
-    fn drive_ws(&mut self, slot: usize, now: Instant) {
-        let Some(id) = self.conn_id(slot) else { return };
-        for _ in 0..WORK_PER_TURN {
-            let Some(Conn {
-                state: State::Ws(w),
-                ..
-            }) = self.conns.get_mut(slot)
-            else {
-                return;
-            };
-            let result = w.ws.read();
-            if result.is_ok() {
-                w.last_heard = now;
-                w.ping_sent = false;
-            }
-            let session = w.session.clone();
-            self.dirty.push(slot);
-            match result {
-                Ok(Message::Text(text)) => {
-                    self.app
-                        .ws_text(id, &session, text.as_str(), now, &mut sink!(self))
-                }
-                Ok(Message::Binary(_)) => self.app.ws_binary(id, &mut sink!(self)),
-                // Pings are answered by tungstenite (the pong is queued in the
-                // transport); a client's close is answered by the next read.
-                Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_)) => {
-                }
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(tungstenite::Error::ConnectionClosed) => {
-                    // Our close reply is queued: flush it, then let go.
-                    self.app.ws_closed(id, &session, now);
-                    return self.begin_close(slot, now);
-                }
-                Err(tungstenite::Error::Capacity(_)) => {
-                    return self.close_ws(slot, close::TOO_BIG, "Message too big", now)
-                }
-                Err(tungstenite::Error::Utf8(_)) => {
-                    return self.close_ws(slot, close::INVALID_PAYLOAD, "Invalid UTF-8", now)
-                }
-                Err(tungstenite::Error::Protocol(
-                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-                )) => return self.drop_conn(slot, now),
-                Err(tungstenite::Error::Protocol(_)) => {
-                    return self.close_ws(slot, close::PROTOCOL_ERROR, "Protocol error", now)
-                }
-                Err(_) => return self.drop_conn(slot, now),
-            }
-        }
-        self.retry.push(slot);
-    }
-
-    /// Closes a WebSocket with `code`: unsent output is dropped, the close
-    /// frame queued, and the core forgets the client.
-    fn close_ws(&mut self, slot: usize, code: u16, reason: &str, now: Instant) {
-        if let Some((id, session)) = close_ws_conn(&mut self.conns, slot, code, reason, now) {
-            self.app.ws_closed(id, &session, now);
+    /// Closes a subscriber (WebSocket with `code`, or event stream) after
+    /// its queued output (dropped for 1008), and the core forgets it.
+    pub(super) fn close_client(&mut self, slot: usize, code: u16, reason: &str, now: Instant) {
+        if let Some((id, session)) = close_subscriber(&mut self.conns, slot, code, reason, now) {
+            self.app.unsubscribed(id, &session, now);
             self.dirty.push(slot);
         }
     }
@@ -695,12 +622,12 @@ impl Server {
         let Some(mut conn) = self.conns.remove(slot) else {
             return;
         };
-        if let State::Ws(w) = &conn.state {
+        if let Some(session) = conn.subscribed_to() {
             let id = ConnId {
                 slot,
                 serial: conn.serial,
             };
-            self.app.ws_closed(id, &w.session.clone(), now);
+            self.app.unsubscribed(id, &session.clone(), now);
         }
         if let Some(t) = conn.transport_mut() {
             let _ = self.poll.registry().deregister(&mut t.tcp);
@@ -715,8 +642,8 @@ impl Server {
     /// resume HTTP connections whose answers arrived.
     fn settle(&mut self, now: Instant) {
         loop {
-            for (id, session) in std::mem::take(&mut self.gone_ws) {
-                self.app.ws_closed(id, &session, now);
+            for (id, session) in std::mem::take(&mut self.gone_subscribers) {
+                self.app.unsubscribed(id, &session, now);
             }
             for (turn, graceful) in std::mem::take(&mut self.agent_stops) {
                 self.stop_agent(turn, graceful, now);
@@ -728,7 +655,7 @@ impl Server {
             if wake.is_empty() {
                 if self.agent_starts.is_empty()
                     && self.agent_stops.is_empty()
-                    && self.gone_ws.is_empty()
+                    && self.gone_subscribers.is_empty()
                 {
                     break;
                 }
@@ -772,6 +699,7 @@ impl Server {
                     r
                 }
                 State::Ws(w) => w.ws.get_mut().flush_out(),
+                State::Sse(s) => s.io.flush_out(),
                 State::Moving => continue,
             };
             match result {
@@ -835,14 +763,16 @@ impl Server {
                         TimerAction::None
                     }
                 }
+                State::Sse(_) => TimerAction::SseKeepalive,
                 State::Closing(c) if now >= c.deadline => TimerAction::Drop,
                 _ => TimerAction::None,
             };
             match action {
                 TimerAction::None => {}
                 TimerAction::Drop => self.drop_conn(slot, now),
+                TimerAction::SseKeepalive => self.sse_keepalive(slot, now),
                 TimerAction::CloseWsIdle => {
-                    self.close_ws(slot, close::GOING_AWAY, "Idle timeout", now)
+                    self.close_client(slot, close::GOING_AWAY, "Idle timeout", now)
                 }
                 TimerAction::RequestTimeout => {
                     if let Some(Conn {
@@ -878,6 +808,7 @@ fn release_free_memory() {}
 
 enum TimerAction {
     None,
+    SseKeepalive,
     Drop,
     CloseWsIdle,
     RequestTimeout,
@@ -922,162 +853,6 @@ fn read_some(io: &mut Transport, inbuf: &mut Vec<u8>, chunk: &mut [u8]) -> ReadR
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadResult::WouldBlock,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return ReadResult::Error,
-        }
-    }
-}
-
-/// Turns the WebSocket in `slot` into a closing connection that sends
-/// `code` after what is queued — or, for 1008 (a client too far behind),
-/// instead of it. Returns the client's id and session for the core to forget.
-fn close_ws_conn(
-    conns: &mut Slab,
-    slot: usize,
-    code: u16,
-    reason: &str,
-    now: Instant,
-) -> Option<(ConnId, Rc<str>)> {
-    let conn = conns.get_mut(slot)?;
-    if !matches!(conn.state, State::Ws(_)) {
-        return None;
-    }
-    let State::Ws(w) = std::mem::replace(&mut conn.state, State::Moving) else {
-        return None;
-    };
-    let session = w.session.clone();
-    let mut io = w.ws.into_inner();
-    if code == close::POLICY {
-        io.drop_unsent();
-    }
-    io.push(ws::close_frame(code, reason));
-    conn.state = State::Closing(ClosingConn {
-        io,
-        deadline: now + LINGER,
-        write_shut: false,
-    });
-    Some((
-        ConnId {
-            slot,
-            serial: conn.serial,
-        },
-        session,
-    ))
-}
-
-/// The reactor's side of [`Sink`]: frames and deferred responses go into
-/// connection queues (written at the end of the iteration).
-struct ConnSink<'a> {
-    journal: &'a mut Option<JournalFile>,
-    agent_starts: &'a mut Vec<AgentJob>,
-    agent_stops: &'a mut Vec<(u64, bool)>,
-    conns: &'a mut Slab,
-    dirty: &'a mut Vec<usize>,
-    wake: &'a mut Vec<usize>,
-    gone_ws: &'a mut Vec<(ConnId, Rc<str>)>,
-    max_ws_output: usize,
-    now: Instant,
-}
-
-/// Borrows the fields a [`ConnSink`] needs, leaving `self.app` free.
-macro_rules! sink {
-    ($s:ident) => {
-        ConnSink {
-            conns: &mut $s.conns,
-            dirty: &mut $s.dirty,
-            wake: &mut $s.wake,
-            gone_ws: &mut $s.gone_ws,
-            journal: &mut $s.journal,
-            agent_starts: &mut $s.agent_starts,
-            agent_stops: &mut $s.agent_stops,
-            max_ws_output: $s.limits.max_ws_output_bytes,
-            now: Instant::now(),
-        }
-    };
-}
-use sink;
-
-impl ConnSink<'_> {
-    fn live(&mut self, to: ConnId) -> Option<&mut Conn> {
-        self.conns
-            .get_mut(to.slot)
-            .filter(|c| c.serial == to.serial)
-    }
-}
-
-impl Sink for ConnSink<'_> {
-    fn send(&mut self, to: ConnId, frame: &Bytes) {
-        let max = self.max_ws_output;
-        let Some(conn) = self.live(to) else { return };
-        let State::Ws(w) = &mut conn.state else {
-            return;
-        };
-        let io = w.ws.get_mut();
-        // Over the bound before this frame: a client that is keeping up may
-        // still get one frame larger than the bound (a long reply's `done`),
-        // so the most a client can hold is the bound plus one frame.
-        if io.queued() > max {
-            let now = self.now;
-            if let Some(gone) = close_ws_conn(
-                self.conns,
-                to.slot,
-                close::POLICY,
-                "Output buffer full",
-                now,
-            ) {
-                self.gone_ws.push(gone);
-            }
-        } else {
-            io.push(frame.clone());
-        }
-        self.dirty.push(to.slot);
-    }
-
-    fn respond(&mut self, to: ConnId, response: Response) {
-        let Some(conn) = self.live(to) else { return };
-        let State::Http(h) = &mut conn.state else {
-            return;
-        };
-        if !h.waiting {
-            return;
-        }
-        h.waiting = false;
-        h.keep_alive = h.waiting_keep_alive;
-        h.io.push(Bytes::from(response.encode(h.keep_alive)));
-        self.dirty.push(to.slot);
-        self.wake.push(to.slot);
-    }
-
-    fn close(&mut self, to: ConnId, code: u16, reason: &str) {
-        if self.live(to).is_none() {
-            return;
-        }
-        if let Some(gone) = close_ws_conn(self.conns, to.slot, code, reason, self.now) {
-            self.gone_ws.push(gone);
-            self.dirty.push(to.slot);
-        }
-    }
-
-    fn start_agent(&mut self, job: AgentJob) {
-        self.agent_starts.push(job);
-    }
-
-    fn persist(&mut self, change: &Change) -> Result<u64, String> {
-        match self.journal {
-            Some(j) => j.append(change),
-            None => Ok(0),
-        }
-    }
-
-    fn stop_agent(&mut self, turn: u64, graceful: bool) {
-        self.agent_stops.push((turn, graceful));
-    }
-
-    fn backlog(&self, to: ConnId) -> usize {
-        match self.conns.get(to.slot) {
-            Some(Conn {
-                serial,
-                state: State::Ws(w),
-            }) if *serial == to.serial => w.ws.get_ref().queued(),
-            _ => 0,
         }
     }
 }

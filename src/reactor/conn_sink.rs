@@ -1,0 +1,179 @@
+//! The reactor's side of [`Sink`]: what the core hands over goes into
+//! connection queues (written at the end of the iteration), the journal,
+//! or the lists of agents to start and stop that the loop carries out.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::conn::{close_subscriber, Conn, Slab, State};
+use crate::agent::AgentJob;
+use crate::events::Event;
+use crate::http::Response;
+use crate::journal::{Change, JournalFile};
+use crate::sink::{ConnId, Sink};
+use crate::ws::close;
+
+pub(super) struct ConnSink<'a> {
+    pub journal: &'a mut Option<JournalFile>,
+    pub agent_starts: &'a mut Vec<AgentJob>,
+    pub agent_stops: &'a mut Vec<(u64, bool)>,
+    pub conns: &'a mut Slab,
+    pub dirty: &'a mut Vec<usize>,
+    pub wake: &'a mut Vec<usize>,
+    /// Subscribers the sink closed; the core still has to forget them.
+    pub gone: &'a mut Vec<(ConnId, Rc<str>)>,
+    pub max_output: usize,
+    pub now: Instant,
+}
+
+/// Borrows the fields a [`ConnSink`] needs, leaving `self.app` free.
+macro_rules! sink {
+    ($s:ident) => {
+        $crate::reactor::conn_sink::ConnSink {
+            conns: &mut $s.conns,
+            dirty: &mut $s.dirty,
+            wake: &mut $s.wake,
+            gone: &mut $s.gone_subscribers,
+            journal: &mut $s.journal,
+            agent_starts: &mut $s.agent_starts,
+            agent_stops: &mut $s.agent_stops,
+            max_output: $s.limits.max_ws_output_bytes,
+            now: std::time::Instant::now(),
+        }
+    };
+}
+pub(super) use sink;
+
+impl ConnSink<'_> {
+    fn live(&mut self, to: ConnId) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(to.slot)
+            .filter(|c| c.serial == to.serial)
+    }
+
+    /// Queues `event` to subscriber `to` unless it is already over the
+    /// output bound, in which case it is closed (1008) instead. A client
+    /// that is keeping up may still get one event larger than the bound (a
+    /// long reply's `done`), so the most a client holds is the bound plus
+    /// one event.
+    fn queue_bounded(&mut self, to: ConnId, event: &Event) {
+        let max = self.max_output;
+        let Some(conn) = self.live(to) else { return };
+        if conn.subscriber_backlog() > max {
+            if let Some(gone) = close_subscriber(
+                self.conns,
+                to.slot,
+                close::POLICY,
+                "Output buffer full",
+                self.now,
+            ) {
+                self.gone.push(gone);
+            }
+        } else {
+            match &mut conn.state {
+                State::Ws(w) => w.ws.get_mut().push(event.ws_frame()),
+                State::Sse(s) => {
+                    s.io.push(event.sse_head());
+                    s.io.push(event.sse_body());
+                }
+                _ => return,
+            }
+        }
+        self.dirty.push(to.slot);
+    }
+}
+
+impl Sink for ConnSink<'_> {
+    fn send(&mut self, to: ConnId, frame: &Bytes) {
+        let max = self.max_output;
+        let Some(conn) = self.live(to) else { return };
+        let State::Ws(w) = &mut conn.state else {
+            return;
+        };
+        let io = w.ws.get_mut();
+        if io.queued() > max {
+            if let Some(gone) = close_subscriber(
+                self.conns,
+                to.slot,
+                close::POLICY,
+                "Output buffer full",
+                self.now,
+            ) {
+                self.gone.push(gone);
+            }
+        } else {
+            io.push(frame.clone());
+        }
+        self.dirty.push(to.slot);
+    }
+
+    fn deliver(&mut self, to: ConnId, event: &Event) {
+        self.queue_bounded(to, event);
+    }
+
+    fn session_gone(&mut self, to: ConnId) {
+        let Some(conn) = self.live(to) else { return };
+        if !matches!(conn.state, State::Sse(_)) {
+            return;
+        }
+        if let Some(gone) = close_subscriber(
+            self.conns,
+            to.slot,
+            close::NORMAL,
+            "Session deleted",
+            self.now,
+        ) {
+            self.gone.push(gone);
+            self.dirty.push(to.slot);
+        }
+    }
+
+    fn respond(&mut self, to: ConnId, response: Response) {
+        let Some(conn) = self.live(to) else { return };
+        let State::Http(h) = &mut conn.state else {
+            return;
+        };
+        if !h.waiting {
+            return;
+        }
+        h.waiting = false;
+        h.keep_alive = h.waiting_keep_alive;
+        h.io.push(Bytes::from(response.encode(h.keep_alive)));
+        self.dirty.push(to.slot);
+        self.wake.push(to.slot);
+    }
+
+    fn close(&mut self, to: ConnId, code: u16, reason: &str) {
+        if self.live(to).is_none() {
+            return;
+        }
+        if let Some(gone) = close_subscriber(self.conns, to.slot, code, reason, self.now) {
+            self.gone.push(gone);
+            self.dirty.push(to.slot);
+        }
+    }
+
+    fn start_agent(&mut self, job: AgentJob) {
+        self.agent_starts.push(job);
+    }
+
+    fn persist(&mut self, change: &Change) -> Result<u64, String> {
+        match self.journal {
+            Some(j) => j.append(change),
+            None => Ok(0),
+        }
+    }
+
+    fn stop_agent(&mut self, turn: u64, graceful: bool) {
+        self.agent_stops.push((turn, graceful));
+    }
+
+    fn backlog(&self, to: ConnId) -> usize {
+        match self.conns.get(to.slot) {
+            Some(conn) if conn.serial == to.serial => conn.subscriber_backlog(),
+            _ => 0,
+        }
+    }
+}
