@@ -32,7 +32,7 @@ use crate::api::{App, HttpOutcome};
 use crate::config::{Config, Limits};
 use crate::http::{response, ParserLimits, Progress, RequestParser, Response};
 use crate::journal::JournalFile;
-use crate::sink::{ConnId, Sink};
+use crate::sink::ConnId;
 use crate::ws::close;
 use conn::{close_subscriber, ClosingConn, Conn, HttpConn, Slab, State, Transport};
 use conn_sink::sink;
