@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::agent::AgentEvent;
 use crate::config::AgentChoice;
@@ -19,6 +19,15 @@ use crate::sessions::{valid_session_id, SessionTable};
 use crate::sink::{ConnId, Sink};
 use crate::turns::{self, Engine, StepOutcome, Turn};
 use crate::ws::{self, ClientOp};
+
+mod auth;
+mod chat_body;
+mod routes;
+
+pub use auth::key_matches;
+pub use chat_body::validate_chat_body;
+pub use routes::{percent_decode, since_param};
+use routes::{resume_point, route, Route, Target};
 
 pub const UNAUTHORIZED: &str = "Invalid or missing API key";
 pub const ORIGIN_NOT_ALLOWED: &str = "Origin not allowed";
@@ -59,42 +68,6 @@ pub struct Upgrade {
     pub authorized: bool,
     /// `?since=N`: replay the retained events after N first.
     pub since: Option<u64>,
-}
-
-enum Route {
-    /// `/`: the built-in chat page.
-    Page,
-    Health,
-    Sessions,
-    Session(String),
-    History(String),
-    Chat,
-    /// `/api/sessions/{id}/chat`: a chat routed by its session.
-    SessionChat(String),
-    /// `/api/sessions/{id}/events`: Server-Sent Events.
-    Events(String),
-}
-
-/// What a request path names: a REST route or the WebSocket endpoint.
-enum Target {
-    Rest(Route),
-    WebSocket(String),
-}
-
-impl Route {
-    fn allowed(&self) -> &'static [&'static str] {
-        match self {
-            Route::Page | Route::Health | Route::History(_) | Route::Events(_) => &["GET"],
-            Route::Sessions => &["GET", "POST"],
-            Route::Session(_) => &["DELETE"],
-            Route::Chat | Route::SessionChat(_) => &["POST"],
-        }
-    }
-
-    /// Routes anyone may use: no key, no Origin check.
-    fn public(&self) -> bool {
-        matches!(self, Route::Page | Route::Health)
-    }
 }
 
 pub struct App {
@@ -668,189 +641,7 @@ fn session_not_found() -> Response {
     Response::detail(404, "Session not found")
 }
 
-/// Compares a client's key with ours in time that depends only on the
-/// length of ours, not on where they first differ.
-pub fn key_matches(candidate: &[u8], key: &[u8]) -> bool {
-    let mut diff = candidate.len() ^ key.len();
-    for (i, &k) in key.iter().enumerate() {
-        let c = candidate.get(i).copied().unwrap_or(0);
-        diff |= usize::from(std::hint::black_box(c ^ k));
-    }
-    std::hint::black_box(diff) == 0
-}
-
-fn route(path: &str) -> Option<Target> {
-    if path == "/" {
-        return Some(Target::Rest(Route::Page));
-    }
-    let rest = path.strip_prefix("/api/")?;
-    // At most four segments matter (a fourth means no route); no allocation.
-    let mut parts = rest.split('/');
-    let segments = (parts.next(), parts.next(), parts.next(), parts.next());
-    let route = match segments {
-        (Some("health"), None, ..) => Route::Health,
-        (Some("sessions"), None, ..) => Route::Sessions,
-        (Some("chat"), None, ..) => Route::Chat,
-        (Some("sessions"), Some(id), None, _) if !id.is_empty() => Route::Session(id.to_owned()),
-        (Some("sessions"), Some(id), Some("history"), None) if !id.is_empty() => {
-            Route::History(id.to_owned())
-        }
-        (Some("sessions"), Some(id), Some("chat"), None) if !id.is_empty() => {
-            Route::SessionChat(id.to_owned())
-        }
-        (Some("sessions"), Some(id), Some("events"), None) if !id.is_empty() => {
-            Route::Events(id.to_owned())
-        }
-        (Some("ws"), Some(id), None, _) if !id.is_empty() => {
-            return Some(Target::WebSocket(id.to_owned()))
-        }
-        _ => return None,
-    };
-    Some(Target::Rest(route))
-}
-
-/// `%XX` decoding of a request path (as ASGI servers hand it to FastAPI);
-/// bytes that are not UTF-8 become U+FFFD, which no route or id accepts.
-pub fn percent_decode(path: &str) -> std::borrow::Cow<'_, str> {
-    if !path.contains('%') {
-        return std::borrow::Cow::Borrowed(path);
-    }
-    let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
-}
-
-/// Where an event stream resumes: `Last-Event-ID: N` (what `EventSource`
-/// sends when it reconnects) or else `?since=N`. Err: the 400 message.
-fn resume_point(head: &Head) -> Result<Option<u64>, &'static str> {
-    if let Some(value) = &head.last_event_id {
-        let ok = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
-        return match ok.then(|| value.parse::<u64>().ok()).flatten() {
-            Some(n) => Ok(Some(n)),
-            None => Err("Invalid Last-Event-ID"),
-        };
-    }
-    match head.query.as_deref().and_then(since_param) {
-        Some(Ok(n)) => Ok(Some(n)),
-        Some(Err(())) => Err("Invalid since"),
-        None => Ok(None),
-    }
-}
-
-/// `since=N` from a query string: None when absent, Err when not a
-/// non-negative integer.
-pub fn since_param(query: &str) -> Option<Result<u64, ()>> {
-    let value = query
-        .split('&')
-        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
-        .find(|(k, _)| *k == "since")?
-        .1;
-    let ok = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
-    Some(if ok {
-        value.parse().map_err(|_| ())
-    } else {
-        Err(())
-    })
-}
-
-/// pydantic's validation of `{"content": str, "session_id": str | null}`,
-/// with FastAPI's 422 error list when it fails. An empty `session_id` means
-/// none, as in the original.
-pub fn validate_chat_body(body: &[u8]) -> Result<(String, Option<String>), Vec<Value>> {
-    if body.is_empty() {
-        return Err(vec![
-            json!({"type": "missing", "loc": ["body"], "msg": "Field required", "input": null}),
-        ]);
-    }
-    let value: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => {
-            // Python reports the offset where decoding stopped: the end, at EOF.
-            let pos = if e.is_eof() {
-                body.len()
-            } else {
-                byte_offset(body, e.line(), e.column())
-            };
-            let reason = e.to_string();
-            let reason = reason
-                .split(" at line ")
-                .next()
-                .unwrap_or("JSON decode error");
-            return Err(vec![json!({
-                "type": "json_invalid",
-                "loc": ["body", pos],
-                "msg": "JSON decode error",
-                "input": {},
-                "ctx": {"error": reason},
-            })]);
-        }
-    };
-    let Value::Object(map) = &value else {
-        return Err(vec![json!({
-            "type": "model_attributes_type",
-            "loc": ["body"],
-            "msg": "Input should be a valid dictionary or object to extract fields from",
-            "input": value,
-        })]);
-    };
-    let mut errors = Vec::new();
-    let content = match map.get("content") {
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(other) => {
-            errors.push(string_type(&["body", "content"], other));
-            None
-        }
-        None => {
-            errors.push(json!({"type": "missing", "loc": ["body", "content"], "msg": "Field required", "input": value}));
-            None
-        }
-    };
-    let session_id = match map.get("session_id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.is_empty() => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(other) => {
-            errors.push(string_type(&["body", "session_id"], other));
-            None
-        }
-    };
-    match content {
-        Some(content) if errors.is_empty() => Ok((content, session_id)),
-        _ => Err(errors),
-    }
-}
-
-fn string_type(loc: &[&str], input: &Value) -> Value {
-    json!({"type": "string_type", "loc": loc, "msg": "Input should be a valid string", "input": input})
-}
-
-/// serde_json reports 1-based line and column; FastAPI reports an offset.
-fn byte_offset(body: &[u8], line: usize, column: usize) -> usize {
-    let line_start: usize = body
-        .split(|&b| b == b'\n')
-        .take(line.saturating_sub(1))
-        .map(|l| l.len() + 1)
-        .sum();
-    (line_start + column.saturating_sub(1)).min(body.len())
-}
-
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_stream;

@@ -1,10 +1,11 @@
 use super::*;
 use crate::http::{Head, Request};
 use crate::sink::Recorder;
+use serde_json::Value;
 
-const REST: ConnId = ConnId { slot: 9, serial: 9 };
+pub(super) const REST: ConnId = ConnId { slot: 9, serial: 9 };
 
-fn app(key: Option<&str>) -> App {
+pub(super) fn app(key: Option<&str>) -> App {
     let config = Config {
         api_key: key.map(str::to_owned),
         ..Config::default()
@@ -12,7 +13,7 @@ fn app(key: Option<&str>) -> App {
     App::new(config, Instant::now())
 }
 
-fn req(method: &str, target: &str, body: &str, key: Option<&str>) -> Request {
+pub(super) fn req(method: &str, target: &str, body: &str, key: Option<&str>) -> Request {
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
         None => (target.to_owned(), None),
@@ -31,7 +32,7 @@ fn req(method: &str, target: &str, body: &str, key: Option<&str>) -> Request {
     }
 }
 
-fn call(
+pub(super) fn call(
     app: &mut App,
     method: &str,
     target: &str,
@@ -58,7 +59,7 @@ fn call(
 }
 
 /// Runs a chat request to completion and returns the deferred response.
-fn chat(app: &mut App, body: &str, key: Option<&str>) -> (u16, Value) {
+pub(super) fn chat(app: &mut App, body: &str, key: Option<&str>) -> (u16, Value) {
     let mut sink = Recorder::default();
     let now = Instant::now();
     match app.handle_http(req("POST", "/api/chat", body, key), REST, now, &mut sink) {
@@ -87,7 +88,8 @@ fn health_never_needs_the_key() {
 fn unknown_paths_are_404_with_or_without_key() {
     let mut a = app(Some("k"));
     for path in [
-        "/",
+        "//",
+        "/index.html",
         "/api",
         "/api/",
         "/api/nope",
@@ -378,7 +380,7 @@ fn upgrade(a: &mut App, r: Request) -> Result<Upgrade, Response> {
     match a.handle_http(r, REST, Instant::now(), &mut Recorder::default()) {
         HttpOutcome::Upgrade(u) => Ok(u),
         HttpOutcome::Respond(r) => Err(r),
-        HttpOutcome::Pending => panic!("pending"),
+        other => panic!("{other:?}"),
     }
 }
 
@@ -542,7 +544,7 @@ fn sweep_runs_on_its_interval() {
     assert_eq!(a.sweep(t0 + Duration::from_secs(61)), 1);
 }
 
-fn with_origin(mut r: Request, origin: &str, host: &str) -> Request {
+pub(super) fn with_origin(mut r: Request, origin: &str, host: &str) -> Request {
     r.head.origin = Some(origin.into());
     r.head.host = Some(host.into());
     r
@@ -561,7 +563,7 @@ fn origin_policy_without_a_key() {
         |a: &mut App, r: Request, sink: &mut Recorder| match a.handle_http(r, REST, now, sink) {
             HttpOutcome::Respond(r) => r.status,
             HttpOutcome::Upgrade(_) => 101,
-            HttpOutcome::Pending => 0,
+            HttpOutcome::Pending | HttpOutcome::EventStream(_) => 0,
         };
     let host = "127.0.0.1:8420";
     // Same origin, listed origin, no origin: allowed.
