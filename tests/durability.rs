@@ -283,6 +283,34 @@ fn resume_with_since_replays_from_the_middle_or_asks_to_resync() {
     );
     let live = turn(&mut ws, "f");
     assert_eq!(next_json(&mut old), live[0]);
+    // Above the latest `seq`: the client saw another incarnation of the
+    // session (recreated, moved, in memory only): resync, then live.
+    let latest = live.last().unwrap()["seq"].as_u64().unwrap();
+    let mut ahead = s.ws(&format!("/api/ws/r?since={}", latest + 1));
+    assert_eq!(
+        next_json(&mut ahead),
+        json!({"op": "resync", "data": {"since": latest + 1}})
+    );
+    let live = turn(&mut ws, "g");
+    assert_eq!(next_json(&mut ahead), live[0]);
+}
+
+#[test]
+fn an_in_memory_session_recreated_elsewhere_tells_the_client_to_resync() {
+    // The client followed the session up to seq 3 on a server that kept it
+    // in memory only; after a restart the same id starts again at seq 1.
+    let s = Server::start(&[]);
+    let mut ws = s.ws("/api/ws/m");
+    assert_eq!(turn(&mut ws, "a b").len(), 3);
+    drop(ws);
+    drop(s);
+    let s = Server::start(&[]);
+    let mut ws = s.ws("/api/ws/m?since=3");
+    assert_eq!(
+        next_json(&mut ws),
+        json!({"op": "resync", "data": {"since": 3}})
+    );
+    assert_eq!(turn(&mut ws, "z")[0]["seq"], 1);
 }
 
 #[test]

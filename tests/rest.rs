@@ -170,7 +170,7 @@ fn chat_validation_errors() {
 fn not_found_method_not_allowed_and_invalid_ids() {
     let s = Server::start(&[]);
     for path in [
-        "/",
+        "/index.html",
         "/api",
         "/api/unknown",
         "/api/sessions/x/y/z",
@@ -190,6 +190,9 @@ fn not_found_method_not_allowed_and_invalid_ids() {
         ("GET", "/api/sessions/abc", "DELETE"),
         ("DELETE", "/api/sessions/abc/history", "GET"),
         ("GET", "/api/chat", "POST"),
+        ("GET", "/api/sessions/abc/chat", "POST"),
+        ("DELETE", "/api/sessions/abc/events", "GET"),
+        ("POST", "/", "GET"),
     ] {
         let r = s.request(method, path, None, &[]);
         assert_eq!(
