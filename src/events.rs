@@ -75,7 +75,7 @@ impl Event {
         use std::io::Write as _;
         let mut buf = Vec::with_capacity(48 + FRAME_HEADER_ROOM + 64);
         if let Some(seq) = seq {
-            let _ = write!(buf, "id: {seq}\n");
+            let _ = writeln!(buf, "id: {seq}");
         }
         let _ = write!(buf, "event: {op}\ndata: ");
         let sse_head_end = buf.len();
