@@ -20,6 +20,7 @@ use crate::sink::{ConnId, Sink};
 use crate::turns::{self, Engine, StepOutcome, Turn};
 use crate::ws::{self, ClientOp};
 
+mod as_service;
 mod auth;
 mod chat_body;
 mod routes;
@@ -38,37 +39,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(300);
 /// How soon turns paused for a slow client are looked at again.
 const PAUSED_RECHECK: Duration = Duration::from_millis(10);
 
-/// What the reactor does with a request.
-#[derive(Debug, PartialEq, Eq)]
-pub enum HttpOutcome {
-    Respond(Response),
-    /// The answer comes later through [`Sink::respond`] (a chat turn runs);
-    /// the connection reads no further request until then.
-    Pending,
-    Upgrade(Upgrade),
-    /// Switch this connection to a Server-Sent Events stream.
-    EventStream(EventStream),
-}
-
-/// Stream the events of `session_id` to this connection (SSE).
-#[derive(Debug, PartialEq, Eq)]
-pub struct EventStream {
-    pub session_id: String,
-    /// `Last-Event-ID` or `?since=N`: replay the retained events after N.
-    pub since: Option<u64>,
-}
-
-/// Switch this connection to a WebSocket of `session_id`.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Upgrade {
-    pub session_id: String,
-    /// The `101` response, ready to write.
-    pub response: Vec<u8>,
-    /// False: the client had no valid key; close it with 4001 at once.
-    pub authorized: bool,
-    /// `?since=N`: replay the retained events after N first.
-    pub since: Option<u64>,
-}
+pub use crate::service::{EventStream, HttpOutcome, Upgrade};
 
 pub struct App {
     config: Config,
@@ -489,13 +460,14 @@ impl App {
         }
     }
 
-    /// A WebSocket client has gone (for whatever reason).
-    pub fn ws_closed(&mut self, conn: ConnId, session_id: &str, now: Instant) {
-        self.unsubscribed(conn, session_id, now);
-    }
-
     /// A binary frame: not a frame of the contract.
-    pub fn ws_binary(&mut self, conn: ConnId, sink: &mut dyn Sink) {
+    pub fn ws_binary(
+        &mut self,
+        conn: ConnId,
+        _session_id: &str,
+        _data: &[u8],
+        sink: &mut dyn Sink,
+    ) {
         sink.send(conn, &events::error_frame(None, "Invalid message format"));
     }
 

@@ -39,6 +39,7 @@ pub mod http;
 pub mod journal;
 pub mod page;
 pub mod reactor;
+pub mod service;
 pub mod sessions;
 pub mod sink;
 pub mod turns;

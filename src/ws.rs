@@ -111,7 +111,17 @@ impl std::ops::Deref for FrameHeader {
 }
 
 pub const OPCODE_TEXT: u8 = 0x1;
+pub const OPCODE_BINARY: u8 = 0x2;
 pub const OPCODE_CLOSE: u8 = 0x8;
+
+/// One complete, unmasked server data frame (`OPCODE_TEXT` or
+/// `OPCODE_BINARY`) carrying `payload`.
+pub fn data_frame(opcode: u8, payload: &[u8]) -> Bytes {
+    let mut buf = Vec::with_capacity(FRAME_HEADER_ROOM + payload.len());
+    buf.resize(FRAME_HEADER_ROOM, 0);
+    buf.extend_from_slice(payload);
+    frame_in_place(buf, opcode)
+}
 
 /// A close frame with `code` and `reason` (at most 123 bytes of reason).
 pub fn close_frame(code: u16, reason: &str) -> Bytes {

@@ -444,7 +444,7 @@ fn websocket_ops() {
     ] {
         a.ws_text(c1, "s", text, now, &mut sink);
     }
-    a.ws_binary(c1, &mut sink);
+    a.ws_binary(c1, "s", b"\x01", &mut sink);
     assert_eq!(
         sink.texts_to(c1),
         [
@@ -488,7 +488,7 @@ fn websocket_ops() {
     assert_eq!(a.sessions.get("s").unwrap().message_count(), 2);
     assert!(sink.texts_to(c2).last().unwrap().contains(r#""done""#));
 
-    a.ws_closed(c2, "s", now);
+    a.unsubscribed(c2, "s", now);
     assert_eq!(a.sessions.subscribers("s"), &[c1]);
 }
 

@@ -28,10 +28,11 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::Message;
 
 use crate::agent::{AgentJob, AgentKind};
-use crate::api::{App, HttpOutcome};
+use crate::api::App;
 use crate::config::{Config, Limits};
 use crate::http::{response, ParserLimits, Progress, RequestParser, Response};
 use crate::journal::JournalFile;
+use crate::service::{HttpOutcome, Service};
 use crate::sink::ConnId;
 use crate::ws::close;
 use conn::{close_subscriber, ClosingConn, Conn, HttpConn, Slab, State, Transport};
@@ -66,7 +67,8 @@ pub struct Server {
     listener: Option<TcpListener>,
     local_addr: SocketAddr,
     signals: Signals,
-    app: App,
+    /// What is served: the API, or another [`Service`] (the echo example).
+    app: Box<dyn Service>,
     conns: Slab,
     next_serial: u64,
     limits: Limits,
@@ -132,8 +134,37 @@ fn raise_nofile_limit(want: usize) {
 }
 
 impl Server {
-    /// Binds the listener and sets up signals. Errors name what failed.
+    /// The API server: the journal is opened and replayed (unless
+    /// `--in-memory`), then the listener bound. Errors name what failed.
     pub fn bind(config: Config) -> Result<Server, String> {
+        let now = Instant::now();
+        let (data_dir, fsync) = (config.data_dir.clone(), config.fsync);
+        let mut app = App::new(config.clone(), now);
+        let journal = match &data_dir {
+            None => None,
+            Some(dir) => {
+                let (journal, records) = JournalFile::open(dir, fsync)?;
+                let count = records.len();
+                app.restore(records, now);
+                eprintln!(
+                    "autopoiesis: {} session(s) from {} ({count} records, {} bytes)",
+                    app.sessions.len(),
+                    journal.path().display(),
+                    journal.len()
+                );
+                Some(journal)
+            }
+        };
+        Server::with_service(config, Box::new(app), journal)
+    }
+
+    /// Serves `service` with the transport settings of `config` (host,
+    /// port, limits); no journal, and agents only as `config` says.
+    pub fn with_service(
+        config: Config,
+        app: Box<dyn Service>,
+        journal: Option<JournalFile>,
+    ) -> Result<Server, String> {
         let what = format!("{}:{}", config.host, config.port);
         let addr = (config.host.as_str(), config.port)
             .to_socket_addrs()
@@ -164,23 +195,6 @@ impl Server {
             .max_message_size(Some(limits.max_ws_message_bytes))
             .max_frame_size(Some(limits.max_ws_message_bytes));
         let now = Instant::now();
-        let (data_dir, fsync) = (config.data_dir.clone(), config.fsync);
-        let mut app = App::new(config, now);
-        let journal = match &data_dir {
-            None => None,
-            Some(dir) => {
-                let (journal, records) = JournalFile::open(dir, fsync)?;
-                let count = records.len();
-                app.restore(records, now);
-                eprintln!(
-                    "autopoiesis: {} session(s) from {} ({count} records, {} bytes)",
-                    app.sessions.len(),
-                    journal.path().display(),
-                    journal.len()
-                );
-                Some(journal)
-            }
-        };
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -255,14 +269,11 @@ impl Server {
                 eprintln!("autopoiesis: removed {swept} stale session(s)");
             }
             if let Some(until) = self.draining_until {
-                let busy = self.app.busy_sessions();
-                if busy.is_empty() || now >= until {
+                let busy = self.app.busy();
+                if busy == 0 || now >= until {
                     self.draining_until = None;
-                    if !busy.is_empty() {
-                        eprintln!(
-                            "autopoiesis: cancelling the turns of {} session(s)",
-                            busy.len()
-                        );
+                    if busy > 0 {
+                        eprintln!("autopoiesis: cancelling the turns of {busy} session(s)");
                         self.app.cancel_all(&mut sink!(self));
                         self.settle(now);
                     }
@@ -284,17 +295,19 @@ impl Server {
         if !self.retry.is_empty() || !self.dirty.is_empty() || self.app.has_new_turns() {
             return Some(Duration::ZERO);
         }
-        let mut next = self.app.next_sweep();
-        if !self.conns.is_empty() || self.accept_paused || self.tasks.iter().any(Option::is_some) {
-            next = next.min(self.next_tick);
-        }
-        if let Some(d) = self.shutdown_deadline {
-            next = next.min(d);
-        }
-        if let Some(t) = self.turns_wake {
-            next = next.min(t);
-        }
-        Some(next.saturating_duration_since(now))
+        let ticking =
+            !self.conns.is_empty() || self.accept_paused || self.tasks.iter().any(Option::is_some);
+        let next = [
+            self.app.next_sweep(),
+            ticking.then_some(self.next_tick),
+            self.shutdown_deadline,
+            self.turns_wake,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        // Nothing due: sleep until a socket or a signal wakes the loop.
+        next.map(|t| t.saturating_duration_since(now))
     }
 
     fn conn_id(&self, slot: usize) -> Option<ConnId> {
@@ -428,14 +441,14 @@ impl Server {
     /// Rewrites the journal as a snapshot once dead records (deleted
     /// sessions, superseded `seq` reservations) outweigh live ones.
     fn maybe_compact(&mut self) {
-        let live = self.app.sessions.journal_live_bytes();
+        let live = self.app.journal_live_bytes();
         let Some(j) = &self.journal else { return };
         if j.len() < COMPACT_MIN_BYTES || j.len() < 2 * live {
             return;
         }
         // Everything pending must be in the file or in the snapshot, not both.
         self.app.persist_pending(&mut sink!(self));
-        let snapshot = self.app.sessions.snapshot();
+        let snapshot = self.app.snapshot();
         if let Some(j) = &mut self.journal {
             let before = j.len();
             match j.compact(&snapshot) {

@@ -75,7 +75,9 @@ impl Server {
                     self.app
                         .ws_text(id, &session, text.as_str(), now, &mut sink!(self))
                 }
-                Ok(Message::Binary(_)) => self.app.ws_binary(id, &mut sink!(self)),
+                Ok(Message::Binary(data)) => {
+                    self.app.ws_binary(id, &session, &data, &mut sink!(self))
+                }
                 // Pings are answered by tungstenite (the pong is queued in the
                 // transport); a client's close is answered by the next read.
                 Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_)) => {
@@ -84,7 +86,7 @@ impl Server {
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(tungstenite::Error::ConnectionClosed) => {
                     // Our close reply is queued: flush it, then let go.
-                    self.app.ws_closed(id, &session, now);
+                    self.app.unsubscribed(id, &session, now);
                     return self.begin_close(slot, now);
                 }
                 Err(tungstenite::Error::Capacity(_)) => {

@@ -1,0 +1,176 @@
+//! The seam between the transport and what it serves.
+//!
+//! The reactor owns sockets, HTTP parsing, WebSocket framing, timers and
+//! output queues; it knows nothing of sessions or agents. What a request
+//! or a WebSocket message *means* is a [`Service`]'s business: the API
+//! ([`crate::api::App`]) in the server, a plain echo in
+//! `examples/ws_echo.rs` (the Autobahn|Testsuite target). A service answers
+//! through the [`Sink`] it is handed, never through a socket.
+//!
+//! The methods after the first six are the hooks of a stateful service
+//! (turns to step, a journal to write, agents in the reactor); their
+//! defaults do nothing, so a stateless service implements only what it
+//! answers.
+
+use std::time::Instant;
+
+use crate::agent::AgentEvent;
+use crate::http::{Request, Response};
+use crate::journal::Change;
+use crate::sink::{ConnId, Sink};
+
+/// What the reactor does with a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HttpOutcome {
+    Respond(Response),
+    /// The answer comes later through [`Sink::respond`] (a chat turn runs);
+    /// the connection reads no further request until then.
+    Pending,
+    /// Switch this connection to a WebSocket.
+    Upgrade(Upgrade),
+    /// Switch this connection to a Server-Sent Events stream.
+    EventStream(EventStream),
+}
+
+/// Switch this connection to a WebSocket of `session_id`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Upgrade {
+    pub session_id: String,
+    /// The `101` response, ready to write.
+    pub response: Vec<u8>,
+    /// False: the client had no valid key; close it with 4001 at once.
+    pub authorized: bool,
+    /// `?since=N`: replay the retained events after N first.
+    pub since: Option<u64>,
+}
+
+/// Stream the events of `session_id` to this connection (SSE).
+#[derive(Debug, PartialEq, Eq)]
+pub struct EventStream {
+    pub session_id: String,
+    /// `Last-Event-ID` or `?since=N`: replay the retained events after N.
+    pub since: Option<u64>,
+}
+
+pub trait Service {
+    /// Answers one HTTP request from connection `from`.
+    fn handle_http(
+        &mut self,
+        req: Request,
+        from: ConnId,
+        now: Instant,
+        sink: &mut dyn Sink,
+    ) -> HttpOutcome;
+
+    /// A WebSocket client of `session_id` is open (after the `101`).
+    fn ws_opened(
+        &mut self,
+        conn: ConnId,
+        session_id: &str,
+        since: Option<u64>,
+        now: Instant,
+        sink: &mut dyn Sink,
+    );
+
+    /// An event stream of `session_id` is open (after its head).
+    fn stream_opened(
+        &mut self,
+        conn: ConnId,
+        session_id: &str,
+        since: Option<u64>,
+        now: Instant,
+        sink: &mut dyn Sink,
+    );
+
+    /// A WebSocket client or event stream has gone, for whatever reason.
+    fn unsubscribed(&mut self, conn: ConnId, session_id: &str, now: Instant);
+
+    /// One complete text message from a WebSocket client.
+    fn ws_text(
+        &mut self,
+        conn: ConnId,
+        session_id: &str,
+        text: &str,
+        now: Instant,
+        sink: &mut dyn Sink,
+    );
+
+    /// One complete binary message from a WebSocket client.
+    fn ws_binary(&mut self, conn: ConnId, session_id: &str, data: &[u8], sink: &mut dyn Sink);
+
+    /// Steps whatever runs by itself (turns); returns when it next wants
+    /// a step.
+    fn run_turns(&mut self, _now: Instant, _sink: &mut dyn Sink) -> Option<Instant> {
+        None
+    }
+
+    /// Something became runnable since the last `run_turns`: the loop must
+    /// not sleep before stepping it.
+    fn has_new_turns(&self) -> bool {
+        false
+    }
+
+    /// When [`sweep`](Self::sweep) next wants to run (None: never).
+    fn next_sweep(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Periodic maintenance; returns how many items it dropped.
+    fn sweep(&mut self, _now: Instant) -> usize {
+        0
+    }
+
+    /// Hands pending state changes to the journal (through `sink.persist`).
+    fn persist_pending(&mut self, _sink: &mut dyn Sink) {}
+
+    /// Bytes of journal that describe live state (compaction policy).
+    fn journal_live_bytes(&self) -> u64 {
+        0
+    }
+
+    /// The live state as journal records (what compaction writes).
+    fn snapshot(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Rebuilds state from journal records (at start).
+    fn restore(&mut self, _records: Vec<(Change, u64)>, _now: Instant) {}
+
+    /// Journals what a clean shutdown should leave exact (`seq`s).
+    fn record_exact_seqs(&mut self) {}
+
+    /// Whether work is still running (shutdown waits for it).
+    fn busy(&self) -> usize {
+        0
+    }
+
+    /// Cancels whatever runs (shutdown after the grace period).
+    fn cancel_all(&mut self, _sink: &mut dyn Sink) {}
+
+    /// Events from the agent running turn `turn` of `session_id`.
+    fn agent_events(
+        &mut self,
+        _session_id: &str,
+        _turn: u64,
+        _events: Vec<AgentEvent>,
+        _now: Instant,
+        _sink: &mut dyn Sink,
+    ) {
+    }
+
+    /// The agent of turn `turn` failed with `reason`.
+    fn agent_failed(
+        &mut self,
+        _session_id: &str,
+        _turn: u64,
+        _reason: String,
+        _now: Instant,
+        _sink: &mut dyn Sink,
+    ) {
+    }
+
+    /// Sessions held (for the start-up log line).
+    fn sessions_held(&self) -> usize {
+        0
+    }
+}
