@@ -12,17 +12,19 @@
 //! | [`config`] | the command line and environment → [`config::Config`] | `main` |
 //! | [`http`] | HTTP/1.1 request state machine, chunked bodies, response bytes | [`reactor`] (per connection), fuzz targets |
 //! | [`ws`] | the upgrade handshake, server frame encoding, client ops | [`api`], [`reactor`], fuzz targets |
-//! | [`api`] | [`api::App`]: routing, auth, REST handlers, WebSocket ops | [`reactor`] |
+//! | [`service`] | the [`service::Service`] trait: what the reactor hands requests and messages to, and what it gets back | [`reactor`]; implemented by [`api`] and `examples/ws_echo.rs` |
+//! | [`api`] | [`api::App`]: routing, auth, REST handlers, WebSocket ops, event streams (SSE) | [`reactor`] through [`service`] |
+//! | [`page`] | the built-in chat page (`GET /`), embedded, and its Content-Security-Policy | [`api`] |
 //! | [`sessions`] | the session table, history, `seq`, subscribers, broadcast, retained events for resume | [`api`], [`turns`] |
 //! | [`turns`] | per-session turn queue, the echo agent's stepwise streaming, cancel | [`api`] |
 //! | [`echo`] | the echo agent's word tokenizer | [`turns`] |
-//! | [`events`] | server → client event JSON, framed once for all subscribers | [`sessions`], [`api`] |
+//! | [`events`] | server → client events, serialized once into one buffer holding the WebSocket frame and the SSE event | [`sessions`], [`api`] |
 //! | [`sink`] | [`sink::ConnId`] and the [`sink::Sink`] trait the core answers through | [`api`], [`turns`], [`reactor`] |
 //! | [`journal`] | the append-only session journal: record framing, replay, fsync policy, compaction | [`sessions`] (records), [`reactor`] (the file) |
 //! | [`clock`] | RFC 3339 timestamps, random session ids | [`sessions`], [`turns`] |
 //! | [`fuzzing`] | fuzz harnesses, shared by `fuzz/` and the corpus replay test | `fuzz/` targets, `tests/fuzz_corpus.rs` |
 //! | [`agent`] | agent events, the `exec` JSON-lines protocol, the OpenAI stream decoder, history folding | [`turns`], [`reactor`] |
-//! | [`reactor`] | the mio loop: listener, connection slab, agent processes and sockets, timers, signals | `main` |
+//! | [`reactor`] | the mio loop: listener, connection slab (HTTP, WebSocket, SSE, closing), agent processes and sockets, timers, signals | `main`, `examples/ws_echo.rs` |
 
 // No unwrap/expect outside tests: a network input must never be able to
 // panic the (single-threaded, panic = abort) server.

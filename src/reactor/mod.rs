@@ -8,6 +8,10 @@
 //! that got output. Writing once per iteration, not once per event, is what
 //! lets a broadcast of many small frames leave in few syscalls.
 
+// Submodules, each an `impl Server` block or the types it drives:
+// `conn` the connection states and slab, `conn_sink` the core's `Sink`,
+// `websocket` and `sse` the two subscriber transports, `agents` the
+// agent processes and upstream sockets.
 mod agents;
 mod conn;
 mod conn_sink;
