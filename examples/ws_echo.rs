@@ -53,8 +53,7 @@ impl Service for Echo {
 
     fn ws_opened(&mut self, _: ConnId, _: &str, _: Option<u64>, _: Instant, _: &mut dyn Sink) {}
 
-    fn stream_opened(&mut self, _: ConnId, _: &str, _: Option<u64>, _: Instant, _: &mut dyn Sink) {
-    }
+    fn stream_opened(&mut self, _: ConnId, _: &str, _: Option<u64>, _: Instant, _: &mut dyn Sink) {}
 
     fn unsubscribed(&mut self, _: ConnId, _: &str, _: Instant) {}
 
@@ -73,7 +72,11 @@ fn main() -> ExitCode {
     while let Ok(Some(arg)) = args.next() {
         match arg {
             lexopt::Arg::Long("port") => {
-                match args.value().ok().and_then(|v| v.into_string().ok()?.parse().ok()) {
+                match args
+                    .value()
+                    .ok()
+                    .and_then(|v| v.into_string().ok()?.parse().ok())
+                {
                     Some(p) => port = p,
                     None => return usage(),
                 }

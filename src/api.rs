@@ -152,6 +152,11 @@ impl App {
         let path = percent_decode(&req.head.path);
         let route = match route(&path) {
             Some(Target::Rest(route)) => route,
+            Some(Target::WebSocket(_)) if req.head.method != "GET" => {
+                return HttpOutcome::Respond(
+                    Response::detail(405, "Method Not Allowed").with_header("allow", "GET"),
+                )
+            }
             Some(Target::WebSocket(id)) => return self.upgrade(&req, id, now, sink),
             None => return HttpOutcome::Respond(Response::detail(404, "Not Found")),
         };
@@ -164,12 +169,15 @@ impl App {
         if !route.public() && !self.origin_allowed(&req.head) {
             return HttpOutcome::Respond(Response::detail(403, ORIGIN_NOT_ALLOWED));
         }
-        if !route.public() && !self.head_authorized(&req.head) {
+        let open = route.public()
+            || matches!(route, Route::Metrics) && self.config.ops.metrics_public;
+        if !open && !self.head_authorized(&req.head) {
             return HttpOutcome::Respond(Response::detail(401, UNAUTHORIZED));
         }
         let response = match route {
             Route::Page => self.page.response(),
             Route::Health => Response::json(200, self.health_body.clone()),
+            Route::Metrics => self.metrics(sink),
             Route::Sessions if req.head.method == "POST" => {
                 match self.ensure_session(None, now, sink) {
                     Ok(id) => Response::json(201, self.sessions.info_json(&id).unwrap_or_default()),
@@ -177,15 +185,15 @@ impl App {
                 }
             }
             Route::Sessions => Response::json(200, self.sessions.list_json()),
-            Route::History(id) if !valid_session_id(&id) => invalid_id(),
-            Route::History(id) => match self.sessions.history_json(&id) {
+            Route::History(id) if !valid_session_id(id) => invalid_id(),
+            Route::History(id) => match self.sessions.history_json(id) {
                 Some(body) => {
-                    self.touch(&id, now);
+                    self.touch(id, now);
                     Response::json(200, body)
                 }
                 None => session_not_found(),
             },
-            Route::Session(id) if !valid_session_id(&id) => invalid_id(),
+            Route::Session(id) if !valid_session_id(id) => invalid_id(),
             Route::Session(id) => {
                 // Deleting a session cancels its turns (their REST callers get 409).
                 turns::cancel(&mut self.sessions, &id, sink, &self.engine);
@@ -200,7 +208,7 @@ impl App {
                 }
             }
             Route::Chat => return self.chat(&req.body, None, from, now, sink),
-            Route::SessionChat(id) if !valid_session_id(&id) => invalid_id(),
+            Route::SessionChat(id) if !valid_session_id(id) => invalid_id(),
             Route::SessionChat(id) => return self.chat(&req.body, Some(id), from, now, sink),
             Route::Events(id) => return self.event_stream(&req.head, id, now),
         };
@@ -218,7 +226,7 @@ impl App {
     fn chat(
         &mut self,
         body: &[u8],
-        path_id: Option<String>,
+        path_id: Option<&str>,
         from: ConnId,
         now: Instant,
         sink: &mut dyn Sink,
@@ -230,7 +238,7 @@ impl App {
                 return HttpOutcome::Respond(Response::json(422, body));
             }
         };
-        let session_id = path_id.or(body_id);
+        let session_id = path_id.map(str::to_owned).or(body_id);
         if session_id
             .as_deref()
             .is_some_and(|id| !valid_session_id(id))
@@ -263,23 +271,41 @@ impl App {
         Ok(())
     }
 
+    /// `GET /metrics`: the session table's counters, then the transport's.
+    fn metrics(&self, sink: &mut dyn Sink) -> Response {
+        let mut out = crate::metrics::Exposition::new();
+        out.family(
+            "autopoiesis_build_info",
+            "gauge",
+            "The running version (value 1).",
+        );
+        out.sample(
+            "autopoiesis_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+            1,
+        );
+        self.sessions.metrics.write(self.sessions.len(), &mut out);
+        sink.write_metrics(&mut out);
+        Response::typed(200, crate::metrics::CONTENT_TYPE, out.into_bytes())
+    }
+
     /// `GET /api/sessions/{id}/events`: checks the session and the resume
     /// point; the reactor then opens the stream and calls
     /// [`stream_opened`](Self::stream_opened).
-    fn event_stream(&mut self, head: &Head, id: String, now: Instant) -> HttpOutcome {
-        if !valid_session_id(&id) {
+    fn event_stream(&mut self, head: &Head, id: &str, now: Instant) -> HttpOutcome {
+        if !valid_session_id(id) {
             return HttpOutcome::Respond(invalid_id());
         }
         let since = match resume_point(head) {
             Ok(since) => since,
             Err(why) => return HttpOutcome::Respond(Response::detail(400, why)),
         };
-        if self.sessions.get(&id).is_none() {
+        if self.sessions.get(id).is_none() {
             return HttpOutcome::Respond(session_not_found());
         }
-        self.touch(&id, now);
+        self.touch(id, now);
         HttpOutcome::EventStream(EventStream {
-            session_id: id,
+            session_id: id.to_owned(),
             since,
         })
     }
@@ -287,7 +313,7 @@ impl App {
     fn upgrade(
         &mut self,
         req: &Request,
-        id: String,
+        id: &str,
         now: Instant,
         sink: &mut dyn Sink,
     ) -> HttpOutcome {
@@ -310,7 +336,7 @@ impl App {
             protocol.is_some()
         };
         if authorized {
-            if !valid_session_id(&id) {
+            if !valid_session_id(id) {
                 return HttpOutcome::Respond(invalid_id());
             }
             if let Some(query) = &head.query {
@@ -322,7 +348,7 @@ impl App {
                     None => {}
                 }
             }
-            if let Err(why) = self.ensure_session(Some(&id), now, sink) {
+            if let Err(why) = self.ensure_session(Some(id), now, sink) {
                 return HttpOutcome::Respond(Response::detail(503, &why));
             }
         }
@@ -338,7 +364,7 @@ impl App {
                 .map(String::as_str);
         }
         HttpOutcome::Upgrade(Upgrade {
-            session_id: id,
+            session_id: id.to_owned(),
             response: ws::switching_protocols(&accept, protocol),
             authorized,
             since,

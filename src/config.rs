@@ -22,6 +22,19 @@ pub struct Config {
     /// Where sessions are kept; None = in memory only (`--in-memory`).
     pub data_dir: Option<std::path::PathBuf>,
     pub fsync: crate::journal::FsyncMode,
+    /// `--access-log`, `--log-format`, `--metrics-public`.
+    pub ops: Ops,
+}
+
+/// How the server reports on itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ops {
+    /// One line per request or upgrade on stderr.
+    pub access_log: bool,
+    /// `--log-format json`: every log line is a JSON object.
+    pub log_json: bool,
+    /// `GET /metrics` needs no key even when auth is on.
+    pub metrics_public: bool,
 }
 
 /// `--agent` and what each agent needs.
@@ -125,6 +138,7 @@ impl Default for Config {
             agent: AgentConfig::default(),
             data_dir: None,
             fsync: crate::journal::FsyncMode::Batch,
+            ops: Ops::default(),
         }
     }
 }
@@ -198,13 +212,21 @@ Options:
   --retain-events N           broadcast events kept per session for ?since= resume (default 1000)
   --retain-bytes N            ... and at most this many bytes of them (default 1048576)
   --shutdown-grace SECS       on SIGTERM/SIGINT, running turns get this long to finish (default 10)
+  --access-log                log one line per request or upgrade to stderr (peer, method,
+                              path without query, status, bytes, microseconds)
+  --log-format text|json      every log line as text or as one JSON object (default text)
+  --metrics-public            GET /metrics needs no key even when AUTOPOIESIS_API_KEY is set
   -h, --help                  print this help
   -V, --version               print the version
 
 Environment:
-  AUTOPOIESIS_API_KEY         when set and non-empty, every route but GET /api/health needs
-                              it as X-API-Key (WebSocket: header or the subprotocol
+  AUTOPOIESIS_API_KEY         when set and non-empty, every route but GET /api/health, the
+                              chat page and the API documents needs it as X-API-Key or
+                              Authorization: Bearer (WebSocket: also the subprotocol
                               autopoiesis.key.<KEY>)
+  NOTIFY_SOCKET               systemd: READY=1 once listening, STOPPING=1 on shutdown
+  LISTEN_FDS, LISTEN_PID      systemd socket activation: serve the passed socket (fd 3)
+                              instead of binding --host/--port
 ";
 
 /// Parses `args` (without the program name) with `env` as the environment.
@@ -341,6 +363,20 @@ where
             }
             Long("allowed-origin") => {
                 flag_origins.push(parser.value().map_err(usage)?.string().map_err(usage)?)
+            }
+            Long("access-log") => config.ops.access_log = true,
+            Long("metrics-public") => config.ops.metrics_public = true,
+            Long("log-format") => {
+                let format = parser.value().map_err(usage)?.string().map_err(usage)?;
+                config.ops.log_json = match format.as_str() {
+                    "text" => false,
+                    "json" => true,
+                    other => {
+                        return Err(UsageError(format!(
+                            "invalid value '{other}' for --log-format: expected text or json"
+                        )))
+                    }
+                }
             }
             other => return Err(usage(other.unexpected())),
         }

@@ -245,6 +245,8 @@ pub struct JournalFile {
     unsynced: bool,
     /// Set once a write failed: nothing more is accepted.
     failed: Option<String>,
+    /// How long each fsync took (`autopoiesis_journal_fsync_seconds`).
+    pub fsync_seconds: crate::metrics::Histogram,
 }
 
 impl JournalFile {
@@ -289,8 +291,8 @@ impl JournalFile {
             )
         })?;
         if let Some(at) = replayed.torn_at {
-            eprintln!(
-                "autopoiesis: warning: {}: dropping a torn record at byte offset {at} ({} bytes; a write was cut short)",
+            crate::warn!(
+                "{}: dropping a torn record at byte offset {at} ({} bytes; a write was cut short)",
                 path.display(),
                 bytes.len() as u64 - at
             );
@@ -310,6 +312,7 @@ impl JournalFile {
             mode,
             unsynced: false,
             failed: None,
+            fsync_seconds: crate::metrics::Histogram::new(crate::metrics::FSYNC_BUCKETS),
         };
         Ok((journal, replayed.changes))
     }
@@ -337,7 +340,7 @@ impl JournalFile {
         let at = self.len;
         let result = self.file.write_all(&record).and_then(|()| {
             if self.mode == FsyncMode::Always {
-                self.file.sync_data()
+                self.timed_sync()
             } else {
                 Ok(())
             }
@@ -353,7 +356,7 @@ impl JournalFile {
                     "cannot write the journal {} at byte offset {at}: {e}",
                     self.path.display()
                 );
-                eprintln!("autopoiesis: error: {why}; sessions can no longer be saved");
+                crate::error!("{why}; sessions can no longer be saved");
                 // Leave no partial record behind.
                 let _ = self.file.set_len(at);
                 let _ = self.file.seek(SeekFrom::Start(at));
@@ -368,12 +371,20 @@ impl JournalFile {
     pub fn commit(&mut self) {
         if self.unsynced {
             self.unsynced = false;
-            if let Err(e) = self.file.sync_data() {
+            if let Err(e) = self.timed_sync() {
                 let why = format!("cannot sync the journal {}: {e}", self.path.display());
-                eprintln!("autopoiesis: error: {why}; sessions can no longer be saved");
+                crate::error!("{why}; sessions can no longer be saved");
                 self.failed = Some(why);
             }
         }
+    }
+
+    fn timed_sync(&mut self) -> io::Result<()> {
+        let started = std::time::Instant::now();
+        let result = self.file.sync_data();
+        self.fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        result
     }
 
     /// Forces everything written to disk now, whatever the mode (shutdown).

@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         }
         Command::Serve(config) => *config,
     };
+    autopoiesis::log::set_json(config.ops.log_json);
     let auth = if config.api_key.is_some() {
         "on"
     } else {
@@ -35,7 +36,7 @@ fn main() -> ExitCode {
     let mut server = match Server::bind(config) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("autopoiesis: {e}");
+            autopoiesis::error!("{e}");
             return ExitCode::from(1);
         }
     };
@@ -45,11 +46,12 @@ fn main() -> ExitCode {
     let _ = writeln!(out, "listening on http://{addr}");
     let _ = out.flush();
     drop(out);
-    eprintln!("autopoiesis: auth {auth}; pid {}", std::process::id());
+    server.notify_ready();
+    autopoiesis::info!("auth {auth}; pid {}", std::process::id());
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("autopoiesis: event loop failed: {e}");
+            autopoiesis::error!("event loop failed: {e}");
             ExitCode::from(1)
         }
     }

@@ -98,6 +98,12 @@ pub trait Service {
     /// One complete binary message from a WebSocket client.
     fn ws_binary(&mut self, conn: ConnId, session_id: &str, data: &[u8], sink: &mut dyn Sink);
 
+    /// The route template a request path falls under, for metrics
+    /// (`/api/sessions/{id}`, …; `other` for unknown paths).
+    fn route_label(&self, _path: &str) -> &'static str {
+        "other"
+    }
+
     /// Steps whatever runs by itself (turns); returns when it next wants
     /// a step.
     fn run_turns(&mut self, _now: Instant, _sink: &mut dyn Sink) -> Option<Instant> {

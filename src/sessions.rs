@@ -105,6 +105,8 @@ pub struct SessionTable {
     pending: Vec<Change>,
     /// Bytes of journal records that describe live state.
     journal_live: u64,
+    /// Turns running, queued and ended; tokens broadcast.
+    pub metrics: crate::metrics::TurnMetrics,
 }
 
 impl SessionTable {
@@ -128,6 +130,7 @@ impl SessionTable {
             retention,
             pending: Vec::new(),
             journal_live: 0,
+            metrics: Default::default(),
         }
     }
 
@@ -415,6 +418,9 @@ impl SessionTable {
                 id: id.to_owned(),
                 seq: session.seq_reserved,
             });
+        }
+        if op == "token" {
+            self.metrics.tokens += 1;
         }
         let event = Event::new(op, data, Some(seq));
         session.retained_bytes += event.size();

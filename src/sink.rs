@@ -10,6 +10,7 @@ use crate::agent::AgentJob;
 use crate::events::Event;
 use crate::http::Response;
 use crate::journal::Change;
+use crate::metrics::Exposition;
 
 /// A connection, as the core knows it: its slab slot plus a serial number
 /// that is never reused, so a message for a connection that has closed (and
@@ -44,6 +45,9 @@ pub trait Sink {
     /// Write a state change to the journal (a no-op when in memory).
     /// Returns the bytes written; Err says why it could not be saved.
     fn persist(&mut self, change: &Change) -> Result<u64, String>;
+    /// Writes the transport's metrics for a scrape: connections, requests,
+    /// events sent, closes, the journal, the process.
+    fn write_metrics(&mut self, out: &mut Exposition);
 }
 
 /// What a [`Sink`] was given, in order; for tests and fuzz targets.
@@ -110,6 +114,7 @@ impl Sink for Recorder {
     fn stop_agent(&mut self, turn: u64, graceful: bool) {
         self.agents_stopped.push((turn, graceful));
     }
+    fn write_metrics(&mut self, _out: &mut Exposition) {}
     fn persist(&mut self, change: &Change) -> Result<u64, String> {
         match &self.persist_error {
             Some(why) => Err(why.clone()),

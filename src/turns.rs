@@ -23,6 +23,7 @@ use crate::clock;
 use crate::echo;
 use crate::events::{Content, ErrorData};
 use crate::http::Response;
+use crate::metrics::Outcome;
 use crate::sessions::SessionTable;
 use crate::sink::{ConnId, Sink};
 use crate::ws::close;
@@ -63,6 +64,8 @@ pub struct Turn {
     /// Echo with a delay: when the next token may go.
     next_token_at: Option<Instant>,
     paused_since: Option<Instant>,
+    /// When it started running (for the duration histogram).
+    started: Option<Instant>,
 }
 
 impl Turn {
@@ -75,6 +78,7 @@ impl Turn {
             echo_streamed: 0,
             next_token_at: None,
             paused_since: None,
+            started: None,
         }
     }
 }
@@ -106,9 +110,11 @@ pub fn submit(
     session.last_activity = now;
     if session.running.is_none() {
         session.running = Some(turn);
+        table.metrics.running += 1;
         Ok(true)
     } else if session.queue.len() < max_queued {
         session.queue.push_back(turn);
+        table.metrics.queued += 1;
         Ok(false)
     } else {
         Err(Busy)
@@ -284,6 +290,7 @@ fn begin(
     sink: &mut dyn Sink,
 ) -> Result<(), String> {
     turn.transcript = Some(Transcript::new(model_name));
+    turn.started = Some(Instant::now());
     let request = agent::request_message(&turn.prompt, &clock::now_rfc3339());
     table
         .append(id, vec![request], sink)
@@ -304,6 +311,8 @@ fn start_next(table: &mut SessionTable, id: &str, now: Instant) -> StepOutcome {
     match session.queue.pop_front() {
         Some(next) => {
             session.running = Some(next);
+            table.metrics.queued = table.metrics.queued.saturating_sub(1);
+            table.metrics.running += 1;
             StepOutcome::Progress
         }
         None => StepOutcome::Idle,
@@ -336,6 +345,18 @@ fn finish(table: &mut SessionTable, id: &str, turn: Turn, how: Finish, sink: &mu
         sink.stop_agent(turn.id, graceful);
     }
     let waiter = turn.waiter;
+    table.metrics.running = table.metrics.running.saturating_sub(1);
+    table.metrics.ended(match how {
+        Finish::Done(_) => Outcome::Done,
+        Finish::Failed(_) | Finish::Approval => Outcome::Error,
+        Finish::Cancelled => Outcome::Cancelled,
+    });
+    if let Some(started) = turn.started {
+        table
+            .metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+    }
     match how {
         Finish::Done(content) => {
             let content = content.unwrap_or(reply);
@@ -425,6 +446,9 @@ pub fn cancel(table: &mut SessionTable, id: &str, sink: &mut dyn Sink, engine: &
     }
     finish(table, id, running, Finish::Cancelled, sink);
     for turn in queued {
+        // Queued turns never ran: cancelled, with no duration.
+        table.metrics.queued = table.metrics.queued.saturating_sub(1);
+        table.metrics.ended(Outcome::Cancelled);
         end_cancelled(table, id, turn.waiter, sink);
     }
     true

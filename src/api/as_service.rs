@@ -61,6 +61,10 @@ impl Service for App {
         App::ws_binary(self, conn, session_id, data, sink)
     }
 
+    fn route_label(&self, path: &str) -> &'static str {
+        super::routes::template(path)
+    }
+
     fn run_turns(&mut self, now: Instant, sink: &mut dyn Sink) -> Option<Instant> {
         App::run_turns(self, now, sink)
     }

@@ -3,30 +3,36 @@
 
 use crate::http::Head;
 
-pub(super) enum Route {
+/// A REST route; ids borrow from the (decoded) request path.
+pub(super) enum Route<'a> {
     /// `/`: the built-in chat page.
     Page,
     Health,
+    Metrics,
     Sessions,
-    Session(String),
-    History(String),
+    Session(&'a str),
+    History(&'a str),
     Chat,
     /// `/api/sessions/{id}/chat`: a chat routed by its session.
-    SessionChat(String),
+    SessionChat(&'a str),
     /// `/api/sessions/{id}/events`: Server-Sent Events.
-    Events(String),
+    Events(&'a str),
 }
 
 /// What a request path names: a REST route or the WebSocket endpoint.
-pub(super) enum Target {
-    Rest(Route),
-    WebSocket(String),
+pub(super) enum Target<'a> {
+    Rest(Route<'a>),
+    WebSocket(&'a str),
 }
 
-impl Route {
+impl Route<'_> {
     pub(super) fn allowed(&self) -> &'static [&'static str] {
         match self {
-            Route::Page | Route::Health | Route::History(_) | Route::Events(_) => &["GET"],
+            Route::Page
+            | Route::Health
+            | Route::Metrics
+            | Route::History(_)
+            | Route::Events(_) => &["GET"],
             Route::Sessions => &["GET", "POST"],
             Route::Session(_) => &["DELETE"],
             Route::Chat | Route::SessionChat(_) => &["POST"],
@@ -37,36 +43,66 @@ impl Route {
     pub(super) fn public(&self) -> bool {
         matches!(self, Route::Page | Route::Health)
     }
+
+    /// The route's template, as metrics label it.
+    pub(super) fn template(&self) -> &'static str {
+        match self {
+            Route::Page => "/",
+            Route::Health => "/api/health",
+            Route::Metrics => "/metrics",
+            Route::Sessions => "/api/sessions",
+            Route::Session(_) => "/api/sessions/{id}",
+            Route::History(_) => "/api/sessions/{id}/history",
+            Route::Chat => "/api/chat",
+            Route::SessionChat(_) => "/api/sessions/{id}/chat",
+            Route::Events(_) => "/api/sessions/{id}/events",
+        }
+    }
 }
 
-pub(super) fn route(path: &str) -> Option<Target> {
-    if path == "/" {
-        return Some(Target::Rest(Route::Page));
+impl Target<'_> {
+    pub(super) fn template(&self) -> &'static str {
+        match self {
+            Target::Rest(route) => route.template(),
+            Target::WebSocket(_) => "/api/ws/{id}",
+        }
+    }
+}
+
+/// The route `path` (percent-decoded) names, without allocating.
+pub(super) fn route(path: &str) -> Option<Target<'_>> {
+    match path {
+        "/" => return Some(Target::Rest(Route::Page)),
+        "/metrics" => return Some(Target::Rest(Route::Metrics)),
+        _ => {}
     }
     let rest = path.strip_prefix("/api/")?;
-    // At most four segments matter (a fourth means no route); no allocation.
+    // At most four segments matter (a fourth means no route).
     let mut parts = rest.split('/');
     let segments = (parts.next(), parts.next(), parts.next(), parts.next());
     let route = match segments {
         (Some("health"), None, ..) => Route::Health,
         (Some("sessions"), None, ..) => Route::Sessions,
         (Some("chat"), None, ..) => Route::Chat,
-        (Some("sessions"), Some(id), None, _) if !id.is_empty() => Route::Session(id.to_owned()),
+        (Some("sessions"), Some(id), None, _) if !id.is_empty() => Route::Session(id),
         (Some("sessions"), Some(id), Some("history"), None) if !id.is_empty() => {
-            Route::History(id.to_owned())
+            Route::History(id)
         }
         (Some("sessions"), Some(id), Some("chat"), None) if !id.is_empty() => {
-            Route::SessionChat(id.to_owned())
+            Route::SessionChat(id)
         }
         (Some("sessions"), Some(id), Some("events"), None) if !id.is_empty() => {
-            Route::Events(id.to_owned())
+            Route::Events(id)
         }
-        (Some("ws"), Some(id), None, _) if !id.is_empty() => {
-            return Some(Target::WebSocket(id.to_owned()))
-        }
+        (Some("ws"), Some(id), None, _) if !id.is_empty() => return Some(Target::WebSocket(id)),
         _ => return None,
     };
     Some(Target::Rest(route))
+}
+
+/// The metrics label of a raw (still percent-encoded) request path.
+pub fn template(raw_path: &str) -> &'static str {
+    route(&percent_decode(raw_path)).map_or("other", |t| t.template())
 }
 
 /// `%XX` decoding of a request path (as ASGI servers hand it to FastAPI);

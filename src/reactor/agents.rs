@@ -223,10 +223,10 @@ impl ExecTask {
                     let _ = self.stderr_lines.feed(&buf[..n], |line| {
                         let text = String::from_utf8_lossy(line);
                         if *logged < MAX_STDERR_LOG {
-                            eprintln!("autopoiesis: agent[{pid}]: {text}");
+                            crate::info!("agent[{pid}]: {text}");
                             *logged += line.len() + 1;
                             if *logged >= MAX_STDERR_LOG {
-                                eprintln!("autopoiesis: agent[{pid}]: (more stderr not logged)");
+                                crate::info!("agent[{pid}]: (more stderr not logged)");
                             }
                         }
                         if !text.trim().is_empty() {
@@ -505,7 +505,7 @@ impl Server {
                 });
             }
             Err(reason) => {
-                eprintln!("autopoiesis: {reason}");
+                crate::info!("{reason}");
                 self.app
                     .agent_failed(&session, job.turn, reason, now, &mut sink!(self));
             }

@@ -151,6 +151,10 @@ pub struct HttpConn {
     pub request_started: Instant,
     /// Last read or write that moved bytes.
     pub last_progress: Instant,
+    /// The client's address (for the access log).
+    pub peer: Option<std::net::SocketAddr>,
+    /// The request whose answer comes later (a chat turn), for accounting.
+    pub pending_log: Option<super::access::RequestLog>,
 }
 
 impl HttpConn {
@@ -167,6 +171,8 @@ impl HttpConn {
             served: 0,
             request_started: now,
             last_progress: now,
+            peer: None,
+            pending_log: None,
         }
     }
 
@@ -338,6 +344,20 @@ impl Slab {
 
     pub fn entries_serial(&self, slot: usize) -> Option<u64> {
         self.get(slot).map(|c| c.serial)
+    }
+
+    /// Open connections by kind (a scan: for a metrics scrape).
+    pub fn count_kinds(&self) -> crate::metrics::Connections {
+        let mut n = crate::metrics::Connections::default();
+        for conn in self.entries.iter().flatten() {
+            match conn.state {
+                State::Http(_) => n.http += 1,
+                State::Ws(_) => n.websocket += 1,
+                State::Sse(_) => n.sse += 1,
+                State::Closing(_) | State::Moving => {}
+            }
+        }
+        n
     }
 }
 

@@ -7,11 +7,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::access;
 use super::conn::{close_subscriber, Conn, Slab, State};
 use crate::agent::AgentJob;
 use crate::events::Event;
 use crate::http::Response;
 use crate::journal::{Change, JournalFile};
+use crate::metrics::{self, CloseReason, Exposition, TransportMetrics};
 use crate::sink::{ConnId, Sink};
 use crate::ws::close;
 
@@ -25,6 +27,9 @@ pub(super) struct ConnSink<'a> {
     /// Subscribers the sink closed; the core still has to forget them.
     pub gone: &'a mut Vec<(ConnId, Rc<str>)>,
     pub max_output: usize,
+    pub metrics: &'a mut TransportMetrics,
+    /// `--access-log`.
+    pub access_log: bool,
     pub now: Instant,
 }
 
@@ -40,6 +45,8 @@ macro_rules! sink {
             agent_starts: &mut $s.agent_starts,
             agent_stops: &mut $s.agent_stops,
             max_output: $s.limits.max_ws_output_bytes,
+            metrics: &mut $s.metrics,
+            access_log: $s.access_log,
             now: std::time::Instant::now(),
         }
     };
@@ -131,7 +138,13 @@ impl Sink for ConnSink<'_> {
     }
 
     fn respond(&mut self, to: ConnId, response: Response) {
-        let Some(conn) = self.live(to) else { return };
+        let Some(conn) = self
+            .conns
+            .get_mut(to.slot)
+            .filter(|c| c.serial == to.serial)
+        else {
+            return;
+        };
         let State::Http(h) = &mut conn.state else {
             return;
         };
@@ -140,7 +153,13 @@ impl Sink for ConnSink<'_> {
         }
         h.waiting = false;
         h.keep_alive = h.waiting_keep_alive;
-        h.io.push(Bytes::from(response.encode(h.keep_alive)));
+        let bytes = response.encode(h.keep_alive);
+        if let Some(request) = h.pending_log.take() {
+            let (status, len) = (response.status, bytes.len());
+            let log = self.access_log;
+            access::record(self.metrics, log, h.peer, &request, status, len, self.now);
+        }
+        h.io.push(Bytes::from(bytes));
         self.dirty.push(to.slot);
         self.wake.push(to.slot);
     }
@@ -150,9 +169,21 @@ impl Sink for ConnSink<'_> {
             return;
         }
         if let Some(gone) = close_subscriber(self.conns, to.slot, code, reason, self.now) {
+            if let Some(why) = CloseReason::of_code(code) {
+                self.metrics.closed(why);
+            }
             self.gone.push(gone);
             self.dirty.push(to.slot);
         }
+    }
+
+    fn write_metrics(&mut self, out: &mut Exposition) {
+        if let Some(j) = self.journal.as_ref() {
+            self.metrics.journal_bytes = j.len();
+            self.metrics.fsync = j.fsync_seconds.clone();
+        }
+        self.metrics.write(self.conns.count_kinds(), out);
+        metrics::write_process(out);
     }
 
     fn start_agent(&mut self, job: AgentJob) {

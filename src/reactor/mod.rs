@@ -12,6 +12,7 @@
 // `conn` the connection states and slab, `conn_sink` the core's `Sink`,
 // `websocket` and `sse` the two subscriber transports, `agents` the
 // agent processes and upstream sockets.
+mod access;
 mod agents;
 mod conn;
 mod conn_sink;
@@ -36,9 +37,11 @@ use crate::api::App;
 use crate::config::{Config, Limits};
 use crate::http::{response, ParserLimits, Progress, RequestParser, Response};
 use crate::journal::JournalFile;
+use crate::metrics::{CloseReason, TransportMetrics};
 use crate::service::{HttpOutcome, Service};
 use crate::sink::ConnId;
 use crate::ws::close;
+use access::RequestLog;
 use conn::{close_subscriber, ClosingConn, Conn, HttpConn, Slab, State, Transport};
 use conn_sink::sink;
 
@@ -106,6 +109,12 @@ pub struct Server {
     draining_until: Option<Instant>,
     /// The session journal (None with `--in-memory`).
     journal: Option<JournalFile>,
+    /// Requests, events sent, closes (the core's counters live with it).
+    metrics: TransportMetrics,
+    /// `--access-log`.
+    access_log: bool,
+    /// systemd's `NOTIFY_SOCKET`, if set.
+    notifier: Option<crate::systemd::Notifier>,
 }
 
 /// Raises the soft open-file limit to the hard limit, so that the
@@ -129,10 +138,12 @@ fn raise_nofile_limit(want: usize) {
         }
     }
     if (lim.rlim_cur as u128) < want as u128 + 32 {
-        eprintln!(
-            "autopoiesis: warning: open-file limit is {} (hard limit {}), below --max-connections {}; \
+        crate::warn!(
+            "open-file limit is {} (hard limit {}), below --max-connections {}; \
              accepts will fail with EMFILE before the cap is reached",
-            lim.rlim_cur, lim.rlim_max, want
+            lim.rlim_cur,
+            lim.rlim_max,
+            want
         );
     }
 }
@@ -150,8 +161,8 @@ impl Server {
                 let (journal, records) = JournalFile::open(dir, fsync)?;
                 let count = records.len();
                 app.restore(records, now);
-                eprintln!(
-                    "autopoiesis: {} session(s) from {} ({count} records, {} bytes)",
+                crate::info!(
+                    "{} session(s) from {} ({count} records, {} bytes)",
                     app.sessions.len(),
                     journal.path().display(),
                     journal.len()
@@ -169,14 +180,19 @@ impl Server {
         app: Box<dyn Service>,
         journal: Option<JournalFile>,
     ) -> Result<Server, String> {
-        let what = format!("{}:{}", config.host, config.port);
-        let addr = (config.host.as_str(), config.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {what}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("cannot resolve {what}: no address"))?;
-        let mut listener =
-            TcpListener::bind(addr).map_err(|e| format!("cannot listen on {what}: {e}"))?;
+        let mut listener = match crate::systemd::take_listener()? {
+            // Socket activation: systemd bound it; --host/--port do not apply.
+            Some(passed) => TcpListener::from_std(passed),
+            None => {
+                let what = format!("{}:{}", config.host, config.port);
+                let addr = (config.host.as_str(), config.port)
+                    .to_socket_addrs()
+                    .map_err(|e| format!("cannot resolve {what}: {e}"))?
+                    .next()
+                    .ok_or_else(|| format!("cannot resolve {what}: no address"))?;
+                TcpListener::bind(addr).map_err(|e| format!("cannot listen on {what}: {e}"))?
+            }
+        };
         let local_addr = listener.local_addr().map_err(|e| e.to_string())?;
         let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
         poll.registry()
@@ -226,11 +242,22 @@ impl Server {
             agent_stops: Vec::new(),
             next_tick: now + TICK,
             shutdown_deadline: None,
+            metrics: TransportMetrics::default(),
+            access_log: config.ops.access_log,
+            notifier: crate::systemd::Notifier::from_env(),
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Tells systemd (`NOTIFY_SOCKET`) the server is ready: call once the
+    /// `listening on` line is out.
+    pub fn notify_ready(&self) {
+        if let Some(n) = &self.notifier {
+            n.notify("READY=1");
+        }
     }
 
     /// Runs until SIGINT/SIGTERM and the drain after it.
@@ -270,14 +297,14 @@ impl Server {
             }
             let swept = self.app.sweep(now);
             if swept > 0 {
-                eprintln!("autopoiesis: removed {swept} stale session(s)");
+                crate::info!("removed {swept} stale session(s)");
             }
             if let Some(until) = self.draining_until {
                 let busy = self.app.busy();
                 if busy == 0 || now >= until {
                     self.draining_until = None;
                     if busy > 0 {
-                        eprintln!("autopoiesis: cancelling the turns of {busy} session(s)");
+                        crate::info!("cancelling the turns of {busy} session(s)");
                         self.app.cancel_all(&mut sink!(self));
                         self.settle(now);
                     }
@@ -325,9 +352,9 @@ impl Server {
                 return;
             };
             match listener.accept() {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     self.accept_paused = false;
-                    self.admit(stream, now);
+                    self.admit(stream, peer, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.accept_paused = false;
@@ -341,7 +368,7 @@ impl Server {
                     // backlog. Try again when a connection closes or at the next
                     // tick, never in a tight loop.
                     if !self.accept_paused {
-                        eprintln!("autopoiesis: accept failed, pausing accepts: {e}");
+                        crate::info!("accept failed, pausing accepts: {e}");
                     }
                     self.accept_paused = true;
                     return;
@@ -350,12 +377,15 @@ impl Server {
         }
     }
 
-    fn admit(&mut self, mut stream: TcpStream, now: Instant) {
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
         if self.conns.len() >= self.limits.max_connections {
             // Over the cap: one best-effort 503 and close, never queued.
             use std::io::Write;
             let body = Response::detail(503, "Too many connections").encode(false);
             let _ = stream.write(&body);
+            let request = RequestLog::unparsed(now);
+            let (log, bytes) = (self.access_log, body.len());
+            access::record(&mut self.metrics, log, Some(peer), &request, 503, bytes, now);
             return;
         }
         let _ = stream.set_nodelay(true);
@@ -376,9 +406,11 @@ impl Server {
         }
         self.next_serial += 1;
         let parser = RequestParser::new(self.parser_limits());
+        let mut http = HttpConn::new(Transport::new(stream), parser, now);
+        http.peer = Some(peer);
         let conn = Conn {
             serial: self.next_serial,
-            state: State::Http(Box::new(HttpConn::new(Transport::new(stream), parser, now))),
+            state: State::Http(Box::new(http)),
         };
         let inserted = self.conns.insert(conn);
         self.conns_peak = self.conns_peak.max(self.conns.len());
@@ -410,10 +442,13 @@ impl Server {
         }
         if self.shutdown_deadline.is_some() || self.draining_until.is_some() {
             // Every record already written is whole: the journal is consistent.
-            eprintln!("autopoiesis: second signal, exiting now");
+            crate::info!("second signal, exiting now");
             return true;
         }
-        eprintln!("autopoiesis: shutting down");
+        crate::info!("shutting down");
+        if let Some(n) = &self.notifier {
+            n.notify("STOPPING=1");
+        }
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
@@ -433,6 +468,7 @@ impl Server {
             };
             match &mut conn.state {
                 State::Ws(_) | State::Sse(_) => {
+                    self.metrics.closed(CloseReason::Shutdown);
                     self.close_client(slot, close::GOING_AWAY, "Server shutting down", now)
                 }
                 State::Http(h) if h.is_idle() && h.io.queued() == 0 => self.begin_close(slot, now),
@@ -456,12 +492,12 @@ impl Server {
         if let Some(j) = &mut self.journal {
             let before = j.len();
             match j.compact(&snapshot) {
-                Ok(()) => eprintln!(
-                    "autopoiesis: compacted {} from {before} to {} bytes",
+                Ok(()) => crate::info!(
+                    "compacted {} from {before} to {} bytes",
                     j.path().display(),
                     j.len()
                 ),
-                Err(e) => eprintln!("autopoiesis: warning: {e}"),
+                Err(e) => crate::warn!("{e}"),
             }
         }
     }
@@ -532,7 +568,18 @@ impl Server {
                 Progress::SendContinue => h.io.push(Bytes::from_static(response::CONTINUE)),
                 Progress::Reject(reject) => {
                     let resp = Response::detail(reject.status, reject.detail);
-                    h.io.push(Bytes::from(resp.encode(false)));
+                    let bytes = resp.encode(false);
+                    let request = RequestLog::unparsed(h.request_started);
+                    access::record(
+                        &mut self.metrics,
+                        self.access_log,
+                        h.peer,
+                        &request,
+                        reject.status,
+                        bytes.len(),
+                        now,
+                    );
+                    h.io.push(Bytes::from(bytes));
                     h.keep_alive = false;
                     break;
                 }
@@ -543,6 +590,14 @@ impl Server {
                     if h.inbuf.capacity() > READ_CHUNK && h.inbuf.is_empty() {
                         h.inbuf = Vec::new();
                     }
+                    let request = RequestLog {
+                        route: self.app.route_label(&req.head.path),
+                        line: self
+                            .access_log
+                            .then(|| (req.head.method.clone(), req.head.path.clone())),
+                        started: h.request_started,
+                    };
+                    let peer = h.peer;
                     let outcome = self.app.handle_http(req, id, now, &mut sink!(self));
                     let Some(Conn {
                         state: State::Http(h),
@@ -553,11 +608,32 @@ impl Server {
                     };
                     h.served += 1;
                     h.request_started = now;
-                    match outcome {
+                    let answered = match &outcome {
                         HttpOutcome::Respond(resp) => {
-                            h.io.push(Bytes::from(resp.encode(keep_alive)));
+                            let bytes = resp.encode(keep_alive);
+                            let answered = (resp.status, bytes.len());
+                            h.io.push(Bytes::from(bytes));
                             h.keep_alive = keep_alive;
+                            Some(answered)
                         }
+                        HttpOutcome::Pending => None,
+                        HttpOutcome::Upgrade(upgrade) => Some((101, upgrade.response.len())),
+                        HttpOutcome::EventStream(_) => Some((200, sse::HEAD_LEN)),
+                    };
+                    match answered {
+                        Some((status, bytes)) => access::record(
+                            &mut self.metrics,
+                            self.access_log,
+                            peer,
+                            &request,
+                            status,
+                            bytes,
+                            now,
+                        ),
+                        None => h.pending_log = Some(request),
+                    }
+                    match outcome {
+                        HttpOutcome::Respond(_) => {}
                         HttpOutcome::Pending => {
                             h.waiting = true;
                             h.waiting_keep_alive = keep_alive;
@@ -630,6 +706,9 @@ impl Server {
     /// its queued output (dropped for 1008), and the core forgets it.
     pub(super) fn close_client(&mut self, slot: usize, code: u16, reason: &str, now: Instant) {
         if let Some((id, session)) = close_subscriber(&mut self.conns, slot, code, reason, now) {
+            if let Some(why) = CloseReason::of_code(code) {
+                self.metrics.closed(why);
+            }
             self.app.unsubscribed(id, &session, now);
             self.dirty.push(slot);
         }
@@ -789,6 +868,7 @@ impl Server {
                 TimerAction::Drop => self.drop_conn(slot, now),
                 TimerAction::SseKeepalive => self.sse_keepalive(slot, now),
                 TimerAction::CloseWsIdle => {
+                    self.metrics.closed(CloseReason::Idle);
                     self.close_client(slot, close::GOING_AWAY, "Idle timeout", now)
                 }
                 TimerAction::RequestTimeout => {
@@ -798,7 +878,18 @@ impl Server {
                     }) = self.conns.get_mut(slot)
                     {
                         let resp = Response::detail(408, "Request Timeout");
-                        h.io.push(Bytes::from(resp.encode(false)));
+                        let bytes = resp.encode(false);
+                        let request = RequestLog::unparsed(h.request_started);
+                        access::record(
+                            &mut self.metrics,
+                            self.access_log,
+                            h.peer,
+                            &request,
+                            408,
+                            bytes.len(),
+                            now,
+                        );
+                        h.io.push(Bytes::from(bytes));
                         h.keep_alive = false;
                     }
                     self.begin_close(slot, now);

@@ -22,6 +22,9 @@ use crate::sink::ConnId;
 const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
 cache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\n";
 
+/// Bytes of [`SSE_HEAD`] (the access log's size of an event stream).
+pub(super) const HEAD_LEN: usize = SSE_HEAD.len();
+
 /// A comment line: keeps proxies and clients from timing the stream out.
 const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 

@@ -72,10 +72,12 @@ impl Server {
             self.dirty.push(slot);
             match result {
                 Ok(Message::Text(text)) => {
+                    self.metrics.ws_received += 1;
                     self.app
                         .ws_text(id, &session, text.as_str(), now, &mut sink!(self))
                 }
                 Ok(Message::Binary(data)) => {
+                    self.metrics.ws_received += 1;
                     self.app.ws_binary(id, &session, &data, &mut sink!(self))
                 }
                 // Pings are answered by tungstenite (the pong is queued in the
