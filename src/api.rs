@@ -169,8 +169,8 @@ impl App {
         if !route.public() && !self.origin_allowed(&req.head) {
             return HttpOutcome::Respond(Response::detail(403, ORIGIN_NOT_ALLOWED));
         }
-        let open = route.public()
-            || matches!(route, Route::Metrics) && self.config.ops.metrics_public;
+        let open =
+            route.public() || matches!(route, Route::Metrics) && self.config.ops.metrics_public;
         if !open && !self.head_authorized(&req.head) {
             return HttpOutcome::Respond(Response::detail(401, UNAUTHORIZED));
         }

@@ -382,8 +382,7 @@ impl JournalFile {
     fn timed_sync(&mut self) -> io::Result<()> {
         let started = std::time::Instant::now();
         let result = self.file.sync_data();
-        self.fsync_seconds
-            .observe(started.elapsed().as_secs_f64());
+        self.fsync_seconds.observe(started.elapsed().as_secs_f64());
         result
     }
 

@@ -179,12 +179,7 @@ impl TurnMetrics {
     }
 
     pub fn write(&self, sessions: usize, e: &mut Exposition) {
-        e.single(
-            "autopoiesis_sessions",
-            "gauge",
-            "Sessions held.",
-            sessions,
-        );
+        e.single("autopoiesis_sessions", "gauge", "Sessions held.", sessions);
         e.family(
             "autopoiesis_turns_total",
             "counter",
@@ -528,9 +523,8 @@ mod tests {
         let mut e = Exposition::new();
         m.write(Connections::default(), &mut e);
         let text = String::from_utf8(e.into_bytes()).unwrap();
-        assert!(text.contains(
-            "autopoiesis_http_requests_total{route=\"/api/health\",status=\"200\"} 2\n"
-        ));
+        assert!(text
+            .contains("autopoiesis_http_requests_total{route=\"/api/health\",status=\"200\"} 2\n"));
         assert!(text.contains("autopoiesis_clients_closed_total{reason=\"too_big\"} 0\n"));
     }
 

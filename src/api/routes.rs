@@ -28,11 +28,9 @@ pub(super) enum Target<'a> {
 impl Route<'_> {
     pub(super) fn allowed(&self) -> &'static [&'static str] {
         match self {
-            Route::Page
-            | Route::Health
-            | Route::Metrics
-            | Route::History(_)
-            | Route::Events(_) => &["GET"],
+            Route::Page | Route::Health | Route::Metrics | Route::History(_) | Route::Events(_) => {
+                &["GET"]
+            }
             Route::Sessions => &["GET", "POST"],
             Route::Session(_) => &["DELETE"],
             Route::Chat | Route::SessionChat(_) => &["POST"],
@@ -85,15 +83,11 @@ pub(super) fn route(path: &str) -> Option<Target<'_>> {
         (Some("sessions"), None, ..) => Route::Sessions,
         (Some("chat"), None, ..) => Route::Chat,
         (Some("sessions"), Some(id), None, _) if !id.is_empty() => Route::Session(id),
-        (Some("sessions"), Some(id), Some("history"), None) if !id.is_empty() => {
-            Route::History(id)
-        }
+        (Some("sessions"), Some(id), Some("history"), None) if !id.is_empty() => Route::History(id),
         (Some("sessions"), Some(id), Some("chat"), None) if !id.is_empty() => {
             Route::SessionChat(id)
         }
-        (Some("sessions"), Some(id), Some("events"), None) if !id.is_empty() => {
-            Route::Events(id)
-        }
+        (Some("sessions"), Some(id), Some("events"), None) if !id.is_empty() => Route::Events(id),
         (Some("ws"), Some(id), None, _) if !id.is_empty() => return Some(Target::WebSocket(id)),
         _ => return None,
     };

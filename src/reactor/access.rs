@@ -39,7 +39,6 @@ pub fn record(
     request: &RequestLog,
     status: u16,
     bytes: usize,
-    _now: Instant,
 ) {
     metrics.request(request.route, status);
     if access_log {

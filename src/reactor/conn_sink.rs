@@ -76,14 +76,19 @@ impl ConnSink<'_> {
                 "Output buffer full",
                 self.now,
             ) {
+                self.metrics.closed(CloseReason::Slow);
                 self.gone.push(gone);
             }
         } else {
             match &mut conn.state {
-                State::Ws(w) => w.ws.get_mut().push(event.ws_frame()),
+                State::Ws(w) => {
+                    w.ws.get_mut().push(event.ws_frame());
+                    self.metrics.events_ws += 1;
+                }
                 State::Sse(s) => {
                     s.io.push(event.sse_head());
                     s.io.push(event.sse_body());
+                    self.metrics.events_sse += 1;
                 }
                 _ => return,
             }
@@ -108,6 +113,7 @@ impl Sink for ConnSink<'_> {
                 "Output buffer full",
                 self.now,
             ) {
+                self.metrics.closed(CloseReason::Slow);
                 self.gone.push(gone);
             }
         } else {
@@ -157,7 +163,7 @@ impl Sink for ConnSink<'_> {
         if let Some(request) = h.pending_log.take() {
             let (status, len) = (response.status, bytes.len());
             let log = self.access_log;
-            access::record(self.metrics, log, h.peer, &request, status, len, self.now);
+            access::record(self.metrics, log, h.peer, &request, status, len);
         }
         h.io.push(Bytes::from(bytes));
         self.dirty.push(to.slot);

@@ -385,7 +385,7 @@ impl Server {
             let _ = stream.write(&body);
             let request = RequestLog::unparsed(now);
             let (log, bytes) = (self.access_log, body.len());
-            access::record(&mut self.metrics, log, Some(peer), &request, 503, bytes, now);
+            access::record(&mut self.metrics, log, Some(peer), &request, 503, bytes);
             return;
         }
         let _ = stream.set_nodelay(true);
@@ -577,7 +577,6 @@ impl Server {
                         &request,
                         reject.status,
                         bytes.len(),
-                        now,
                     );
                     h.io.push(Bytes::from(bytes));
                     h.keep_alive = false;
@@ -628,7 +627,6 @@ impl Server {
                             &request,
                             status,
                             bytes,
-                            now,
                         ),
                         None => h.pending_log = Some(request),
                     }
@@ -887,7 +885,6 @@ impl Server {
                             &request,
                             408,
                             bytes.len(),
-                            now,
                         );
                         h.io.push(Bytes::from(bytes));
                         h.keep_alive = false;
