@@ -77,7 +77,7 @@ def die_with_parent():
 class Server:
     """The real release binary on a free port; stops with the test."""
 
-    def __init__(self, api_key=None, args=()):
+    def __init__(self, api_key=None, args=(), delay_ms=ECHO_DELAY_MS):
         env = dict(os.environ)
         env.pop("AUTOPOIESIS_API_KEY", None)
         env.pop("AUTOPOIESIS_PORT", None)
@@ -86,7 +86,7 @@ class Server:
         self.api_key = api_key
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [str(BIN), "serve", "--port", "0", "--in-memory", "--echo-delay-ms", str(ECHO_DELAY_MS), *args],
+            [str(BIN), "serve", "--port", "0", "--in-memory", "--echo-delay-ms", str(delay_ms), *args],
             env=env, stdout=subprocess.PIPE, stderr=self.stderr, stdin=subprocess.DEVNULL,
             preexec_fn=die_with_parent,
         )
@@ -112,11 +112,13 @@ class Server:
                 self.origin = f"http://127.0.0.1:{self.port}"
                 return
 
-    def get(self, path):
-        req = urllib.request.Request(self.origin + path)
+    def get(self, path, body=None):
+        """GET path, or POST the JSON body to it; the decoded JSON reply."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.origin + path, data=data)
         if self.api_key:
             req.add_header("X-API-Key", self.api_key)
-        with urllib.request.urlopen(req, timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
 
     def session_ids(self):
@@ -410,7 +412,9 @@ def run(pw, artifacts):
     server = Server()
     auth = Server(api_key=KEY)
     tools = Server(args=["--agent", "exec", "--agent-cmd", f"{sys.executable} {agent}"])
+    fast = Server(delay_ms=0)
     proxy = Proxy(server.port)
+    fast_proxy = Proxy(fast.port)
     ctx = None
     try:
         ctx = pw.chromium.launch_persistent_context(
@@ -648,6 +652,40 @@ def run(pw, artifacts):
               "the history shows the tool turn: prompt, folded call and return, reply")
         check(not w4.errors(), f"tools tab: no console errors ({w4.errors()})")
 
+        # ---- resync: while the page is away, more events pass than the server
+        # retains (1 000); on reconnect it is told to resync and refetches the history
+        page5 = ctx.new_page()
+        w5 = Watch(page5, "resync")
+        resyncs = []
+        page5.on("websocket", lambda ws: ws.on(
+            "framereceived", lambda f: '"resync"' in str(f) and resyncs.append(str(f))))
+        page5.goto(fast_proxy.origin + "/")
+        page5.get_by_role("button", name=re.compile("New")).click()
+        fsid = open_session_id(page5)
+        expect(page5.get_by_text("Connected")).to_be_visible()
+        box5 = page5.get_by_role("textbox", name="Message")
+        box5.fill("before the gap")
+        box5.press("Enter")
+        wait_reply(page5, "before the gap")
+        big = words(1100, "w")
+        with dropping():
+            fast_proxy.reset(refuse_s=1.0)
+            check(fast.get(f"/api/sessions/{fsid}/chat", {"content": big})["content"] == big,
+                  "another client ran a 1 100-token turn while the page was away")
+            wait_blocks(page5, 4)
+            wait_reply(page5, big)
+            expect(page5.get_by_text("Connected")).to_be_visible()
+        check(resyncs and re.search(r"since=\d+", w5.websockets[-1]),
+              f"the page resumed with since= and was told to resync ({w5.websockets[-1:]})")
+        check(convo(page5) == [("user", "before the gap"), ("assistant", "before the gap"),
+                               ("user", big), ("assistant", big)],
+              "after resync the page shows the refetched history, nothing twice")
+        box5.fill("after the gap")
+        box5.press("Enter")
+        wait_reply(page5, "after the gap")
+        check(len(convo(page5)) == 6, "after a resync new events stream again")
+        check(not w5.errors(), f"resync tab: no console errors ({w5.errors()})")
+
         # ---- a phone in dark mode (for people to look at; not checked)
         phone = ctx.new_page()
         phone.set_viewport_size({"width": 390, "height": 760})
@@ -663,7 +701,8 @@ def run(pw, artifacts):
         if ctx is not None:
             ctx.close()
         proxy.stop()
-        for s in (server, auth, tools):
+        fast_proxy.stop()
+        for s in (server, auth, tools, fast):
             s.stop()
         shutil.rmtree(profile, ignore_errors=True)
 
