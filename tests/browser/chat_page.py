@@ -27,7 +27,6 @@ import threading
 import time
 import json
 import signal
-import ctypes
 import urllib.request
 from pathlib import Path
 
@@ -66,13 +65,6 @@ def words(n, tag):
 
 # ---------------------------------------------------------------- the server
 
-def die_with_parent():
-    """In the child: SIGTERM when the test process dies, however it dies."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
 
 class Server:
     """The real release binary on a free port; stops with the test."""
@@ -88,7 +80,6 @@ class Server:
         self.proc = subprocess.Popen(
             [str(BIN), "serve", "--port", "0", "--in-memory", "--echo-delay-ms", str(delay_ms), *args],
             env=env, stdout=subprocess.PIPE, stderr=self.stderr, stdin=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,
         )
         lines = queue.Queue()
 
@@ -718,6 +709,8 @@ def run(pw, artifacts):
 
 
 def main():
+    # SIGTERM (e.g. from `timeout`) unwinds like an exception, so the servers are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
     if not BIN.exists():
         sys.exit(f"{BIN} is missing: cargo build --release")
     artifacts = ROOT / "target"
