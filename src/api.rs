@@ -196,10 +196,10 @@ impl App {
             Route::Session(id) if !valid_session_id(id) => invalid_id(),
             Route::Session(id) => {
                 // Deleting a session cancels its turns (their REST callers get 409).
-                turns::cancel(&mut self.sessions, &id, sink, &self.engine);
-                match self.sessions.remove(&id) {
+                turns::cancel(&mut self.sessions, id, sink, &self.engine);
+                match self.sessions.remove(id) {
                     Some(_) => {
-                        for &conn in self.sessions.subscribers(&id) {
+                        for &conn in self.sessions.subscribers(id) {
                             sink.session_gone(conn);
                         }
                         Response::json(204, Vec::new())

@@ -101,4 +101,23 @@ mod tests {
         let csp = ChatPage::new().csp;
         assert!(csp.contains("script-src 'sha256-"), "{csp}");
     }
+
+    #[test]
+    fn the_page_needs_nothing_the_policy_forbids() {
+        // One hashed block each; anything else inline would be blocked.
+        assert_eq!(CHAT_HTML.matches("<script").count(), 1);
+        assert_eq!(CHAT_HTML.matches("<script>").count(), 1);
+        assert_eq!(CHAT_HTML.matches("<style").count(), 1);
+        assert_eq!(CHAT_HTML.matches("<style>").count(), 1);
+        for needle in [
+            " style=",
+            " onclick=",
+            " onload=",
+            " oninput=",
+            "javascript:",
+            "eval(",
+        ] {
+            assert!(!CHAT_HTML.contains(needle), "page contains {needle:?}");
+        }
+    }
 }
