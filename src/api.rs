@@ -362,6 +362,15 @@ impl App {
                 .find(|p| p.starts_with(ws::KEY_SUBPROTOCOL_PREFIX))
                 .or(head.ws_protocols.first())
                 .map(String::as_str);
+        } else if protocol.is_none() {
+            // Authorized otherwise (no key set, or the header): a browser
+            // that offered its key protocol still needs one selected, or it
+            // fails the handshake.
+            protocol = head
+                .ws_protocols
+                .iter()
+                .find(|p| p.starts_with(ws::KEY_SUBPROTOCOL_PREFIX))
+                .map(String::as_str);
         }
         HttpOutcome::Upgrade(Upgrade {
             session_id: id.to_owned(),

@@ -424,6 +424,27 @@ fn websocket_upgrade_rules() {
     assert!(upgrade(&mut a, ws_head("/api/ws/s?since=0", Some("k"), &[])).is_ok());
     // The session exists once a client connects.
     assert!(a.sessions.get("s").is_some());
+    // A browser that offers its key protocol needs it selected even when
+    // the key was not needed (no auth) or came in a header.
+    let u = upgrade(
+        &mut a,
+        ws_head("/api/ws/s", Some("k"), &["autopoiesis.key.old"]),
+    )
+    .unwrap();
+    assert!(u.authorized);
+    assert!(String::from_utf8_lossy(&u.response)
+        .contains("sec-websocket-protocol: autopoiesis.key.old\r\n"));
+    let mut open = app(None);
+    let u = upgrade(
+        &mut open,
+        ws_head("/api/ws/s", None, &["chat", "autopoiesis.key.stale"]),
+    )
+    .unwrap();
+    assert!(u.authorized);
+    assert!(String::from_utf8_lossy(&u.response)
+        .contains("sec-websocket-protocol: autopoiesis.key.stale\r\n"));
+    let u = upgrade(&mut open, ws_head("/api/ws/s", None, &["chat"])).unwrap();
+    assert!(!String::from_utf8_lossy(&u.response).contains("sec-websocket-protocol"));
 }
 
 #[test]
