@@ -24,6 +24,9 @@ pub struct Config {
     pub fsync: crate::journal::FsyncMode,
     /// `--access-log`, `--log-format`, `--metrics-public`.
     pub ops: Ops,
+    /// `--id-from-header NAME`: sessions created without a client-given id
+    /// take it from this header (a sharding proxy's request id).
+    pub id_from_header: Option<String>,
 }
 
 /// How the server reports on itself.
@@ -139,6 +142,7 @@ impl Default for Config {
             data_dir: None,
             fsync: crate::journal::FsyncMode::Batch,
             ops: Ops::default(),
+            id_from_header: None,
         }
     }
 }
@@ -216,6 +220,9 @@ Options:
                               path without query, status, bytes, microseconds)
   --log-format text|json      every log line as text or as one JSON object (default text)
   --metrics-public            GET /metrics needs no key even when AUTOPOIESIS_API_KEY is set
+  --id-from-header NAME       a session created without an id takes it from header NAME
+                              (e.g. X-Request-Id from a sharding proxy) when valid and free;
+                              POST /api/chat naming a session this instance lacks gets 421
   -h, --help                  print this help
   -V, --version               print the version
 
@@ -365,6 +372,19 @@ where
                 flag_origins.push(parser.value().map_err(usage)?.string().map_err(usage)?)
             }
             Long("access-log") => config.ops.access_log = true,
+            Long("id-from-header") => {
+                let name = parser.value().map_err(usage)?.string().map_err(usage)?;
+                let token = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+                if !token {
+                    return Err(UsageError(format!(
+                        "invalid header name '{name}' for --id-from-header"
+                    )));
+                }
+                config.id_from_header = Some(name);
+            }
             Long("metrics-public") => config.ops.metrics_public = true,
             Long("log-format") => {
                 let format = parser.value().map_err(usage)?.string().map_err(usage)?;
@@ -496,6 +516,35 @@ mod tests {
             c.data_dir,
             Some("/home/test/.local/state/autopoiesis".into())
         );
+    }
+
+    #[test]
+    fn operations_flags() {
+        let c = serve(
+            &[
+                "serve",
+                "--access-log",
+                "--log-format",
+                "json",
+                "--metrics-public",
+                "--id-from-header",
+                "X-Request-Id",
+            ],
+            &[],
+        );
+        assert!(c.ops.access_log && c.ops.log_json && c.ops.metrics_public);
+        assert_eq!(c.id_from_header.as_deref(), Some("X-Request-Id"));
+        let c = serve(&["serve"], &[]);
+        assert_eq!(c.ops, Ops::default());
+        assert_eq!(c.id_from_header, None);
+        for bad in [
+            &["serve", "--log-format", "xml"][..],
+            &["serve", "--id-from-header", "X Request"][..],
+            &["serve", "--id-from-header", ""][..],
+        ] {
+            let args = bad.iter().map(OsString::from);
+            assert!(parse(args, |_| None).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::http::{ParserLimits, Progress, RequestParser};
 const LIMITS: ParserLimits = ParserLimits {
     max_head: 4096,
     max_body: 8192,
+    id_header: Some("x-request-id"),
 };
 
 /// A request parser's decisions, comparable across splits.

@@ -113,6 +113,9 @@ pub struct Server {
     metrics: TransportMetrics,
     /// `--access-log`.
     access_log: bool,
+    /// `--id-from-header`, lowercase (leaked once at start: the parser of
+    /// every connection refers to it).
+    id_header: Option<&'static str>,
     /// systemd's `NOTIFY_SOCKET`, if set.
     notifier: Option<crate::systemd::Notifier>,
 }
@@ -245,6 +248,10 @@ impl Server {
             metrics: TransportMetrics::default(),
             access_log: config.ops.access_log,
             notifier: crate::systemd::Notifier::from_env(),
+            id_header: config
+                .id_from_header
+                .as_deref()
+                .map(|h| &*Box::leak(h.to_ascii_lowercase().into_boxed_str())),
         })
     }
 
@@ -421,6 +428,7 @@ impl Server {
         ParserLimits {
             max_head: self.limits.max_head_bytes,
             max_body: self.limits.max_body_bytes,
+            id_header: self.id_header,
         }
     }
 
