@@ -34,8 +34,7 @@ pub const UNAUTHORIZED: &str = "Invalid or missing API key";
 pub const ORIGIN_NOT_ALLOWED: &str = "Origin not allowed";
 const NOT_RUNNING: &str = "No turn is running";
 const TOO_MANY_SESSIONS: &str = "Too many sessions";
-const NOT_ON_THIS_INSTANCE: &str =
-    "Session not on this instance: use POST /api/sessions/{id}/chat";
+const NOT_ON_THIS_INSTANCE: &str = "Session not on this instance: use POST /api/sessions/{id}/chat";
 /// Longest interval between two sweeps of stale sessions.
 const SWEEP_EVERY: Duration = Duration::from_secs(300);
 /// How soon turns paused for a slow client are looked at again.

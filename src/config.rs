@@ -27,6 +27,9 @@ pub struct Config {
     /// `--id-from-header NAME`: sessions created without a client-given id
     /// take it from this header (a sharding proxy's request id).
     pub id_from_header: Option<String>,
+    /// `--trusted-proxy ADDR`: proxies whose `X-Forwarded-For` the access
+    /// log believes.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// How the server reports on itself.
@@ -143,6 +146,7 @@ impl Default for Config {
             fsync: crate::journal::FsyncMode::Batch,
             ops: Ops::default(),
             id_from_header: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -223,6 +227,8 @@ Options:
   --id-from-header NAME       a session created without an id takes it from header NAME
                               (e.g. X-Request-Id from a sharding proxy) when valid and free;
                               POST /api/chat naming a session this instance lacks gets 421
+  --trusted-proxy ADDR        a proxy (IP) whose X-Forwarded-For names the client in the
+                              access log; repeatable
   -h, --help                  print this help
   -V, --version               print the version
 
@@ -372,6 +378,15 @@ where
                 flag_origins.push(parser.value().map_err(usage)?.string().map_err(usage)?)
             }
             Long("access-log") => config.ops.access_log = true,
+            Long("trusted-proxy") => {
+                let addr = parser.value().map_err(usage)?.string().map_err(usage)?;
+                let ip = addr.parse().map_err(|_| {
+                    UsageError(format!(
+                        "invalid address '{addr}' for --trusted-proxy: expected an IP address"
+                    ))
+                })?;
+                config.trusted_proxies.push(ip);
+            }
             Long("id-from-header") => {
                 let name = parser.value().map_err(usage)?.string().map_err(usage)?;
                 let token = !name.is_empty()
@@ -529,11 +544,17 @@ mod tests {
                 "--metrics-public",
                 "--id-from-header",
                 "X-Request-Id",
+                "--trusted-proxy",
+                "127.0.0.1",
             ],
             &[],
         );
         assert!(c.ops.access_log && c.ops.log_json && c.ops.metrics_public);
         assert_eq!(c.id_from_header.as_deref(), Some("X-Request-Id"));
+        assert_eq!(
+            c.trusted_proxies,
+            ["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
         let c = serve(&["serve"], &[]);
         assert_eq!(c.ops, Ops::default());
         assert_eq!(c.id_from_header, None);
@@ -541,6 +562,7 @@ mod tests {
             &["serve", "--log-format", "xml"][..],
             &["serve", "--id-from-header", "X Request"][..],
             &["serve", "--id-from-header", ""][..],
+            &["serve", "--trusted-proxy", "nginx.local"][..],
         ] {
             let args = bad.iter().map(OsString::from);
             assert!(parse(args, |_| None).is_err(), "{bad:?}");

@@ -278,18 +278,33 @@ fn respond(a: &mut App, r: Request) -> (u16, Value) {
 fn id_from_header_names_new_sessions() {
     let mut a = sharded();
     let hint = "0123456789abcdef0123456789abcdef";
-    let (status, info) = respond(&mut a, with_hint(req("POST", "/api/sessions", "", None), hint));
+    let (status, info) = respond(
+        &mut a,
+        with_hint(req("POST", "/api/sessions", "", None), hint),
+    );
     assert_eq!((status, &info["id"]), (201, &json!(hint)));
     // In use: a random id instead, never the same session twice.
-    let (status, info) = respond(&mut a, with_hint(req("POST", "/api/sessions", "", None), hint));
+    let (status, info) = respond(
+        &mut a,
+        with_hint(req("POST", "/api/sessions", "", None), hint),
+    );
     assert_eq!(status, 201);
     assert_ne!(info["id"], json!(hint));
     // Not a valid id: a random one.
-    let (_, info) = respond(&mut a, with_hint(req("POST", "/api/sessions", "", None), ".."));
+    let (_, info) = respond(
+        &mut a,
+        with_hint(req("POST", "/api/sessions", "", None), ".."),
+    );
     assert_eq!(info["id"].as_str().unwrap().len(), 32);
     // A chat without a session id takes the hint too.
-    let r = with_hint(req("POST", "/api/chat", r#"{"content":"hi"}"#, None), "req-7");
-    assert_eq!(respond(&mut a, r), (200, json!({"session_id": "req-7", "content": "hi"})));
+    let r = with_hint(
+        req("POST", "/api/chat", r#"{"content":"hi"}"#, None),
+        "req-7",
+    );
+    assert_eq!(
+        respond(&mut a, r),
+        (200, json!({"session_id": "req-7", "content": "hi"}))
+    );
 }
 
 #[test]
@@ -297,7 +312,12 @@ fn id_from_header_refuses_to_fork_a_session_named_in_a_body() {
     let mut a = sharded();
     let (status, body) = respond(
         &mut a,
-        req("POST", "/api/chat", r#"{"content":"x","session_id":"elsewhere"}"#, None),
+        req(
+            "POST",
+            "/api/chat",
+            r#"{"content":"x","session_id":"elsewhere"}"#,
+            None,
+        ),
     );
     assert_eq!(status, 421);
     assert_eq!(
@@ -306,10 +326,18 @@ fn id_from_header_refuses_to_fork_a_session_named_in_a_body() {
     );
     assert!(a.sessions.get("elsewhere").is_none());
     // The routed form creates it; then the body form finds it here.
-    assert_eq!(routed_chat(&mut a, "elsewhere", r#"{"content":"x"}"#).0, 200);
+    assert_eq!(
+        routed_chat(&mut a, "elsewhere", r#"{"content":"x"}"#).0,
+        200
+    );
     let (status, _) = respond(
         &mut a,
-        req("POST", "/api/chat", r#"{"content":"y","session_id":"elsewhere"}"#, None),
+        req(
+            "POST",
+            "/api/chat",
+            r#"{"content":"y","session_id":"elsewhere"}"#,
+            None,
+        ),
     );
     assert_eq!(status, 200);
 }
@@ -321,6 +349,15 @@ fn without_the_flag_the_header_is_ignored() {
     let (status, info) = respond(&mut a, r);
     assert_eq!(status, 201);
     assert_ne!(info["id"], json!("chosen"));
-    let r = req("POST", "/api/chat", r#"{"content":"x","session_id":"new-one"}"#, None);
-    assert_eq!(respond(&mut a, r).0, 200, "compat: an unknown id is created");
+    let r = req(
+        "POST",
+        "/api/chat",
+        r#"{"content":"x","session_id":"new-one"}"#,
+        None,
+    );
+    assert_eq!(
+        respond(&mut a, r).0,
+        200,
+        "compat: an unknown id is created"
+    );
 }

@@ -50,6 +50,9 @@ pub struct Head {
     pub host: Option<String>,
     /// `Expect: 100-continue` was sent.
     pub expect_continue: bool,
+    /// `X-Forwarded-For`, as sent (the access log trusts it only from a
+    /// `--trusted-proxy`).
+    pub forwarded_for: Option<String>,
     /// The value of the `--id-from-header` header: the id a session created
     /// by this request takes (a proxy chose it to know its shard).
     pub id_hint: Option<String>,
@@ -288,11 +291,20 @@ fn interpret(req: &httparse::Request, limits: ParserLimits) -> Result<(Head, Bod
             head.bearer = bearer_token(value).map(<[u8]>::to_vec);
         } else if name.eq_ignore_ascii_case("last-event-id") {
             head.last_event_id = Some(String::from_utf8_lossy(value).trim().to_owned());
+        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+            let text = String::from_utf8_lossy(value);
+            head.forwarded_for = Some(match head.forwarded_for.take() {
+                Some(prev) => format!("{prev},{text}"),
+                None => text.into_owned(),
+            });
         } else if name.eq_ignore_ascii_case("origin") {
             head.origin = Some(String::from_utf8_lossy(value).into_owned());
         } else if name.eq_ignore_ascii_case("host") {
             head.host = Some(String::from_utf8_lossy(value).into_owned());
-        } else if limits.id_header.is_some_and(|h| name.eq_ignore_ascii_case(h)) {
+        } else if limits
+            .id_header
+            .is_some_and(|h| name.eq_ignore_ascii_case(h))
+        {
             head.id_hint = std::str::from_utf8(value).ok().map(|v| v.trim().to_owned());
         } else if name.eq_ignore_ascii_case("expect") {
             head.expect_continue = value.eq_ignore_ascii_case(b"100-continue");

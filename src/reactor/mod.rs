@@ -116,6 +116,8 @@ pub struct Server {
     /// `--id-from-header`, lowercase (leaked once at start: the parser of
     /// every connection refers to it).
     id_header: Option<&'static str>,
+    /// `--trusted-proxy`: peers whose `X-Forwarded-For` names the client.
+    trusted_proxies: Vec<std::net::IpAddr>,
     /// systemd's `NOTIFY_SOCKET`, if set.
     notifier: Option<crate::systemd::Notifier>,
 }
@@ -248,6 +250,7 @@ impl Server {
             metrics: TransportMetrics::default(),
             access_log: config.ops.access_log,
             notifier: crate::systemd::Notifier::from_env(),
+            trusted_proxies: config.trusted_proxies.clone(),
             id_header: config
                 .id_from_header
                 .as_deref()
@@ -603,6 +606,11 @@ impl Server {
                             .access_log
                             .then(|| (req.head.method.clone(), req.head.path.clone())),
                         started: h.request_started,
+                        client: access::forwarded_client(
+                            h.peer,
+                            req.head.forwarded_for.as_deref(),
+                            &self.trusted_proxies,
+                        ),
                     };
                     let peer = h.peer;
                     let outcome = self.app.handle_http(req, id, now, &mut sink!(self));
