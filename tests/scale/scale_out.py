@@ -217,6 +217,12 @@ class Instance:
         return {s["id"] for s in sessions}
 
 
+def worker_pids(master):
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)],
+                         capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
 def nginx_config(proxy_port, instances, prefix):
     conf = open(CONF).read()
     # The deploy file's three servers and its listen port, rewritten.
@@ -388,6 +394,77 @@ def main():
         code = ws.close_code()
         check(code == 1001, "close code %d" % code)
         check(victim.proc.wait(timeout=TIMEOUT) == 0, "and it exits 0")
+
+        print("adding a fourth instance (README, Scaling out)")
+        # What every session holds now, read through the proxy (the victim
+        # is stopped: start it again first).
+        victim.start()
+        wait_http(victim.port)
+        everything = set().union(*(i.ids() for i in instances))
+        histories = {}
+        for s_id in everything:
+            status, h = request(proxy, "GET", "/api/sessions/%s/history" % s_id)
+            assert status == 200, (s_id, status)
+            histories[s_id] = h
+        # 1. Stop every instance (SIGTERM: turns drain, clients get 1001).
+        for i in instances:
+            i.proc.send_signal(signal.SIGTERM)
+            check(i.proc.wait(timeout=TIMEOUT) == 0, "%s stopped cleanly" % i.name)
+        # 2. The new instance starts from all their journals, one after the
+        #    other (records of distinct sessions; framing survives `cat`).
+        fourth = Instance("i3", root)
+        os.makedirs(fourth.data, mode=0o700)
+        with open(os.path.join(fourth.data, "journal"), "wb") as out:
+            for i in instances:
+                with open(os.path.join(i.data, "journal"), "rb") as f:
+                    shutil.copyfileobj(f, out)
+        # 3. Start all four; nginx learns of the fourth and reloads.
+        for i in instances + [fourth]:
+            i.start()
+        instances.append(fourth)
+        nginx_config(proxy, instances, root)
+        old_workers = worker_pids(nginx.pid)
+        subprocess.run([NGINX, "-p", root + "/", "-c", conf, "-e", "stderr", "-s", "reload"],
+                       check=True)
+        fourth_addr = "127.0.0.1:%d" % fourth.port
+        deadline = time.monotonic() + TIMEOUT
+        while True:  # until the old workers (the old upstream list) are gone
+            workers = worker_pids(nginx.pid)
+            if workers and not workers & old_workers:
+                break
+            assert time.monotonic() < deadline, "nginx's old workers never exited"
+            time.sleep(0.02)
+        while True:  # and the new ones route to the fourth
+            c = http.client.HTTPConnection("127.0.0.1", proxy, timeout=TIMEOUT)
+            c.request("GET", "/api/health")
+            r = c.getresponse()
+            r.read()
+            c.close()
+            if r.getheader("X-Autopoiesis-Instance") == fourth_addr:
+                break
+            assert time.monotonic() < deadline, "nginx never routed to the fourth instance"
+        # 4. Remove the copies nobody can reach.
+        out = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "deploy", "nginx", "dedupe.py"),
+             "http://127.0.0.1:%d" % proxy] + ["127.0.0.1:%d" % i.port for i in instances],
+            check=True, capture_output=True, text=True).stdout
+        print("    " + out.strip().splitlines()[-1])
+        homes = {i.name: i.ids() for i in instances}
+        check(set().union(*homes.values()) == everything, "every session is still held")
+        dups = {x for x in everything if sum(x in v for v in homes.values()) > 1}
+        where = [(x, [n for n, v in homes.items() if x in v]) for x in dups]
+        check(not dups, "each on exactly one instance %s" % ((where, out) if dups else "",))
+        moved = len(homes["i3"])
+        check(0 < moved < len(everything), "%d of %d sessions moved to the new instance"
+              % (moved, len(everything)))
+        same = all(request(proxy, "GET", "/api/sessions/%s/history" % s_id) == (200, histories[s_id])
+                   for s_id in everything)
+        check(same, "every history reads the same through the proxy")
+        moved_id = sorted(homes["i3"])[0]
+        status, _ = request(proxy, "POST", "/api/sessions/%s/chat" % moved_id, {"content": "moved"})
+        status2, h = request(proxy, "GET", "/api/sessions/%s/history" % moved_id)
+        check(status == 200 and len(h["messages"]) == len(histories[moved_id]["messages"]) + 2,
+              "a moved session goes on on its new instance")
         print("scale-out: %d checks passed" % passed)
     finally:
         if nginx:
