@@ -154,37 +154,31 @@ fn raise_nofile_limit(want: usize) {
 }
 
 impl Server {
-    /// The API server: the journal is opened and replayed (unless
-    /// `--in-memory`), then the listener bound. Errors name what failed.
+    /// The API server: the listener is bound, then the journal opened and
+    /// replayed (unless `--in-memory`). Errors name what failed.
     pub fn bind(config: Config) -> Result<Server, String> {
         let now = Instant::now();
         let (data_dir, fsync) = (config.data_dir.clone(), config.fsync);
-        let mut app = App::new(config.clone(), now);
-        let journal = match &data_dir {
-            None => None,
-            Some(dir) => {
-                let (journal, records) = JournalFile::open(dir, fsync)?;
-                let count = records.len();
-                app.restore(records, now);
-                crate::info!(
-                    "{} session(s) from {} ({count} records, {} bytes)",
-                    app.sessions.len(),
-                    journal.path().display(),
-                    journal.len()
-                );
-                Some(journal)
-            }
-        };
-        Server::with_service(config, Box::new(app), journal)
+        let app = App::new(config.clone(), now);
+        let mut server = Server::with_service(config, Box::new(app))?;
+        if let Some(dir) = &data_dir {
+            let (journal, records) = JournalFile::open(dir, fsync)?;
+            let count = records.len();
+            server.app.restore(records, now);
+            crate::info!(
+                "{} session(s) from {} ({count} records, {} bytes)",
+                server.app.sessions_held(),
+                journal.path().display(),
+                journal.len()
+            );
+            server.journal = Some(journal);
+        }
+        Ok(server)
     }
 
     /// Serves `service` with the transport settings of `config` (host,
     /// port, limits); no journal, and agents only as `config` says.
-    pub fn with_service(
-        config: Config,
-        app: Box<dyn Service>,
-        journal: Option<JournalFile>,
-    ) -> Result<Server, String> {
+    pub fn with_service(config: Config, app: Box<dyn Service>) -> Result<Server, String> {
         let mut listener = match crate::systemd::take_listener()? {
             // Socket activation: systemd bound it; --host/--port do not apply.
             Some(passed) => TcpListener::from_std(passed),
@@ -226,7 +220,7 @@ impl Server {
             local_addr,
             signals,
             app,
-            journal,
+            journal: None,
             draining_until: None,
             conns: Slab::default(),
             next_serial: 0,
