@@ -9,10 +9,12 @@
 //! lets a broadcast of many small frames leave in few syscalls.
 
 mod agents;
+mod child;
 mod conn;
 mod conn_sink;
 mod sse;
 mod websocket;
+mod workers;
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -100,6 +102,8 @@ pub struct Server {
     draining_until: Option<Instant>,
     /// The session journal (None with `--in-memory`).
     journal: Option<JournalFile>,
+    /// `--agent worker`: the long-lived worker processes.
+    workers: Option<workers::Workers>,
 }
 
 /// Raises the soft open-file limit to the hard limit, so that the
@@ -157,6 +161,10 @@ impl Server {
         let limits = config.limits.clone();
         let agent_config = config.agent.clone();
         let agent = agents::resolve_agent(&agent_config)?;
+        let workers = match &agent {
+            AgentKind::Worker(cfg) => Some(workers::Workers::new(cfg.clone(), Instant::now())),
+            _ => None,
+        };
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(WS_READ_BUFFER)
             .write_buffer_size(0)
@@ -208,6 +216,7 @@ impl Server {
             agent_stops: Vec::new(),
             next_tick: now + TICK,
             shutdown_deadline: None,
+            workers,
         })
     }
 
@@ -236,6 +245,7 @@ impl Server {
                             return Ok(());
                         }
                     }
+                    t if workers::owns(t) => self.on_worker_ready(t, now),
                     t => match agents::split_token(t) {
                         Some((task, stream)) => self.on_agent_ready(task, stream, now),
                         None => self.on_ready(t.0, now),
@@ -247,6 +257,7 @@ impl Server {
             }
             self.turns_wake = self.app.run_turns(now, &mut sink!(self));
             self.settle(now);
+            self.worker_step(now);
             if now >= self.next_tick {
                 self.tick(now);
             }
@@ -271,7 +282,8 @@ impl Server {
             }
             self.flush_dirty(now);
             if let Some(deadline) = self.shutdown_deadline {
-                if self.conns.is_empty() || now >= deadline {
+                // Workers get their own bounded time (stdin closed, then killed).
+                if (self.conns.is_empty() || now >= deadline) && self.workers_gone() {
                     self.kill_agents();
                     self.sync_journal();
                     return Ok(());
@@ -292,6 +304,9 @@ impl Server {
             next = next.min(d);
         }
         if let Some(t) = self.turns_wake {
+            next = next.min(t);
+        }
+        if let Some(t) = self.worker_wake(now) {
             next = next.min(t);
         }
         Some(next.saturating_duration_since(now))
@@ -410,6 +425,7 @@ impl Server {
     fn close_all(&mut self, now: Instant) {
         self.shutdown_deadline = Some(now + SHUTDOWN_GRACE);
         self.app.record_exact_seqs();
+        self.retire_workers(now);
         for slot in 0..self.conns.capacity() {
             let Some(conn) = self.conns.get_mut(slot) else {
                 continue;
