@@ -677,3 +677,36 @@ fn slow_reader(s: &Server, path: &str) -> Ws {
     let url = format!("ws://{}{}", s.addr(), path);
     tungstenite::client::client(url, stream).unwrap().0
 }
+
+/// The README's "complete worker", taken from the README itself.
+fn readme_worker() -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme
+        .find("A complete worker")
+        .expect("the README's worker")..];
+    let start = section.find("```python\n").unwrap() + "```python\n".len();
+    let end = start + section[start..].find("```").unwrap();
+    section[start..end].to_owned()
+}
+
+#[test]
+fn the_readme_worker_works() {
+    let dir = temp_dir("readme");
+    let path = dir.join("worker.py");
+    std::fs::write(&path, readme_worker()).unwrap();
+    let cmd = format!("python3 {}", path.display());
+    let s = Server::start(&["--agent", "worker", "--agent-cmd", &cmd]);
+    let mut ws = s.ws("/api/ws/r");
+    send_json(
+        &mut ws,
+        json!({"op": "message", "data": {"content": "hello big world"}}),
+    );
+    let frames = until_done(&mut ws);
+    let texts: Vec<&str> = frames
+        .iter()
+        .map(|f| f["data"]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["HELLO ", "BIG ", "WORLD ", "HELLO BIG WORLD"]);
+    assert_eq!(ok_reply(&chat(&s, "r2", "again")), "AGAIN");
+}
