@@ -294,3 +294,26 @@ fn retiring_fails_waiting_turns_and_never_restarts() {
     let (_, fails) = sorted(p.take_actions());
     assert_eq!(fails[0].2, "the server is shutting down");
 }
+
+#[test]
+fn a_leaving_worker_gets_nothing_new_but_its_last_lines_count() {
+    let now = Instant::now();
+    let mut p = up(1, 1, now);
+    p.submit(job(1, "a"), now);
+    p.submit(job(2, "b"), now);
+    p.take_actions();
+    p.leaving(0);
+    // Its last words finish turn 1; turn 2 is not sent to a dying worker.
+    assert_eq!(
+        p.event(0, 1, &AgentEvent::Done(None), 5).as_deref(),
+        Some("a")
+    );
+    assert!(p.take_actions().is_empty());
+    p.down(0, "exited".into(), now);
+    assert!(p.take_actions().is_empty(), "nothing was in flight");
+    p.on_time(now + BACKOFF_MIN);
+    assert_eq!(p.take_actions(), [Action::Spawn(0)]);
+    p.started(0, now + BACKOFF_MIN);
+    let (writes, _) = sorted(p.take_actions());
+    assert_eq!(writes, [w(0, "turn", 2)]);
+}
