@@ -71,6 +71,7 @@ impl App {
             model_name: match config.agent.choice {
                 AgentChoice::Echo => "echo".to_owned(),
                 AgentChoice::Exec => "exec".to_owned(),
+                AgentChoice::Worker => "worker".to_owned(),
                 AgentChoice::OpenAi => config.agent.model.clone().unwrap_or_default(),
             },
             echo_delay: config.agent.echo_delay,

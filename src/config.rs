@@ -43,19 +43,28 @@ pub struct Ops {
     pub metrics_public: bool,
 }
 
+/// Most `--workers`: each worker is a process with three pipes.
+pub const MAX_WORKERS: usize = 1024;
+
 /// `--agent` and what each agent needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AgentChoice {
     Echo,
     Exec,
     OpenAi,
+    /// Long-lived processes serving many turns (`--agent worker`).
+    Worker,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentConfig {
     pub choice: AgentChoice,
-    /// `--agent-cmd`, for `exec` (run with `/bin/sh -c`).
+    /// `--agent-cmd`, for `exec` and `worker` (run with `/bin/sh -c`).
     pub cmd: Option<String>,
+    /// `--workers`: how many worker processes `worker` keeps running.
+    pub workers: usize,
+    /// `--worker-concurrency`: turns in flight per worker; more wait.
+    pub worker_concurrency: usize,
     /// `--openai-base-url`, e.g. `http://127.0.0.1:11434/v1`.
     pub base_url: Option<String>,
     pub model: Option<String>,
@@ -77,6 +86,8 @@ impl Default for AgentConfig {
         AgentConfig {
             choice: AgentChoice::Echo,
             cmd: None,
+            workers: 1,
+            worker_concurrency: 16,
             base_url: None,
             model: None,
             system_prompt: None,
@@ -204,13 +215,17 @@ Options:
   --allowed-origin ORIGIN     a browser origin (e.g. http://localhost:5173) allowed to call
                               the server when no API key is set; repeatable; '*' allows any
                               [env AUTOPOIESIS_ALLOWED_ORIGINS, comma-separated]
-  --agent echo|exec|openai    what answers messages [env AUTOPOIESIS_AGENT] (default echo)
-  --agent-cmd 'PROGRAM ARGS'  exec: the program run per turn, by /bin/sh -c [env AUTOPOIESIS_AGENT_CMD]
+  --agent echo|exec|openai|worker
+                              what answers messages [env AUTOPOIESIS_AGENT] (default echo)
+  --agent-cmd 'PROGRAM ARGS'  exec: the program run per turn; worker: the long-lived program
+                              serving many turns; by /bin/sh -c [env AUTOPOIESIS_AGENT_CMD]
+  --workers N                 worker: how many worker processes to keep running (default 1)
+  --worker-concurrency K      worker: turns in flight per worker, more wait (default 16)
   --openai-base-url URL       openai: http://host:port/v1 of an OpenAI-compatible server
                               [env AUTOPOIESIS_OPENAI_BASE_URL]; OPENAI_API_KEY is sent if set
   --model NAME                openai: the model [env AUTOPOIESIS_MODEL]
   --system-prompt TEXT        openai: a system message before the history
-  --turn-timeout SECS         exec: kill a turn's program after this (default 300)
+  --turn-timeout SECS         exec, worker: end a turn after this (default 300)
   --upstream-timeout SECS     openai: fail a turn whose upstream is silent this long (default 60)
   --echo-delay-ms N           echo: one token every N ms, a simulated slow model (default 0)
   --data-dir DIR              where sessions are kept [env AUTOPOIESIS_DATA_DIR]
@@ -346,6 +361,17 @@ where
             Long("system-prompt") => {
                 a.system_prompt = Some(parser.value().map_err(usage)?.string().map_err(usage)?)
             }
+            Long("workers") => {
+                a.workers = positive(&mut parser, "--workers")?;
+                if a.workers > MAX_WORKERS {
+                    return Err(UsageError(format!(
+                        "--workers must be at most {MAX_WORKERS}"
+                    )));
+                }
+            }
+            Long("worker-concurrency") => {
+                a.worker_concurrency = positive(&mut parser, "--worker-concurrency")?
+            }
             Long("turn-timeout") => a.turn_timeout = seconds(&mut parser, "--turn-timeout")?,
             Long("upstream-timeout") => {
                 a.upstream_timeout = seconds(&mut parser, "--upstream-timeout")?
@@ -434,9 +460,10 @@ where
         "echo" => AgentChoice::Echo,
         "exec" => AgentChoice::Exec,
         "openai" => AgentChoice::OpenAi,
+        "worker" => AgentChoice::Worker,
         other => {
             return Err(UsageError(format!(
-                "unknown agent '{other}': expected echo, exec or openai"
+                "unknown agent '{other}': expected echo, exec, openai or worker"
             )))
         }
     };
@@ -444,6 +471,11 @@ where
         AgentChoice::Exec if a.cmd.is_none() => {
             return Err(UsageError(
                 "--agent exec needs --agent-cmd 'PROGRAM ARGS'".into(),
+            ))
+        }
+        AgentChoice::Worker if a.cmd.is_none() => {
+            return Err(UsageError(
+                "--agent worker needs --agent-cmd 'PROGRAM ARGS'".into(),
             ))
         }
         AgentChoice::OpenAi => {
@@ -709,6 +741,44 @@ mod tests {
         ];
         assert!(run(&https, &[]).unwrap_err().0.contains("no TLS"));
         assert!(run(&["serve", "--agent", "magic"], &[]).is_err());
+        let c = serve(
+            &[
+                "serve",
+                "--agent",
+                "worker",
+                "--agent-cmd",
+                "python3 w.py",
+                "--workers",
+                "3",
+                "--worker-concurrency",
+                "4",
+            ],
+            &[],
+        );
+        assert_eq!(
+            (c.agent.choice, c.agent.workers, c.agent.worker_concurrency),
+            (AgentChoice::Worker, 3, 4)
+        );
+        assert!(
+            run(&["serve", "--agent", "worker"], &[]).is_err(),
+            "worker without a command"
+        );
+        for bad in [
+            ["--workers", "0"],
+            ["--workers", "5000"],
+            ["--worker-concurrency", "0"],
+        ] {
+            let args = [
+                "serve",
+                "--agent",
+                "worker",
+                "--agent-cmd",
+                "w",
+                bad[0],
+                bad[1],
+            ];
+            assert!(run(&args, &[]).is_err(), "{bad:?}");
+        }
         let c = serve(&["serve", "--echo-delay-ms", "5"], &[]);
         assert_eq!(c.agent.echo_delay, Some(Duration::from_millis(5)));
     }

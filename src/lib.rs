@@ -25,6 +25,10 @@
 //! | [`fuzzing`] | fuzz harnesses, shared by `fuzz/` and the corpus replay test | `fuzz/` targets, `tests/fuzz_corpus.rs` |
 //! | [`agent`] | agent events, the `exec` JSON-lines protocol, the OpenAI stream decoder, history folding | [`turns`], [`reactor`] |
 //! | [`reactor`] | the mio loop: listener, connection slab (HTTP, WebSocket, SSE, closing), agent processes and sockets, timers, signals | `main`, `examples/ws_echo.rs` |
+//! | [`agent::worker`] | the `worker` protocol: `turn`/`cancel` lines out, the stdout decoder of interleaved turns' events | [`agent::worker_pool`], `reactor::workers`, fuzz targets |
+//! | [`agent::worker_pool`] | `worker` scheduling: session → worker binding, concurrency, waiting turns, cancel lines, timeouts, output bound, restart back-off | `reactor::workers` |
+//! | `reactor::workers` | the worker processes: spawn, pipes, stdin queue, stdout read with backpressure, kill and reap, shutdown | [`reactor`] (the loop, the sink's agent starts and stops) |
+//! | `reactor::child` | agent child processes: `/bin/sh -c` in its own group with registered pipes, stderr to the log, group kill | `reactor::agents`, `reactor::workers` |
 
 // No unwrap/expect outside tests: a network input must never be able to
 // panic the (single-threaded, panic = abort) server.

@@ -14,10 +14,12 @@
 // agent processes and upstream sockets.
 mod access;
 mod agents;
+mod child;
 mod conn;
 mod conn_sink;
 mod sse;
 mod websocket;
+mod workers;
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -120,6 +122,8 @@ pub struct Server {
     trusted_proxies: Vec<std::net::IpAddr>,
     /// systemd's `NOTIFY_SOCKET`, if set.
     notifier: Option<crate::systemd::Notifier>,
+    /// `--agent worker`: the long-lived worker processes.
+    workers: Option<workers::Workers>,
 }
 
 /// Raises the soft open-file limit to the hard limit, so that the
@@ -207,6 +211,10 @@ impl Server {
         let limits = config.limits.clone();
         let agent_config = config.agent.clone();
         let agent = agents::resolve_agent(&agent_config)?;
+        let workers = match &agent {
+            AgentKind::Worker(cfg) => Some(workers::Workers::new(cfg.clone(), Instant::now())),
+            _ => None,
+        };
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(WS_READ_BUFFER)
             .write_buffer_size(0)
@@ -249,6 +257,7 @@ impl Server {
                 .id_from_header
                 .as_deref()
                 .map(|h| &*Box::leak(h.to_ascii_lowercase().into_boxed_str())),
+            workers,
         })
     }
 
@@ -285,6 +294,7 @@ impl Server {
                             return Ok(());
                         }
                     }
+                    t if workers::owns(t) => self.on_worker_ready(t, now),
                     t => match agents::split_token(t) {
                         Some((task, stream)) => self.on_agent_ready(task, stream, now),
                         None => self.on_ready(t.0, now),
@@ -296,6 +306,7 @@ impl Server {
             }
             self.turns_wake = self.app.run_turns(now, &mut sink!(self));
             self.settle(now);
+            self.worker_step(now);
             if now >= self.next_tick {
                 self.tick(now);
             }
@@ -317,7 +328,8 @@ impl Server {
             }
             self.flush_dirty(now);
             if let Some(deadline) = self.shutdown_deadline {
-                if self.conns.is_empty() || now >= deadline {
+                // Workers get their own bounded time (stdin closed, then killed).
+                if (self.conns.is_empty() || now >= deadline) && self.workers_gone() {
                     self.kill_agents();
                     self.sync_journal();
                     return Ok(());
@@ -337,6 +349,7 @@ impl Server {
             ticking.then_some(self.next_tick),
             self.shutdown_deadline,
             self.turns_wake,
+            self.worker_wake(now),
         ]
         .into_iter()
         .flatten()
@@ -467,6 +480,7 @@ impl Server {
     fn close_all(&mut self, now: Instant) {
         self.shutdown_deadline = Some(now + SHUTDOWN_GRACE);
         self.app.record_exact_seqs();
+        self.retire_workers(now);
         for slot in 0..self.conns.capacity() {
             let Some(conn) = self.conns.get_mut(slot) else {
                 continue;
