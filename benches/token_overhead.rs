@@ -15,17 +15,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the struct we pass.
-    unsafe {
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
-    }
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+mod common;
 
 const AGENT: &str = r#"
 import json, sys, time
@@ -85,26 +75,9 @@ fn main() {
         r#"{"op":"message","data":{"content":"go"}}"#,
     ))
     .unwrap();
-    let mut lat_us = Vec::with_capacity(tokens);
-    loop {
-        let msg = ws.read().unwrap();
-        let now = monotonic_ns();
-        let tungstenite::Message::Text(t) = msg else {
-            continue;
-        };
-        let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
-        match v["op"].as_str() {
-            Some("token") => {
-                let sent: u64 = v["data"]["content"].as_str().unwrap().parse().unwrap();
-                lat_us.push(now.saturating_sub(sent) as f64 / 1000.0);
-            }
-            Some("done") => break,
-            other => panic!("unexpected {other:?}: {v}"),
-        }
-    }
+    let lat_us = common::token_latencies_us(&mut ws);
     let _ = server.kill();
     let _ = server.wait();
-    lat_us.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| lat_us[((lat_us.len() - 1) as f64 * p) as usize];
     println!(
         "token_overhead tokens={} p50_us={:.1} p90_us={:.1} p99_us={:.1} max_us={:.1}",

@@ -15,6 +15,8 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 /// One program, both protocols: `exec` answers the one request on stdin;
 /// `worker` answers every turn line until EOF. `stream N` stamps N tokens;
 /// any other prompt comes back word by word. `--start S` sleeps S seconds
@@ -47,18 +49,6 @@ else:
         if msg["type"] == "turn":
             answer(msg, {"turn": msg["turn"]})
 "#;
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the struct we pass.
-    unsafe {
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
-    }
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 struct Server {
     child: Child,
@@ -165,24 +155,7 @@ fn token_overhead(s: &Server, tokens: usize) -> (f64, f64, f64) {
         tungstenite::client::client(format!("ws://{}/api/ws/tok", s.addr), stream).unwrap();
     let msg = format!(r#"{{"op":"message","data":{{"content":"stream {tokens}"}}}}"#);
     ws.send(tungstenite::Message::text(msg)).unwrap();
-    let mut lat = Vec::with_capacity(tokens);
-    loop {
-        let msg = ws.read().unwrap();
-        let now = monotonic_ns();
-        let tungstenite::Message::Text(t) = msg else {
-            continue;
-        };
-        let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
-        match v["op"].as_str() {
-            Some("token") => {
-                let sent: u64 = v["data"]["content"].as_str().unwrap().parse().unwrap();
-                lat.push(now.saturating_sub(sent) as f64 / 1000.0);
-            }
-            Some("done") => break,
-            other => panic!("unexpected {other:?}: {v}"),
-        }
-    }
-    lat.sort_by(|a, b| a.total_cmp(b));
+    let lat = common::token_latencies_us(&mut ws);
     let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
     (pct(0.5), pct(0.9), pct(0.99))
 }

@@ -52,37 +52,17 @@ fn history(s: &Server, session: &str) -> Vec<Value> {
         .clone()
 }
 
-/// Children of `pid` (from /proc), zombies included.
+/// Children of `pid`, zombies included: (pid, state).
 fn children(pid: u32) -> Vec<(u32, char)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
-            out.push((child, fields[0].chars().next().unwrap_or('?')));
-        }
-    }
-    out
+    processes()
+        .into_iter()
+        .filter(|p| p.2 == pid)
+        .map(|p| (p.0, p.1))
+        .collect()
 }
 
 fn eventually_no_children(pid: u32) {
-    let deadline = Instant::now() + IO_TIMEOUT;
-    while !children(pid).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "children left: {:?}",
-            children(pid)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until_empty(&format!("children of {pid}"), || children(pid));
 }
 
 #[test]

@@ -134,37 +134,17 @@ fn turn_in(line: &str) -> u64 {
         .unwrap()
 }
 
-/// Processes whose process group is `pgid` (from /proc).
+/// Processes whose process group is `pgid`.
 fn group_members(pgid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        if fields.get(2).and_then(|p| p.parse::<u32>().ok()) == Some(pgid) {
-            out.push(pid);
-        }
-    }
-    out
+    processes()
+        .into_iter()
+        .filter(|p| p.3 == pgid)
+        .map(|p| p.0)
+        .collect()
 }
 
 fn eventually_gone(pgid: u32) {
-    let deadline = Instant::now() + IO_TIMEOUT;
-    while !group_members(pgid).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "group {pgid} still has {:?}",
-            group_members(pgid)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until_empty(&format!("process group {pgid}"), || group_members(pgid));
 }
 
 fn pgid_of(up_line: &str) -> u32 {

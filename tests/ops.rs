@@ -213,6 +213,20 @@ fn start_logging(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, u
     spawn_listening(&mut cmd)
 }
 
+/// SIGTERM, then everything the server wrote on stderr; it must exit 0.
+fn stop_and_read_log(child: &mut std::process::Child) -> String {
+    signal(child, libc::SIGTERM);
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    log
+}
+
 fn get_raw(port: u16, request: &str) -> u16 {
     let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
@@ -243,15 +257,7 @@ fn access_log_lines_never_hold_the_key_a_query_or_a_body() {
         401
     );
     assert_eq!(get_raw(port, "BREW / HTTP/1.1\r\nHost: t\r\n\r\n"), 405);
-    signal(&child, libc::SIGTERM);
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    let log = stop_and_read_log(&mut child);
     let access: Vec<&str> = log.lines().filter(|l| l.contains(" access ")).collect();
     assert_eq!(access.len(), 4, "{log}");
     assert!(
@@ -279,15 +285,7 @@ fn json_log_format_makes_every_line_an_object() {
         ),
         200
     );
-    signal(&child, libc::SIGTERM);
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    let log = stop_and_read_log(&mut child);
     let lines: Vec<serde_json::Value> = log
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))

@@ -465,13 +465,3 @@ fn an_event_stream_costs_no_more_than_an_idle_websocket() {
     assert!(last.last().unwrap().contains(r#""content":"all""#));
     drop((warm_sse, warm_ws));
 }
-
-/// VmRSS of `pid` in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}

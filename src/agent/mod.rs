@@ -69,14 +69,22 @@ pub fn exec_request(job: &AgentJob) -> Vec<u8> {
     let mut out = Vec::with_capacity(
         64 + job.prompt.len() + job.history.iter().map(String::len).sum::<usize>(),
     );
-    out.extend_from_slice(b"{\"session_id\":");
-    let _ = serde_json::to_writer(&mut out, &job.session_id);
-    out.extend_from_slice(b",\"prompt\":");
-    let _ = serde_json::to_writer(&mut out, &job.prompt);
-    out.extend_from_slice(b",\"history\":");
-    crate::sessions::write_json_array(&mut out, &job.history);
+    out.push(b'{');
+    write_job_fields(&mut out, job);
     out.extend_from_slice(b"}\n");
     out
+}
+
+/// `"session_id":…,"prompt":…,"history":[…]`: what an agent program is
+/// told of a turn (exec's request line, worker's `turn` line), the stored
+/// history spliced in without re-parsing.
+pub fn write_job_fields(out: &mut Vec<u8>, job: &AgentJob) {
+    out.extend_from_slice(b"\"session_id\":");
+    let _ = serde_json::to_writer(&mut *out, &job.session_id);
+    out.extend_from_slice(b",\"prompt\":");
+    let _ = serde_json::to_writer(&mut *out, &job.prompt);
+    out.extend_from_slice(b",\"history\":");
+    crate::sessions::write_json_array(out, &job.history);
 }
 
 /// Reads one line of an `exec` agent's stdout:

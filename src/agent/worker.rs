@@ -22,12 +22,8 @@ pub fn turn_line(job: &AgentJob) -> Vec<u8> {
     );
     out.extend_from_slice(b"{\"type\":\"turn\",\"turn\":");
     out.extend_from_slice(job.turn.to_string().as_bytes());
-    out.extend_from_slice(b",\"session_id\":");
-    let _ = serde_json::to_writer(&mut out, &job.session_id);
-    out.extend_from_slice(b",\"prompt\":");
-    let _ = serde_json::to_writer(&mut out, &job.prompt);
-    out.extend_from_slice(b",\"history\":");
-    crate::sessions::write_json_array(&mut out, &job.history);
+    out.push(b',');
+    super::write_job_fields(&mut out, job);
     out.extend_from_slice(b"}\n");
     out
 }

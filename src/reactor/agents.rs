@@ -200,15 +200,12 @@ impl ExecTask {
     }
 
     pub fn deregister(&mut self, registry: &Registry) {
-        if let Some(mut s) = self.stdin.take() {
-            let _ = registry.deregister(&mut s);
-        }
-        if let Some(mut s) = self.stdout.take() {
-            let _ = registry.deregister(&mut s);
-        }
-        if let Some(mut s) = self.stderr.take() {
-            let _ = registry.deregister(&mut s);
-        }
+        super::child::deregister_pipes(
+            registry,
+            &mut self.stdin,
+            &mut self.stdout,
+            &mut self.stderr,
+        );
     }
 
     /// Why a turn whose agent exited without `done` failed.

@@ -74,6 +74,23 @@ pub fn spawn_piped(cmd: &str, registry: &Registry, tokens: [Token; 3]) -> io::Re
 
 /// SIGKILL to the process group `pid` leads. Call it before the leader is
 /// reaped (an unreaped leader keeps its group id from being reused).
+/// Deregisters and drops whichever of a child's pipes are still open.
+pub fn deregister_pipes(
+    registry: &Registry,
+    stdin: &mut Option<pipe::Sender>,
+    stdout: &mut Option<pipe::Receiver>,
+    stderr: &mut Option<pipe::Receiver>,
+) {
+    if let Some(mut s) = stdin.take() {
+        let _ = registry.deregister(&mut s);
+    }
+    for out in [stdout, stderr] {
+        if let Some(mut s) = out.take() {
+            let _ = registry.deregister(&mut s);
+        }
+    }
+}
+
 pub fn kill_group(pid: u32) {
     if let Ok(pid) = i32::try_from(pid) {
         // SAFETY: kill(2) with a negative pid signals the group we created.

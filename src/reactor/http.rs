@@ -15,6 +15,7 @@ use super::timers::TimerAction;
 use super::{Server, HTTP_OUT_HIGH, READ_CHUNK, WORK_PER_TURN};
 use crate::config::Limits;
 use crate::http::{response, ParserLimits, Progress, Response};
+use crate::metrics::TransportMetrics;
 use crate::service::HttpOutcome;
 
 impl Server {
@@ -68,19 +69,8 @@ impl Server {
                 }
                 Progress::SendContinue => h.io.push(Bytes::from_static(response::CONTINUE)),
                 Progress::Reject(reject) => {
-                    let resp = Response::detail(reject.status, reject.detail);
-                    let bytes = resp.encode(false);
-                    let request = RequestLog::unparsed(h.request_started);
-                    access::record(
-                        &mut self.metrics,
-                        self.access_log,
-                        h.peer,
-                        &request,
-                        reject.status,
-                        bytes.len(),
-                    );
-                    h.io.push(Bytes::from(bytes));
-                    h.keep_alive = false;
+                    let log = self.access_log;
+                    refuse(h, &mut self.metrics, log, reject.status, reject.detail);
                     break;
                 }
                 Progress::Request(req) => {
@@ -179,6 +169,22 @@ impl Server {
             self.begin_close(slot, now);
         }
     }
+}
+
+/// Answers a request that never got a route (refused by the parser, or
+/// timed out) with `status` and closes after it; counted and logged.
+pub(super) fn refuse(
+    h: &mut HttpConn,
+    metrics: &mut TransportMetrics,
+    access_log: bool,
+    status: u16,
+    detail: &str,
+) {
+    let bytes = Response::detail(status, detail).encode(false);
+    let request = RequestLog::unparsed(h.request_started);
+    access::record(metrics, access_log, h.peer, &request, status, bytes.len());
+    h.io.push(Bytes::from(bytes));
+    h.keep_alive = false;
 }
 
 /// What an HTTP connection's timers call for.

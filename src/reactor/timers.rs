@@ -8,11 +8,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use tungstenite::Message;
 
-use super::access::{self, RequestLog};
 use super::conn::{Conn, State};
-use super::http::http_timer;
+use super::http::{http_timer, refuse};
 use super::{Server, TICK};
-use crate::http::Response;
 use crate::metrics::CloseReason;
 use crate::ws::close;
 
@@ -71,19 +69,8 @@ impl Server {
                         ..
                     }) = self.conns.get_mut(slot)
                     {
-                        let resp = Response::detail(408, "Request Timeout");
-                        let bytes = resp.encode(false);
-                        let request = RequestLog::unparsed(h.request_started);
-                        access::record(
-                            &mut self.metrics,
-                            self.access_log,
-                            h.peer,
-                            &request,
-                            408,
-                            bytes.len(),
-                        );
-                        h.io.push(Bytes::from(bytes));
-                        h.keep_alive = false;
+                        let log = self.access_log;
+                        refuse(h, &mut self.metrics, log, 408, "Request Timeout");
                     }
                     self.begin_close(slot, now);
                 }

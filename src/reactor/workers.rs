@@ -104,15 +104,12 @@ struct Proc {
 
 impl Proc {
     fn deregister(&mut self, registry: &Registry) {
-        if let Some(mut s) = self.stdin.take() {
-            let _ = registry.deregister(&mut s);
-        }
-        if let Some(mut s) = self.stdout.take() {
-            let _ = registry.deregister(&mut s);
-        }
-        if let Some(mut s) = self.stderr.take() {
-            let _ = registry.deregister(&mut s);
-        }
+        super::child::deregister_pipes(
+            registry,
+            &mut self.stdin,
+            &mut self.stdout,
+            &mut self.stderr,
+        );
     }
 
     fn read_stderr(&mut self, registry: &Registry) {
@@ -509,6 +506,20 @@ impl Server {
     /// shutdown: its group is killed, its in-flight turns fail, and it is
     /// restarted after the back-off (unless shutting down).
     fn worker_broken(&mut self, slot: usize, why: &str, now: Instant) {
+        self.worker_down(slot, now, |_| why.to_owned());
+    }
+
+    /// Takes worker `slot` down: its last stderr is drained, its process
+    /// group killed, its pipes deregistered, and its in-flight turns fail
+    /// with a reason naming it, saying `what` happened (given its exit
+    /// status when already known) and quoting its last stderr line. It is
+    /// reaped on SIGCHLD if not yet.
+    fn worker_down(
+        &mut self,
+        slot: usize,
+        now: Instant,
+        what: impl FnOnce(Option<std::process::ExitStatus>) -> String,
+    ) {
         let registry = self.poll.registry();
         let Some(w) = self.workers.as_mut() else {
             return;
@@ -519,11 +530,18 @@ impl Server {
         if let Some(stderr) = p.stderr.as_mut() {
             p.stderr_log.drain(stderr);
         }
+        // Its leader is not reaped yet, so the group id is still its own.
         kill_group(p.pid);
-        let reason = format!("worker {slot} (pid {}) {why}{}", p.pid, p.stderr_suffix());
+        let status = p.child.try_wait().ok().flatten();
+        let reason = format!(
+            "worker {slot} (pid {}) {}{}",
+            p.pid,
+            what(status),
+            p.stderr_suffix()
+        );
         crate::info!("{reason}");
         p.deregister(registry);
-        if !matches!(p.child.try_wait(), Ok(Some(_))) {
+        if status.is_none() {
             w.zombies.push(p.child);
         }
         w.pool.down(slot, reason, now);
@@ -578,32 +596,7 @@ impl Server {
             }
         }
         self.deliver_worker_lines(slot, lines, now);
-        let registry = self.poll.registry();
-        let Some(w) = self.workers.as_mut() else {
-            return;
-        };
-        let Some(mut p) = w.procs.get_mut(slot).and_then(Option::take) else {
-            return;
-        };
-        if let Some(stderr) = p.stderr.as_mut() {
-            p.stderr_log.drain(stderr);
-        }
-        // Its leader is not reaped yet, so the group id is still its own.
-        kill_group(p.pid);
-        let status = p.child.try_wait().ok().flatten();
-        let reason = format!(
-            "worker {slot} (pid {}) {}{}",
-            p.pid,
-            describe_exit(status),
-            p.stderr_suffix()
-        );
-        crate::info!("{reason}");
-        p.deregister(registry);
-        if status.is_none() {
-            w.zombies.push(p.child);
-        }
-        w.pool.down(slot, reason, now);
-        self.worker_actions(now);
+        self.worker_down(slot, now, describe_exit);
     }
 
     /// Shutdown, after the grace period and the cancel lines: no more

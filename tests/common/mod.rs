@@ -367,3 +367,57 @@ pub fn close_code(ws: &mut Ws) -> u16 {
         }
     }
 }
+
+/// Every process: (pid, state, ppid, process group), from /proc.
+pub fn processes() -> Vec<(u32, char, u32, u32)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command name (which may hold spaces) start after ')'.
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let num = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(0)
+        };
+        let state = fields.first().and_then(|f| f.chars().next()).unwrap_or('?');
+        out.push((pid, state, num(1), num(2)));
+    }
+    out
+}
+
+/// VmRSS of `pid` in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Waits (bounded, polling every 20 ms) until `probe` finds nothing;
+/// fails naming `what` and what was still found.
+pub fn until_empty<T: std::fmt::Debug>(what: &str, mut probe: impl FnMut() -> Vec<T>) {
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    loop {
+        let left = probe();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: still {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

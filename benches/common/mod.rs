@@ -1,0 +1,43 @@
+//! Shared by the benchmarks: the clock the agents stamp tokens with, and
+//! the latency of stamped tokens as a WebSocket client receives them.
+#![allow(dead_code)]
+
+/// CLOCK_MONOTONIC in ns: the clock Python's `time.monotonic_ns()` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct we pass.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Reads frames until `done`; for each `token` whose content is the
+/// agent's `monotonic_ns()` at write time, the delay to its receipt in µs,
+/// sorted.
+pub fn token_latencies_us<S: std::io::Read + std::io::Write>(
+    ws: &mut tungstenite::WebSocket<S>,
+) -> Vec<f64> {
+    let mut lat = Vec::new();
+    loop {
+        let msg = ws.read().unwrap();
+        let now = monotonic_ns();
+        let tungstenite::Message::Text(t) = msg else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+        match v["op"].as_str() {
+            Some("token") => {
+                let sent: u64 = v["data"]["content"].as_str().unwrap().parse().unwrap();
+                lat.push(now.saturating_sub(sent) as f64 / 1000.0);
+            }
+            Some("done") => break,
+            other => panic!("unexpected {other:?}: {v}"),
+        }
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    lat
+}
