@@ -201,7 +201,8 @@ fn the_docs_page_is_small_self_contained_and_allowed_by_its_policy() {
     assert_eq!(DOCS_HTML.matches("<script>").count(), 1);
     assert_eq!(DOCS_HTML.matches("<style").count(), 1);
     assert_eq!(DOCS_HTML.matches("<style>").count(), 1);
-    assert!(DOCS_HTML.contains("fetch(\"/openapi.json\""));
+    assert!(DOCS_HTML.contains("load(\"/openapi.json\")"));
+    assert!(DOCS_HTML.contains("load(\"/asyncapi.json\")"));
     let response = page();
     let csp = response
         .headers
