@@ -92,7 +92,7 @@ fn main() -> ExitCode {
     // A client that sends many large messages before reading its echoes
     // must not be cut off by the output bound meant for chat clients.
     config.limits.max_ws_output_bytes = 4 * MAX_MESSAGE;
-    let mut server = match Server::with_service(config, Box::new(Echo), None) {
+    let mut server = match Server::with_service(config, Box::new(Echo)) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ws_echo: {e}");

@@ -36,6 +36,7 @@ pub const UNAUTHORIZED: &str = "Invalid or missing API key";
 pub const ORIGIN_NOT_ALLOWED: &str = "Origin not allowed";
 const NOT_RUNNING: &str = "No turn is running";
 const TOO_MANY_SESSIONS: &str = "Too many sessions";
+const NOT_ON_THIS_INSTANCE: &str = "Session not on this instance: use POST /api/sessions/{id}/chat";
 /// Longest interval between two sweeps of stale sessions.
 const SWEEP_EVERY: Duration = Duration::from_secs(300);
 /// How soon turns paused for a slow client are looked at again.
@@ -72,6 +73,7 @@ impl App {
             model_name: match config.agent.choice {
                 AgentChoice::Echo => "echo".to_owned(),
                 AgentChoice::Exec => "exec".to_owned(),
+                AgentChoice::Worker => "worker".to_owned(),
                 AgentChoice::OpenAi => config.agent.model.clone().unwrap_or_default(),
             },
             echo_delay: config.agent.echo_delay,
@@ -184,7 +186,8 @@ impl App {
             Route::Health => Response::json(200, self.health_body.clone()),
             Route::Metrics => self.metrics(sink),
             Route::Sessions if req.head.method == "POST" => {
-                match self.ensure_session(None, now, sink) {
+                let hint = self.id_hint(&req.head);
+                match self.ensure_new_session(hint, now, sink) {
                     Ok(id) => Response::json(201, self.sessions.info_json(&id).unwrap_or_default()),
                     Err(why) => Response::detail(503, &why),
                 }
@@ -212,9 +215,9 @@ impl App {
                     None => session_not_found(),
                 }
             }
-            Route::Chat => return self.chat(&req.body, None, from, now, sink),
+            Route::Chat => return self.chat(&req, None, from, now, sink),
             Route::SessionChat(id) if !valid_session_id(id) => invalid_id(),
-            Route::SessionChat(id) => return self.chat(&req.body, Some(id), from, now, sink),
+            Route::SessionChat(id) => return self.chat(&req, Some(id), from, now, sink),
             Route::Events(id) => return self.event_stream(&req.head, id, now),
         };
         HttpOutcome::Respond(response)
@@ -230,19 +233,30 @@ impl App {
     /// path's id stands for the body's `session_id`, which is then ignored).
     fn chat(
         &mut self,
-        body: &[u8],
+        req: &Request,
         path_id: Option<&str>,
         from: ConnId,
         now: Instant,
         sink: &mut dyn Sink,
     ) -> HttpOutcome {
-        let (content, body_id) = match validate_chat_body(body) {
+        let hint = self.id_hint(&req.head);
+        let (content, body_id) = match validate_chat_body(&req.body) {
             Ok(parts) => parts,
             Err(errors) => {
                 let body = json!({ "detail": errors }).to_string().into_bytes();
                 return HttpOutcome::Respond(Response::json(422, body));
             }
         };
+        if path_id.is_none() && self.config.id_from_header.is_some() {
+            // Behind a sharding proxy a body's id was not routed: this may
+            // be the wrong instance, and creating the session here would
+            // fork its history.
+            if let Some(id) = body_id.as_deref() {
+                if valid_session_id(id) && self.sessions.get(id).is_none() {
+                    return HttpOutcome::Respond(Response::detail(421, NOT_ON_THIS_INSTANCE));
+                }
+            }
+        }
         let session_id = path_id.map(str::to_owned).or(body_id);
         if session_id
             .as_deref()
@@ -250,7 +264,11 @@ impl App {
         {
             return HttpOutcome::Respond(invalid_id());
         }
-        let id = match self.ensure_session(session_id.as_deref(), now, sink) {
+        let created = match session_id.as_deref() {
+            Some(id) => self.ensure_session(Some(id), now, sink),
+            None => self.ensure_new_session(hint, now, sink),
+        };
+        let id = match created {
             Ok(id) => id,
             Err(why) => return HttpOutcome::Respond(Response::detail(503, &why)),
         };
@@ -454,6 +472,26 @@ impl App {
     pub fn persist_pending(&mut self, sink: &mut dyn Sink) {
         // A failure is logged by the journal and refuses later writes.
         let _ = self.sessions.flush_changes(sink);
+    }
+
+    /// `--id-from-header`'s value on this request, if the flag is set.
+    fn id_hint<'h>(&self, head: &'h Head) -> Option<&'h str> {
+        self.config.id_from_header.as_ref()?;
+        head.id_hint.as_deref()
+    }
+
+    /// A new session: under `hint` (a sharding proxy's request id) when it
+    /// is a valid id not in use, else under a random id.
+    fn ensure_new_session(
+        &mut self,
+        hint: Option<&str>,
+        now: Instant,
+        sink: &mut dyn Sink,
+    ) -> Result<String, String> {
+        match hint.filter(|h| valid_session_id(h) && self.sessions.get(h).is_none()) {
+            Some(id) => self.ensure_session(Some(id), now, sink),
+            None => self.ensure_session(None, now, sink),
+        }
     }
 
     /// Session `id` (a new random one for None), created if needed and

@@ -6,6 +6,8 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
+mod help;
+
 /// Everything `autopoiesis serve` can be told. Defaults are the contract's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -24,6 +26,12 @@ pub struct Config {
     pub fsync: crate::journal::FsyncMode,
     /// `--access-log`, `--log-format`, `--metrics-public`.
     pub ops: Ops,
+    /// `--id-from-header NAME`: sessions created without a client-given id
+    /// take it from this header (a sharding proxy's request id).
+    pub id_from_header: Option<String>,
+    /// `--trusted-proxy ADDR`: proxies whose `X-Forwarded-For` the access
+    /// log believes.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// How the server reports on itself.
@@ -37,19 +45,28 @@ pub struct Ops {
     pub metrics_public: bool,
 }
 
+/// Most `--workers`: each worker is a process with three pipes.
+pub const MAX_WORKERS: usize = 1024;
+
 /// `--agent` and what each agent needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AgentChoice {
     Echo,
     Exec,
     OpenAi,
+    /// Long-lived processes serving many turns (`--agent worker`).
+    Worker,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentConfig {
     pub choice: AgentChoice,
-    /// `--agent-cmd`, for `exec` (run with `/bin/sh -c`).
+    /// `--agent-cmd`, for `exec` and `worker` (run with `/bin/sh -c`).
     pub cmd: Option<String>,
+    /// `--workers`: how many worker processes `worker` keeps running.
+    pub workers: usize,
+    /// `--worker-concurrency`: turns in flight per worker; more wait.
+    pub worker_concurrency: usize,
     /// `--openai-base-url`, e.g. `http://127.0.0.1:11434/v1`.
     pub base_url: Option<String>,
     pub model: Option<String>,
@@ -71,6 +88,8 @@ impl Default for AgentConfig {
         AgentConfig {
             choice: AgentChoice::Echo,
             cmd: None,
+            workers: 1,
+            worker_concurrency: 16,
             base_url: None,
             model: None,
             system_prompt: None,
@@ -139,6 +158,8 @@ impl Default for Config {
             data_dir: None,
             fsync: crate::journal::FsyncMode::Batch,
             ops: Ops::default(),
+            id_from_header: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -162,72 +183,7 @@ impl std::fmt::Display for UsageError {
     }
 }
 
-pub const TOP_HELP: &str = "\
-autopoiesis: the HTTP and WebSocket server of the autopoiesis agent
-
-Usage: autopoiesis serve [OPTIONS]
-       autopoiesis --version
-
-Commands:
-  serve    run the server (see `autopoiesis serve --help`)
-";
-
-pub const SERVE_HELP: &str = "\
-Usage: autopoiesis serve [OPTIONS]
-
-Runs the HTTP and WebSocket server (one thread, one mio reactor).
-Flags win over the environment.
-
-Options:
-  --host HOST                 bind address [env AUTOPOIESIS_HOST] (default 127.0.0.1)
-  --port PORT                 bind port, 0 = any free port [env AUTOPOIESIS_PORT] (default 8420)
-  --max-head-bytes N          request line + headers limit, over it 431 (default 16384)
-  --max-body-bytes N          request body limit, over it 413 (default 1048576)
-  --max-ws-message-bytes N    WebSocket message limit, over it close 1009 (default 1048576)
-  --max-ws-output-bytes N     unsent output per WebSocket, over it close 1008 (default 1048576)
-  --header-timeout SECS       time to send a complete request head, then 408 (default 10)
-  --keepalive-timeout SECS    idle keep-alive connections are closed after this (default 60)
-  --max-connections N         open connections; the next one gets 503 and is closed (default 16384)
-  --max-sessions N            sessions held; creating one more gets 503 (default 100000)
-  --max-queued-turns N        turns waiting per session, past it busy / 429 (default 8)
-  --session-ttl SECS          drop sessions with no client and no activity, 0 = never (default 1800)
-  --ws-ping-interval SECS     ping a silent WebSocket client after this (default 30)
-  --ws-idle-timeout SECS      close a WebSocket client silent this long (default 60)
-  --allowed-origin ORIGIN     a browser origin (e.g. http://localhost:5173) allowed to call
-                              the server when no API key is set; repeatable; '*' allows any
-                              [env AUTOPOIESIS_ALLOWED_ORIGINS, comma-separated]
-  --agent echo|exec|openai    what answers messages [env AUTOPOIESIS_AGENT] (default echo)
-  --agent-cmd 'PROGRAM ARGS'  exec: the program run per turn, by /bin/sh -c [env AUTOPOIESIS_AGENT_CMD]
-  --openai-base-url URL       openai: http://host:port/v1 of an OpenAI-compatible server
-                              [env AUTOPOIESIS_OPENAI_BASE_URL]; OPENAI_API_KEY is sent if set
-  --model NAME                openai: the model [env AUTOPOIESIS_MODEL]
-  --system-prompt TEXT        openai: a system message before the history
-  --turn-timeout SECS         exec: kill a turn's program after this (default 300)
-  --upstream-timeout SECS     openai: fail a turn whose upstream is silent this long (default 60)
-  --echo-delay-ms N           echo: one token every N ms, a simulated slow model (default 0)
-  --data-dir DIR              where sessions are kept [env AUTOPOIESIS_DATA_DIR]
-                              (default $XDG_STATE_HOME/autopoiesis, else ~/.local/state/autopoiesis)
-  --in-memory                 keep sessions in memory only, as the original server did
-  --fsync always|batch|never  when the journal is forced to disk (default batch)
-  --retain-events N           broadcast events kept per session for ?since= resume (default 1000)
-  --retain-bytes N            ... and at most this many bytes of them (default 1048576)
-  --shutdown-grace SECS       on SIGTERM/SIGINT, running turns get this long to finish (default 10)
-  --access-log                log one line per request or upgrade to stderr (peer, method,
-                              path without query, status, bytes, microseconds)
-  --log-format text|json      every log line as text or as one JSON object (default text)
-  --metrics-public            GET /metrics needs no key even when AUTOPOIESIS_API_KEY is set
-  -h, --help                  print this help
-  -V, --version               print the version
-
-Environment:
-  AUTOPOIESIS_API_KEY         when set and non-empty, every route but GET /api/health, the
-                              chat page and the API documents needs it as X-API-Key or
-                              Authorization: Bearer (WebSocket: also the subprotocol
-                              autopoiesis.key.<KEY>)
-  NOTIFY_SOCKET               systemd: READY=1 once listening, STOPPING=1 on shutdown
-  LISTEN_FDS, LISTEN_PID      systemd socket activation: serve the passed socket (fd 3)
-                              instead of binding --host/--port
-";
+pub use help::{SERVE_HELP, TOP_HELP};
 
 /// Parses `args` (without the program name) with `env` as the environment.
 pub fn parse<I, E>(args: I, env: E) -> Result<Command, UsageError>
@@ -333,6 +289,17 @@ where
             Long("system-prompt") => {
                 a.system_prompt = Some(parser.value().map_err(usage)?.string().map_err(usage)?)
             }
+            Long("workers") => {
+                a.workers = positive(&mut parser, "--workers")?;
+                if a.workers > MAX_WORKERS {
+                    return Err(UsageError(format!(
+                        "--workers must be at most {MAX_WORKERS}"
+                    )));
+                }
+            }
+            Long("worker-concurrency") => {
+                a.worker_concurrency = positive(&mut parser, "--worker-concurrency")?
+            }
             Long("turn-timeout") => a.turn_timeout = seconds(&mut parser, "--turn-timeout")?,
             Long("upstream-timeout") => {
                 a.upstream_timeout = seconds(&mut parser, "--upstream-timeout")?
@@ -365,6 +332,28 @@ where
                 flag_origins.push(parser.value().map_err(usage)?.string().map_err(usage)?)
             }
             Long("access-log") => config.ops.access_log = true,
+            Long("trusted-proxy") => {
+                let addr = parser.value().map_err(usage)?.string().map_err(usage)?;
+                let ip = addr.parse().map_err(|_| {
+                    UsageError(format!(
+                        "invalid address '{addr}' for --trusted-proxy: expected an IP address"
+                    ))
+                })?;
+                config.trusted_proxies.push(ip);
+            }
+            Long("id-from-header") => {
+                let name = parser.value().map_err(usage)?.string().map_err(usage)?;
+                let token = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+                if !token {
+                    return Err(UsageError(format!(
+                        "invalid header name '{name}' for --id-from-header"
+                    )));
+                }
+                config.id_from_header = Some(name);
+            }
             Long("metrics-public") => config.ops.metrics_public = true,
             Long("log-format") => {
                 let format = parser.value().map_err(usage)?.string().map_err(usage)?;
@@ -399,9 +388,10 @@ where
         "echo" => AgentChoice::Echo,
         "exec" => AgentChoice::Exec,
         "openai" => AgentChoice::OpenAi,
+        "worker" => AgentChoice::Worker,
         other => {
             return Err(UsageError(format!(
-                "unknown agent '{other}': expected echo, exec or openai"
+                "unknown agent '{other}': expected echo, exec, openai or worker"
             )))
         }
     };
@@ -409,6 +399,11 @@ where
         AgentChoice::Exec if a.cmd.is_none() => {
             return Err(UsageError(
                 "--agent exec needs --agent-cmd 'PROGRAM ARGS'".into(),
+            ))
+        }
+        AgentChoice::Worker if a.cmd.is_none() => {
+            return Err(UsageError(
+                "--agent worker needs --agent-cmd 'PROGRAM ARGS'".into(),
             ))
         }
         AgentChoice::OpenAi => {
@@ -463,209 +458,4 @@ fn seconds(p: &mut lexopt::Parser, flag: &str) -> Result<Duration, UsageError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Command, UsageError> {
-        let mut env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        env.push(("HOME".into(), "/home/test".into()));
-        parse(args.iter().map(OsString::from), |k| {
-            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
-        })
-    }
-
-    fn serve(args: &[&str], env: &[(&str, &str)]) -> Config {
-        match run(args, env) {
-            Ok(Command::Serve(c)) => *c,
-            other => panic!("expected serve, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn defaults_are_the_contracts() {
-        let c = serve(&["serve"], &[]);
-        assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 8420));
-        assert_eq!(c.api_key, None);
-        assert_eq!(c.limits, Limits::default());
-        assert_eq!(c.agent, AgentConfig::default());
-        assert_eq!(c.fsync, crate::journal::FsyncMode::Batch);
-        assert_eq!(
-            c.data_dir,
-            Some("/home/test/.local/state/autopoiesis".into())
-        );
-    }
-
-    #[test]
-    fn data_dir_flags() {
-        assert_eq!(serve(&["serve", "--in-memory"], &[]).data_dir, None);
-        let c = serve(
-            &["serve", "--data-dir", "/d", "--fsync", "always"],
-            &[("AUTOPOIESIS_DATA_DIR", "/e")],
-        );
-        assert_eq!(
-            (c.data_dir, c.fsync),
-            (Some("/d".into()), crate::journal::FsyncMode::Always)
-        );
-        assert_eq!(
-            serve(&["serve"], &[("AUTOPOIESIS_DATA_DIR", "/e")]).data_dir,
-            Some("/e".into())
-        );
-        assert!(run(&["serve", "--fsync", "sometimes"], &[]).is_err());
-        let c = serve(
-            &["serve", "--retain-events", "3", "--shutdown-grace", "0"],
-            &[],
-        );
-        assert_eq!(
-            (c.limits.retain_events, c.limits.shutdown_grace),
-            (3, Duration::ZERO)
-        );
-    }
-
-    #[test]
-    fn flags_win_over_environment() {
-        let env = [
-            ("AUTOPOIESIS_HOST", "0.0.0.0"),
-            ("AUTOPOIESIS_PORT", "9000"),
-        ];
-        let c = serve(&["serve"], &env);
-        assert_eq!((c.host.as_str(), c.port), ("0.0.0.0", 9000));
-        let c = serve(&["serve", "--host", "::1", "--port=0"], &env);
-        assert_eq!((c.host.as_str(), c.port), ("::1", 0));
-        // A bad value in the environment does not matter when a flag overrides it.
-        let c = serve(
-            &["serve", "--port", "1234"],
-            &[("AUTOPOIESIS_PORT", "nope")],
-        );
-        assert_eq!(c.port, 1234);
-    }
-
-    #[test]
-    fn empty_api_key_means_no_auth() {
-        assert_eq!(
-            serve(&["serve"], &[("AUTOPOIESIS_API_KEY", "")]).api_key,
-            None
-        );
-        let c = serve(&["serve"], &[("AUTOPOIESIS_API_KEY", "s3cret")]);
-        assert_eq!(c.api_key.as_deref(), Some("s3cret"));
-    }
-
-    #[test]
-    fn limits_are_flags() {
-        let c = serve(
-            &[
-                "serve",
-                "--max-head-bytes",
-                "1024",
-                "--max-body-bytes",
-                "10",
-                "--session-ttl",
-                "0",
-                "--header-timeout",
-                "3",
-                "--max-connections",
-                "5",
-            ],
-            &[],
-        );
-        assert_eq!(c.limits.max_head_bytes, 1024);
-        assert_eq!(c.limits.max_body_bytes, 10);
-        assert_eq!(c.limits.session_ttl, None);
-        assert_eq!(c.limits.header_timeout, Duration::from_secs(3));
-        assert_eq!(c.limits.max_connections, 5);
-    }
-
-    #[test]
-    fn allowed_origins_from_flags_or_env() {
-        let env = [("AUTOPOIESIS_ALLOWED_ORIGINS", "http://a, http://b")];
-        assert_eq!(
-            serve(&["serve"], &env).allowed_origins,
-            ["http://a", "http://b"]
-        );
-        let c = serve(
-            &[
-                "serve",
-                "--allowed-origin",
-                "http://c",
-                "--allowed-origin=*",
-            ],
-            &env,
-        );
-        assert_eq!(c.allowed_origins, ["http://c", "*"]);
-    }
-
-    #[test]
-    fn agents() {
-        assert_eq!(serve(&["serve"], &[]).agent.choice, AgentChoice::Echo);
-        let c = serve(
-            &[
-                "serve",
-                "--agent",
-                "exec",
-                "--agent-cmd",
-                "python3 agent.py",
-            ],
-            &[],
-        );
-        assert_eq!(
-            (c.agent.choice, c.agent.cmd.as_deref()),
-            (AgentChoice::Exec, Some("python3 agent.py"))
-        );
-        let env = [
-            ("AUTOPOIESIS_AGENT", "openai"),
-            ("AUTOPOIESIS_OPENAI_BASE_URL", "http://127.0.0.1:1/v1"),
-            ("AUTOPOIESIS_MODEL", "m"),
-        ];
-        assert_eq!(serve(&["serve"], &env).agent.choice, AgentChoice::OpenAi);
-        assert!(
-            run(&["serve", "--agent", "exec"], &[]).is_err(),
-            "exec without a command"
-        );
-        assert!(
-            run(&["serve", "--agent", "openai", "--model", "m"], &[]).is_err(),
-            "openai without a URL"
-        );
-        let https = [
-            "serve",
-            "--agent",
-            "openai",
-            "--model",
-            "m",
-            "--openai-base-url",
-            "https://api.example/v1",
-        ];
-        assert!(run(&https, &[]).unwrap_err().0.contains("no TLS"));
-        assert!(run(&["serve", "--agent", "magic"], &[]).is_err());
-        let c = serve(&["serve", "--echo-delay-ms", "5"], &[]);
-        assert_eq!(c.agent.echo_delay, Some(Duration::from_millis(5)));
-    }
-
-    #[test]
-    fn help_and_version() {
-        assert_eq!(run(&["--version"], &[]), Ok(Command::Version));
-        assert_eq!(
-            run(&["serve", "--help"], &[]),
-            Ok(Command::Help(SERVE_HELP))
-        );
-        assert_eq!(run(&["-h"], &[]), Ok(Command::Help(TOP_HELP)));
-    }
-
-    #[test]
-    fn usage_errors() {
-        for bad in [
-            &["serve", "--bogus"][..],
-            &["serve", "--port", "70000"],
-            &["serve", "--port", "x"],
-            &["serve", "--port"],
-            &["serve", "--header-timeout", "0"],
-            &["serve", "extra"],
-            &["frobnicate"],
-            &[],
-        ] {
-            assert!(run(bad, &[]).is_err(), "{bad:?} should be a usage error");
-        }
-        assert!(run(&["serve"], &[("AUTOPOIESIS_PORT", "nope")]).is_err());
-    }
-}
+mod tests;

@@ -11,6 +11,7 @@ use crate::http::{ParserLimits, Progress, RequestParser};
 const LIMITS: ParserLimits = ParserLimits {
     max_head: 4096,
     max_body: 8192,
+    id_header: Some("x-request-id"),
 };
 
 /// A request parser's decisions, comparable across splits.
@@ -205,6 +206,61 @@ pub fn exec_lines(data: &[u8]) {
             "split every {s} bytes parses otherwise"
         );
     }
+}
+
+fn worker_events(
+    data: &[u8],
+    step: usize,
+) -> (Vec<crate::agent::worker::WorkerLine>, Result<(), String>) {
+    let mut decoder = crate::agent::worker::WorkerDecoder::new(4096);
+    let mut out = Vec::new();
+    for piece in data.chunks(step.max(1)) {
+        if let Err(e) = decoder.feed(piece, &mut out) {
+            return (out, Err(e));
+        }
+    }
+    let end = decoder.finish(&mut out);
+    (out, end)
+}
+
+/// `worker_lines`: a worker's stdout (many turns' event lines interleaved)
+/// through the worker decoder, whole and split: the same events, the same
+/// verdict, never a panic; every event has a positive turn, and the bytes
+/// counted against the turns' output bound are the bytes of their lines.
+/// Then the input as a prompt and session id: the `turn` line the server
+/// would write is one JSON line that carries them back unchanged.
+pub fn worker_lines(data: &[u8]) {
+    let whole = worker_events(data, data.len());
+    let step = data.first().map_or(1, |&b| usize::from(b % 32) + 1);
+    for s in [1, step] {
+        assert_eq!(
+            worker_events(data, s),
+            whole,
+            "split every {s} bytes decodes otherwise"
+        );
+    }
+    let counted: usize = whole.0.iter().map(|l| l.bytes).sum();
+    assert!(
+        counted <= data.len() + 1,
+        "{counted} bytes from {}",
+        data.len()
+    );
+    assert!(whole.0.iter().all(|l| l.turn > 0));
+
+    let text = String::from_utf8_lossy(data).into_owned();
+    let job = crate::agent::AgentJob {
+        turn: data.len() as u64 + 1,
+        session_id: text.clone(),
+        prompt: text.clone(),
+        history: Vec::new(),
+    };
+    let line = crate::agent::worker::turn_line(&job);
+    assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+    assert_eq!(line.last(), Some(&b'\n'));
+    let v: serde_json::Value = serde_json::from_slice(&line).expect("a turn line is JSON");
+    assert_eq!(v["prompt"].as_str(), Some(text.as_str()));
+    assert_eq!(v["session_id"].as_str(), Some(text.as_str()));
+    assert_eq!(v["turn"].as_u64(), Some(job.turn));
 }
 
 /// `journal_replay`: arbitrary journal bytes through the replay that runs

@@ -22,10 +22,20 @@
 //! | [`events`] | server → client events, serialized once into one buffer holding the WebSocket frame and the SSE event | [`sessions`], [`api`] |
 //! | [`sink`] | [`sink::ConnId`] and the [`sink::Sink`] trait the core answers through | [`api`], [`turns`], [`reactor`] |
 //! | [`journal`] | the append-only session journal: record framing, replay, fsync policy, compaction | [`sessions`] (records), [`reactor`] (the file) |
+//! | [`metrics`] | Prometheus counters, gauges and fixed-bucket histograms in the loop's own state, the exposition format, the process collector | [`sessions`] (turns), [`reactor`] (transport), [`api`] (`/metrics`) |
+//! | [`log`] | log lines (text or JSON) and the access log | everything that logs |
+//! | [`systemd`] | socket activation (`LISTEN_FDS`) and readiness (`NOTIFY_SOCKET`) without libsystemd | [`reactor`], `main` |
 //! | [`clock`] | RFC 3339 timestamps, random session ids | [`sessions`], [`turns`] |
 //! | [`fuzzing`] | fuzz harnesses, shared by `fuzz/` and the corpus replay test | `fuzz/` targets, `tests/fuzz_corpus.rs` |
 //! | [`agent`] | agent events, the `exec` JSON-lines protocol, the OpenAI stream decoder, history folding | [`turns`], [`reactor`] |
 //! | [`reactor`] | the mio loop: listener, connection slab (HTTP, WebSocket, SSE, closing), agent processes and sockets, timers, signals | `main`, `examples/ws_echo.rs` |
+//! | [`agent::worker`] | the `worker` protocol: `turn`/`cancel` lines out, the stdout decoder of interleaved turns' events | [`agent::worker_pool`], `reactor::workers`, fuzz targets |
+//! | [`agent::worker_pool`] | `worker` scheduling: session → worker binding, concurrency, waiting turns, cancel lines, timeouts, output bound, restart back-off | `reactor::workers` |
+//! | `reactor::conn`, `reactor::conn_sink` | the connection states (HTTP, WebSocket, SSE, closing) and their slab; the reactor's [`sink::Sink`] | the reactor's other parts |
+//! | `reactor::http`, `reactor::websocket`, `reactor::sse` | one transport each: reading, handing to the service, switching protocols | [`reactor`] |
+//! | `reactor::timers`, `reactor::access` | deadlines checked once a second; request accounting and the access log | [`reactor`] |
+//! | `reactor::workers` | the worker processes: spawn, pipes, stdin queue, stdout read with backpressure, kill and reap, shutdown | [`reactor`] (the loop, the sink's agent starts and stops) |
+//! | `reactor::child` | agent child processes: `/bin/sh -c` in its own group with registered pipes, stderr to the log, group kill | `reactor::agents`, `reactor::workers` |
 
 // No unwrap/expect outside tests: a network input must never be able to
 // panic the (single-threaded, panic = abort) server.

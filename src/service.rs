@@ -175,6 +175,16 @@ pub trait Service {
     ) {
     }
 
+    /// Whether session `id` exists (agents keep per-session state).
+    fn has_session(&self, _id: &str) -> bool {
+        false
+    }
+
+    /// The clients subscribed to session `id` (agents pause for slow ones).
+    fn subscribers(&self, _id: &str) -> &[ConnId] {
+        &[]
+    }
+
     /// Sessions held (for the start-up log line).
     fn sessions_held(&self) -> usize {
         0

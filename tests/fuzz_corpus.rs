@@ -50,6 +50,11 @@ fn exec_lines_corpus() {
 }
 
 #[test]
+fn worker_lines_corpus() {
+    replay("worker_lines", autopoiesis::fuzzing::worker_lines);
+}
+
+#[test]
 fn journal_replay_corpus() {
     replay("journal_replay", autopoiesis::fuzzing::journal_replay);
 }

@@ -4,12 +4,15 @@
 //! the reactor owns (a child process's pipes, an upstream socket); this
 //! module holds their sans-IO halves, which the reactor feeds with bytes:
 //! the event vocabulary ([`AgentEvent`]), the `exec` JSON-lines protocol
-//! ([`parse_exec_line`], [`exec_request`]), the OpenAI-compatible streaming
-//! client ([`openai`]), and the fold of a turn into pydantic-ai history
+//! ([`parse_exec_line`], [`exec_request`]), the long-lived worker's protocol
+//! ([`worker`]) and scheduling ([`worker_pool`]), the OpenAI-compatible
+//! streaming client ([`openai`]), and the fold of a turn into pydantic-ai history
 //! ([`Transcript`]).
 
 pub mod lines;
 pub mod openai;
+pub mod worker;
+pub mod worker_pool;
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -23,6 +26,8 @@ pub enum AgentKind {
     /// `--agent-cmd`, run with `/bin/sh -c` once per turn.
     Exec(String),
     OpenAi(openai::UpstreamConfig),
+    /// `--agent-cmd` run as long-lived workers, each serving many turns.
+    Worker(worker_pool::PoolConfig),
 }
 
 /// One thing an agent did, in the server's outgoing vocabulary.
@@ -79,6 +84,12 @@ pub fn exec_request(job: &AgentJob) -> Vec<u8> {
 /// plus `approval_required`. Err says what is wrong with the line.
 pub fn parse_exec_line(line: &[u8]) -> Result<AgentEvent, String> {
     let value: Value = serde_json::from_slice(line).map_err(|e| format!("not JSON ({e})"))?;
+    parse_event(&value)
+}
+
+/// An event line already parsed as JSON (`exec`'s, or a worker's, whose
+/// `turn` field this ignores).
+pub fn parse_event(value: &Value) -> Result<AgentEvent, String> {
     let op = value
         .get("op")
         .and_then(Value::as_str)

@@ -131,6 +131,14 @@ impl Service for App {
         App::agent_failed(self, session_id, turn, reason, now, sink)
     }
 
+    fn has_session(&self, id: &str) -> bool {
+        self.sessions.get(id).is_some()
+    }
+
+    fn subscribers(&self, id: &str) -> &[ConnId] {
+        self.sessions.subscribers(id)
+    }
+
     fn sessions_held(&self) -> usize {
         self.sessions.len()
     }

@@ -246,3 +246,118 @@ fn call_raw(a: &mut App, method: &str, target: &str) -> (u16, (), Response) {
         other => panic!("{other:?}"),
     }
 }
+
+fn sharded() -> App {
+    let config = Config {
+        id_from_header: Some("X-Request-Id".into()),
+        ..Config::default()
+    };
+    App::new(config, Instant::now())
+}
+
+fn with_hint(mut r: Request, hint: &str) -> Request {
+    r.head.id_hint = Some(hint.into());
+    r
+}
+
+fn respond(a: &mut App, r: Request) -> (u16, Value) {
+    let mut sink = Recorder::default();
+    let now = Instant::now();
+    match a.handle_http(r, REST, now, &mut sink) {
+        HttpOutcome::Respond(r) => (r.status, serde_json::from_slice(&r.body).unwrap()),
+        HttpOutcome::Pending => {
+            while a.run_turns(now, &mut sink).is_some() {}
+            let (_, r) = sink.responses.pop().expect("a deferred response");
+            (r.status, serde_json::from_slice(&r.body).unwrap())
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn id_from_header_names_new_sessions() {
+    let mut a = sharded();
+    let hint = "0123456789abcdef0123456789abcdef";
+    let (status, info) = respond(
+        &mut a,
+        with_hint(req("POST", "/api/sessions", "", None), hint),
+    );
+    assert_eq!((status, &info["id"]), (201, &json!(hint)));
+    // In use: a random id instead, never the same session twice.
+    let (status, info) = respond(
+        &mut a,
+        with_hint(req("POST", "/api/sessions", "", None), hint),
+    );
+    assert_eq!(status, 201);
+    assert_ne!(info["id"], json!(hint));
+    // Not a valid id: a random one.
+    let (_, info) = respond(
+        &mut a,
+        with_hint(req("POST", "/api/sessions", "", None), ".."),
+    );
+    assert_eq!(info["id"].as_str().unwrap().len(), 32);
+    // A chat without a session id takes the hint too.
+    let r = with_hint(
+        req("POST", "/api/chat", r#"{"content":"hi"}"#, None),
+        "req-7",
+    );
+    assert_eq!(
+        respond(&mut a, r),
+        (200, json!({"session_id": "req-7", "content": "hi"}))
+    );
+}
+
+#[test]
+fn id_from_header_refuses_to_fork_a_session_named_in_a_body() {
+    let mut a = sharded();
+    let (status, body) = respond(
+        &mut a,
+        req(
+            "POST",
+            "/api/chat",
+            r#"{"content":"x","session_id":"elsewhere"}"#,
+            None,
+        ),
+    );
+    assert_eq!(status, 421);
+    assert_eq!(
+        body,
+        json!({"detail": "Session not on this instance: use POST /api/sessions/{id}/chat"})
+    );
+    assert!(a.sessions.get("elsewhere").is_none());
+    // The routed form creates it; then the body form finds it here.
+    assert_eq!(
+        routed_chat(&mut a, "elsewhere", r#"{"content":"x"}"#).0,
+        200
+    );
+    let (status, _) = respond(
+        &mut a,
+        req(
+            "POST",
+            "/api/chat",
+            r#"{"content":"y","session_id":"elsewhere"}"#,
+            None,
+        ),
+    );
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn without_the_flag_the_header_is_ignored() {
+    let mut a = app(None);
+    let r = with_hint(req("POST", "/api/sessions", "", None), "chosen");
+    let (status, info) = respond(&mut a, r);
+    assert_eq!(status, 201);
+    assert_ne!(info["id"], json!("chosen"));
+    let r = req(
+        "POST",
+        "/api/chat",
+        r#"{"content":"x","session_id":"new-one"}"#,
+        None,
+    );
+    assert_eq!(
+        respond(&mut a, r).0,
+        200,
+        "compat: an unknown id is created"
+    );
+}

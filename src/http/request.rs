@@ -18,6 +18,9 @@ pub const MAX_HEADERS: usize = 64;
 pub struct ParserLimits {
     pub max_head: usize,
     pub max_body: usize,
+    /// `--id-from-header NAME`: the header whose value is kept as
+    /// [`Head::id_hint`] (lowercase; None = not kept).
+    pub id_header: Option<&'static str>,
 }
 
 /// The parts of a request head the server acts on, owned.
@@ -47,6 +50,12 @@ pub struct Head {
     pub host: Option<String>,
     /// `Expect: 100-continue` was sent.
     pub expect_continue: bool,
+    /// `X-Forwarded-For`, as sent (the access log trusts it only from a
+    /// `--trusted-proxy`).
+    pub forwarded_for: Option<String>,
+    /// The value of the `--id-from-header` header: the id a session created
+    /// by this request takes (a proxy chose it to know its shard).
+    pub id_hint: Option<String>,
 }
 
 /// A complete request.
@@ -282,10 +291,21 @@ fn interpret(req: &httparse::Request, limits: ParserLimits) -> Result<(Head, Bod
             head.bearer = bearer_token(value).map(<[u8]>::to_vec);
         } else if name.eq_ignore_ascii_case("last-event-id") {
             head.last_event_id = Some(String::from_utf8_lossy(value).trim().to_owned());
+        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+            let text = String::from_utf8_lossy(value);
+            head.forwarded_for = Some(match head.forwarded_for.take() {
+                Some(prev) => format!("{prev},{text}"),
+                None => text.into_owned(),
+            });
         } else if name.eq_ignore_ascii_case("origin") {
             head.origin = Some(String::from_utf8_lossy(value).into_owned());
         } else if name.eq_ignore_ascii_case("host") {
             head.host = Some(String::from_utf8_lossy(value).into_owned());
+        } else if limits
+            .id_header
+            .is_some_and(|h| name.eq_ignore_ascii_case(h))
+        {
+            head.id_hint = std::str::from_utf8(value).ok().map(|v| v.trim().to_owned());
         } else if name.eq_ignore_ascii_case("expect") {
             head.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
         }
@@ -339,6 +359,7 @@ mod tests {
     const LIMITS: ParserLimits = ParserLimits {
         max_head: 1024,
         max_body: 64,
+        id_header: Some("x-request-id"),
     };
 
     /// Feeds `input` in pieces of `step` bytes, buffering what is not
@@ -386,6 +407,19 @@ mod tests {
             Progress::Reject(r) => r.status,
             other => panic!("expected a rejection, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn headers_beyond_the_basics() {
+        let r = request(
+            b"GET /e HTTP/1.1\r\nHost: a\r\nAuthorization: bEaReR  s3cret\r\n\
+              Last-Event-ID: 42 \r\nX-Request-Id:  0a1b \r\n\r\n",
+        );
+        assert_eq!(r.head.bearer.as_deref(), Some(&b"s3cret"[..]));
+        assert_eq!(r.head.last_event_id.as_deref(), Some("42"));
+        assert_eq!(r.head.id_hint.as_deref(), Some("0a1b"));
+        let r = request(b"GET /e HTTP/1.1\r\nAuthorization: Basic eDp5\r\n\r\n");
+        assert_eq!(r.head.bearer, None);
     }
 
     #[test]
@@ -516,6 +550,7 @@ mod tests {
         let mut p = RequestParser::new(ParserLimits {
             max_head: 1 << 16,
             max_body: 64,
+            id_header: None,
         });
         assert_eq!(p.advance(&many).1, Progress::Reject(HEAD_TOO_LARGE));
         // Body over the limit: declared, or decoded from chunks.

@@ -93,6 +93,7 @@ pub fn reason(status: u16) -> &'static str {
         408 => "Request Timeout",
         409 => "Conflict",
         413 => "Content Too Large",
+        421 => "Misdirected Request",
         422 => "Unprocessable Entity",
         426 => "Upgrade Required",
         429 => "Too Many Requests",

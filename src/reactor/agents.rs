@@ -5,8 +5,7 @@
 //! those to the core.
 
 use std::io::{self, Read, Write};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -17,6 +16,7 @@ use mio::{Interest, Registry, Token};
 use std::net::ToSocketAddrs;
 use std::time::Duration;
 
+use super::child::{describe_exit, kill_group, spawn_piped, StderrLog};
 use super::conn_sink::sink;
 use super::Server;
 
@@ -65,11 +65,9 @@ pub struct ExecTask {
     stdout: Option<pipe::Receiver>,
     stderr: Option<pipe::Receiver>,
     lines: LineDecoder,
-    stderr_lines: LineDecoder,
+    stderr_log: StderrLog,
     out_bytes: usize,
     max_output: usize,
-    stderr_logged: usize,
-    pub last_stderr: String,
     pub exited: Option<ExitStatus>,
     pub stdout_eof: bool,
 }
@@ -84,50 +82,23 @@ impl ExecTask {
         registry: &Registry,
         task: usize,
     ) -> io::Result<Self> {
-        let mut child = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(cmd)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()?;
-        let (Some(i), Some(o), Some(e)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            kill_group(&child);
-            let _ = child.wait();
-            return Err(io::Error::other("pipes missing"));
-        };
-        let mut stdin = pipe::Sender::from(i);
-        let mut stdout = pipe::Receiver::from(o);
-        let mut stderr = pipe::Receiver::from(e);
-        let setup = (|| {
-            stdin.set_nonblocking(true)?;
-            stdout.set_nonblocking(true)?;
-            stderr.set_nonblocking(true)?;
-            registry.register(&mut stdin, token(task, 0), Interest::WRITABLE)?;
-            registry.register(&mut stdout, token(task, 1), Interest::READABLE)?;
-            registry.register(&mut stderr, token(task, 2), Interest::READABLE)
-        })();
-        if let Err(e) = setup {
-            kill_group(&child);
-            let _ = child.wait();
-            return Err(e);
-        }
+        let piped = spawn_piped(
+            cmd,
+            registry,
+            [token(task, 0), token(task, 1), token(task, 2)],
+        )?;
+        let label = format!("agent[{}]", piped.child.id());
         Ok(ExecTask {
-            child,
-            stdin: Some(stdin),
+            child: piped.child,
+            stdin: Some(piped.stdin),
             request,
             written: 0,
-            stdout: Some(stdout),
-            stderr: Some(stderr),
+            stdout: Some(piped.stdout),
+            stderr: Some(piped.stderr),
             lines: LineDecoder::new(MAX_LINE),
-            stderr_lines: LineDecoder::new(MAX_LINE),
+            stderr_log: StderrLog::new(label, MAX_STDERR_LOG),
             out_bytes: 0,
             max_output,
-            stderr_logged: 0,
-            last_stderr: String::new(),
             exited: None,
             stdout_eof: false,
         })
@@ -205,38 +176,9 @@ impl ExecTask {
         let Some(stderr) = self.stderr.as_mut() else {
             return;
         };
-        let pid = self.child.id();
-        let mut buf = [0u8; READ_CHUNK];
-        loop {
-            match stderr.read(&mut buf) {
-                Ok(0) => {
-                    if let Some(rest) = self.stderr_lines.finish() {
-                        self.last_stderr = String::from_utf8_lossy(&rest).into_owned();
-                    }
-                    if let Some(mut s) = self.stderr.take() {
-                        let _ = registry.deregister(&mut s);
-                    }
-                    return;
-                }
-                Ok(n) => {
-                    let (logged, last) = (&mut self.stderr_logged, &mut self.last_stderr);
-                    let _ = self.stderr_lines.feed(&buf[..n], |line| {
-                        let text = String::from_utf8_lossy(line);
-                        if *logged < MAX_STDERR_LOG {
-                            crate::info!("agent[{pid}]: {text}");
-                            *logged += line.len() + 1;
-                            if *logged >= MAX_STDERR_LOG {
-                                crate::info!("agent[{pid}]: (more stderr not logged)");
-                            }
-                        }
-                        if !text.trim().is_empty() {
-                            *last = text.chars().take(300).collect();
-                        }
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return,
+        if self.stderr_log.read(stderr) {
+            if let Some(mut s) = self.stderr.take() {
+                let _ = registry.deregister(&mut s);
             }
         }
     }
@@ -253,7 +195,7 @@ impl ExecTask {
 
     pub fn kill(&self) {
         if self.exited.is_none() {
-            kill_group(&self.child);
+            kill_group(self.child.id());
         }
     }
 
@@ -271,18 +213,12 @@ impl ExecTask {
 
     /// Why a turn whose agent exited without `done` failed.
     pub fn exit_reason(&self) -> String {
-        let status = match self
-            .exited
-            .map(|s| (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)))
-        {
-            Some((Some(code), _)) => format!("exited with status {code}"),
-            Some((None, Some(sig))) => format!("was killed by signal {sig}"),
-            _ => "ended".to_owned(),
-        };
-        if self.last_stderr.is_empty() {
+        let status = describe_exit(self.exited);
+        let last = &self.stderr_log.last;
+        if last.is_empty() {
             format!("agent {status} before done")
         } else {
-            format!("agent {status} before done: {}", self.last_stderr)
+            format!("agent {status} before done: {last}")
         }
     }
 }
@@ -298,16 +234,6 @@ fn decode_line(line: &[u8], progress: &mut Progress) {
             progress.failure = Some(format!(
                 "agent printed a line that is not an event ({why}): {shown}"
             ));
-        }
-    }
-}
-
-/// SIGKILL to the child's whole process group.
-fn kill_group(child: &Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: kill(2) with a negative pid signals the group we created.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
         }
     }
 }
@@ -430,6 +356,13 @@ pub(super) fn resolve_agent(config: &crate::config::AgentConfig) -> Result<Agent
     Ok(match config.choice {
         AgentChoice::Echo => AgentKind::Echo,
         AgentChoice::Exec => AgentKind::Exec(config.cmd.clone().unwrap_or_default()),
+        AgentChoice::Worker => AgentKind::Worker(crate::agent::worker_pool::PoolConfig {
+            cmd: config.cmd.clone().unwrap_or_default(),
+            workers: config.workers,
+            concurrency: config.worker_concurrency,
+            max_output: config.max_output_bytes,
+            turn_timeout: config.turn_timeout,
+        }),
         AgentChoice::OpenAi => {
             let url = config.base_url.clone().unwrap_or_default();
             let (host, port, base_path) = openai::parse_base_url(&url)?;
@@ -459,6 +392,9 @@ pub(super) fn resolve_agent(config: &crate::config::AgentConfig) -> Result<Agent
 /// Agents: start, drive, reap, time out, stop.
 impl Server {
     pub(super) fn start_agent(&mut self, job: AgentJob, now: Instant) {
+        if let AgentKind::Worker(_) = self.agent {
+            return self.submit_worker_turn(job, now);
+        }
         let slot = match self.tasks.iter().position(Option::is_none) {
             Some(i) => i,
             None => {
@@ -469,7 +405,7 @@ impl Server {
         let registry = self.poll.registry();
         let max = self.agent_config.max_output_bytes;
         let io = match &self.agent {
-            AgentKind::Echo => return,
+            AgentKind::Echo | AgentKind::Worker(_) => return,
             AgentKind::Exec(cmd) => ExecTask::spawn(cmd, exec_request(&job), max, registry, slot)
                 .map(|t| AgentIo::Exec(Box::new(t)))
                 .map_err(|e| format!("could not start the agent ({cmd}): {e}")),
@@ -515,6 +451,9 @@ impl Server {
     /// The turn ended (done, error, cancel, session deleted): forward
     /// nothing more, and kill the agent unless it said `done`.
     pub(super) fn stop_agent(&mut self, turn: u64, graceful: bool, now: Instant) {
+        if let AgentKind::Worker(_) = self.agent {
+            return self.stop_worker_turn(turn, now);
+        }
         let Some(slot) = self
             .tasks
             .iter()
@@ -604,6 +543,7 @@ impl Server {
 
     /// SIGCHLD: collect every exited child.
     pub(super) fn reap_agents(&mut self, now: Instant) {
+        self.reap_workers(now);
         for slot in 0..self.tasks.len() {
             if let Some(AgentTask {
                 io: AgentIo::Exec(exec),
@@ -712,6 +652,7 @@ impl Server {
 
     /// At exit: no child outlives the server, and none is left a zombie.
     pub(super) fn kill_agents(&mut self) {
+        self.kill_workers();
         for slot in 0..self.tasks.len() {
             self.remove_task(slot);
         }

@@ -14,31 +14,33 @@
 // agent processes and upstream sockets.
 mod access;
 mod agents;
+mod child;
 mod conn;
 mod conn_sink;
+mod http;
 mod sse;
+mod timers;
 mod websocket;
+mod workers;
 
-use std::io::{self, Read};
+use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use tungstenite::protocol::WebSocketConfig;
-use tungstenite::Message;
 
 use crate::agent::{AgentJob, AgentKind};
 use crate::api::App;
 use crate::config::{Config, Limits};
-use crate::http::{response, ParserLimits, Progress, RequestParser, Response};
+use crate::http::{RequestParser, Response};
 use crate::journal::JournalFile;
 use crate::metrics::{CloseReason, TransportMetrics};
-use crate::service::{HttpOutcome, Service};
+use crate::service::Service;
 use crate::sink::ConnId;
 use crate::ws::close;
 use access::RequestLog;
@@ -113,8 +115,15 @@ pub struct Server {
     metrics: TransportMetrics,
     /// `--access-log`.
     access_log: bool,
+    /// `--id-from-header`, lowercase (leaked once at start: the parser of
+    /// every connection refers to it).
+    id_header: Option<&'static str>,
+    /// `--trusted-proxy`: peers whose `X-Forwarded-For` names the client.
+    trusted_proxies: Vec<std::net::IpAddr>,
     /// systemd's `NOTIFY_SOCKET`, if set.
     notifier: Option<crate::systemd::Notifier>,
+    /// `--agent worker`: the long-lived worker processes.
+    workers: Option<workers::Workers>,
 }
 
 /// Raises the soft open-file limit to the hard limit, so that the
@@ -149,37 +158,31 @@ fn raise_nofile_limit(want: usize) {
 }
 
 impl Server {
-    /// The API server: the journal is opened and replayed (unless
-    /// `--in-memory`), then the listener bound. Errors name what failed.
+    /// The API server: the listener is bound, then the journal opened and
+    /// replayed (unless `--in-memory`). Errors name what failed.
     pub fn bind(config: Config) -> Result<Server, String> {
         let now = Instant::now();
         let (data_dir, fsync) = (config.data_dir.clone(), config.fsync);
-        let mut app = App::new(config.clone(), now);
-        let journal = match &data_dir {
-            None => None,
-            Some(dir) => {
-                let (journal, records) = JournalFile::open(dir, fsync)?;
-                let count = records.len();
-                app.restore(records, now);
-                crate::info!(
-                    "{} session(s) from {} ({count} records, {} bytes)",
-                    app.sessions.len(),
-                    journal.path().display(),
-                    journal.len()
-                );
-                Some(journal)
-            }
-        };
-        Server::with_service(config, Box::new(app), journal)
+        let app = App::new(config.clone(), now);
+        let mut server = Server::with_service(config, Box::new(app))?;
+        if let Some(dir) = &data_dir {
+            let (journal, records) = JournalFile::open(dir, fsync)?;
+            let count = records.len();
+            server.app.restore(records, now);
+            crate::info!(
+                "{} session(s) from {} ({count} records, {} bytes)",
+                server.app.sessions_held(),
+                journal.path().display(),
+                journal.len()
+            );
+            server.journal = Some(journal);
+        }
+        Ok(server)
     }
 
     /// Serves `service` with the transport settings of `config` (host,
     /// port, limits); no journal, and agents only as `config` says.
-    pub fn with_service(
-        config: Config,
-        app: Box<dyn Service>,
-        journal: Option<JournalFile>,
-    ) -> Result<Server, String> {
+    pub fn with_service(config: Config, app: Box<dyn Service>) -> Result<Server, String> {
         let mut listener = match crate::systemd::take_listener()? {
             // Socket activation: systemd bound it; --host/--port do not apply.
             Some(passed) => TcpListener::from_std(passed),
@@ -208,6 +211,10 @@ impl Server {
         let limits = config.limits.clone();
         let agent_config = config.agent.clone();
         let agent = agents::resolve_agent(&agent_config)?;
+        let workers = match &agent {
+            AgentKind::Worker(cfg) => Some(workers::Workers::new(cfg.clone(), Instant::now())),
+            _ => None,
+        };
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(WS_READ_BUFFER)
             .write_buffer_size(0)
@@ -221,7 +228,7 @@ impl Server {
             local_addr,
             signals,
             app,
-            journal,
+            journal: None,
             draining_until: None,
             conns: Slab::default(),
             next_serial: 0,
@@ -245,6 +252,12 @@ impl Server {
             metrics: TransportMetrics::default(),
             access_log: config.ops.access_log,
             notifier: crate::systemd::Notifier::from_env(),
+            trusted_proxies: config.trusted_proxies.clone(),
+            id_header: config
+                .id_from_header
+                .as_deref()
+                .map(|h| &*Box::leak(h.to_ascii_lowercase().into_boxed_str())),
+            workers,
         })
     }
 
@@ -281,6 +294,7 @@ impl Server {
                             return Ok(());
                         }
                     }
+                    t if workers::owns(t) => self.on_worker_ready(t, now),
                     t => match agents::split_token(t) {
                         Some((task, stream)) => self.on_agent_ready(task, stream, now),
                         None => self.on_ready(t.0, now),
@@ -292,6 +306,7 @@ impl Server {
             }
             self.turns_wake = self.app.run_turns(now, &mut sink!(self));
             self.settle(now);
+            self.worker_step(now);
             if now >= self.next_tick {
                 self.tick(now);
             }
@@ -313,7 +328,8 @@ impl Server {
             }
             self.flush_dirty(now);
             if let Some(deadline) = self.shutdown_deadline {
-                if self.conns.is_empty() || now >= deadline {
+                // Workers get their own bounded time (stdin closed, then killed).
+                if (self.conns.is_empty() || now >= deadline) && self.workers_gone() {
                     self.kill_agents();
                     self.sync_journal();
                     return Ok(());
@@ -333,6 +349,7 @@ impl Server {
             ticking.then_some(self.next_tick),
             self.shutdown_deadline,
             self.turns_wake,
+            self.worker_wake(now),
         ]
         .into_iter()
         .flatten()
@@ -417,13 +434,6 @@ impl Server {
         debug_assert_eq!(inserted, slot);
     }
 
-    fn parser_limits(&self) -> ParserLimits {
-        ParserLimits {
-            max_head: self.limits.max_head_bytes,
-            max_body: self.limits.max_body_bytes,
-        }
-    }
-
     /// Returns true when the process should exit now.
     fn on_signals(&mut self, now: Instant) -> bool {
         let mut stop = false;
@@ -462,6 +472,7 @@ impl Server {
     fn close_all(&mut self, now: Instant) {
         self.shutdown_deadline = Some(now + SHUTDOWN_GRACE);
         self.app.record_exact_seqs();
+        self.retire_workers(now);
         for slot in 0..self.conns.capacity() {
             let Some(conn) = self.conns.get_mut(slot) else {
                 continue;
@@ -523,155 +534,6 @@ impl Server {
             State::Closing(_) | State::Moving => {}
         }
         self.dirty.push(slot);
-    }
-
-    /// Parses and answers requests, reading as needed, until the socket
-    /// would block, a request waits for a turn, or the budget runs out.
-    fn drive_http(&mut self, slot: usize, now: Instant) {
-        let Some(id) = self.conn_id(slot) else { return };
-        let mut budget = WORK_PER_TURN;
-        loop {
-            let Some(Conn {
-                state: State::Http(h),
-                ..
-            }) = self.conns.get_mut(slot)
-            else {
-                return;
-            };
-            if h.waiting || !h.keep_alive {
-                break;
-            }
-            if h.io.queued() > HTTP_OUT_HIGH {
-                h.stalled_on_output = true;
-                break;
-            }
-            let was_idle = h.parser.is_idle() && h.inbuf.is_empty();
-            let (used, progress) = h.parser.advance(&h.inbuf);
-            h.inbuf.drain(..used);
-            match progress {
-                Progress::NeedMore => {
-                    match read_some(&mut h.io, &mut h.inbuf, &mut self.read_buf) {
-                        ReadResult::Data => {
-                            h.last_progress = now;
-                            if was_idle {
-                                h.request_started = now;
-                            }
-                        }
-                        ReadResult::WouldBlock => break,
-                        ReadResult::Eof => {
-                            h.peer_eof = true;
-                            break;
-                        }
-                        ReadResult::Error => return self.drop_conn(slot, now),
-                    }
-                }
-                Progress::SendContinue => h.io.push(Bytes::from_static(response::CONTINUE)),
-                Progress::Reject(reject) => {
-                    let resp = Response::detail(reject.status, reject.detail);
-                    let bytes = resp.encode(false);
-                    let request = RequestLog::unparsed(h.request_started);
-                    access::record(
-                        &mut self.metrics,
-                        self.access_log,
-                        h.peer,
-                        &request,
-                        reject.status,
-                        bytes.len(),
-                    );
-                    h.io.push(Bytes::from(bytes));
-                    h.keep_alive = false;
-                    break;
-                }
-                Progress::Request(req) => {
-                    let stopping =
-                        self.shutdown_deadline.is_some() || self.draining_until.is_some();
-                    let keep_alive = req.head.keep_alive && !stopping;
-                    if h.inbuf.capacity() > READ_CHUNK && h.inbuf.is_empty() {
-                        h.inbuf = Vec::new();
-                    }
-                    let request = RequestLog {
-                        route: self.app.route_label(&req.head.path),
-                        line: self
-                            .access_log
-                            .then(|| (req.head.method.clone(), req.head.path.clone())),
-                        started: h.request_started,
-                    };
-                    let peer = h.peer;
-                    let outcome = self.app.handle_http(req, id, now, &mut sink!(self));
-                    let Some(Conn {
-                        state: State::Http(h),
-                        ..
-                    }) = self.conns.get_mut(slot)
-                    else {
-                        return;
-                    };
-                    h.served += 1;
-                    h.request_started = now;
-                    let answered = match &outcome {
-                        HttpOutcome::Respond(resp) => {
-                            let bytes = resp.encode(keep_alive);
-                            let answered = (resp.status, bytes.len());
-                            h.io.push(Bytes::from(bytes));
-                            h.keep_alive = keep_alive;
-                            Some(answered)
-                        }
-                        HttpOutcome::Pending => None,
-                        HttpOutcome::Upgrade(upgrade) => Some((101, upgrade.response.len())),
-                        HttpOutcome::EventStream(_) => Some((200, sse::HEAD_LEN)),
-                    };
-                    match answered {
-                        Some((status, bytes)) => access::record(
-                            &mut self.metrics,
-                            self.access_log,
-                            peer,
-                            &request,
-                            status,
-                            bytes,
-                        ),
-                        None => h.pending_log = Some(request),
-                    }
-                    match outcome {
-                        HttpOutcome::Respond(_) => {}
-                        HttpOutcome::Pending => {
-                            h.waiting = true;
-                            h.waiting_keep_alive = keep_alive;
-                        }
-                        HttpOutcome::Upgrade(upgrade) => {
-                            return self.upgrade(slot, id, upgrade, now)
-                        }
-                        HttpOutcome::EventStream(stream) => {
-                            return self.open_stream(slot, id, stream, now)
-                        }
-                    }
-                    budget -= 1;
-                    if budget == 0 {
-                        self.retry.push(slot);
-                        break;
-                    }
-                }
-            }
-        }
-        self.dirty.push(slot);
-        self.maybe_finish_http(slot, now);
-    }
-
-    /// Moves an HTTP connection that has nothing more to do to closing.
-    fn maybe_finish_http(&mut self, slot: usize, now: Instant) {
-        let Some(Conn {
-            state: State::Http(h),
-            ..
-        }) = self.conns.get_mut(slot)
-        else {
-            return;
-        };
-        if h.waiting {
-            return;
-        }
-        // At EOF everything parseable has been parsed (reading comes last),
-        // so what is left can never complete.
-        if !h.keep_alive || h.peer_eof {
-            self.begin_close(slot, now);
-        }
     }
 
     fn begin_close(&mut self, slot: usize, now: Instant) {
@@ -819,145 +681,5 @@ impl Server {
             self.dirty = dirty;
         }
         self.settle(now);
-    }
-
-    /// Fires expired deadlines: header and idle timeouts, WebSocket pings
-    /// and idle closes, lingering closes.
-    fn tick(&mut self, now: Instant) {
-        self.next_tick = now + TICK;
-        self.agent_timers(now);
-        // glibc keeps the freed buffers of closed connections in its heap;
-        // once a wave of them has gone, hand the pages back so RSS returns
-        // near idle instead of staying at the high-water mark.
-        let open = self.conns.len();
-        if self.conns_peak >= open + TRIM_AFTER_CLOSED && open <= self.conns_peak / 2 {
-            release_free_memory();
-            self.conns_peak = open;
-        }
-        if self.accept_paused {
-            self.accept(now);
-        }
-        let l = self.limits.clone();
-        for slot in 0..self.conns.capacity() {
-            let Some(conn) = self.conns.get_mut(slot) else {
-                continue;
-            };
-            let action = match &mut conn.state {
-                State::Http(h) => http_timer(h, now, &l),
-                State::Ws(w) => {
-                    let silent = now.saturating_duration_since(w.last_heard);
-                    if silent >= l.ws_idle_timeout {
-                        TimerAction::CloseWsIdle
-                    } else if silent >= l.ws_ping_interval && !w.ping_sent {
-                        w.ping_sent = true;
-                        let _ = w.ws.write(Message::Ping(Bytes::new()));
-                        self.dirty.push(slot);
-                        TimerAction::None
-                    } else {
-                        TimerAction::None
-                    }
-                }
-                State::Sse(_) => TimerAction::SseKeepalive,
-                State::Closing(c) if now >= c.deadline => TimerAction::Drop,
-                _ => TimerAction::None,
-            };
-            match action {
-                TimerAction::None => {}
-                TimerAction::Drop => self.drop_conn(slot, now),
-                TimerAction::SseKeepalive => self.sse_keepalive(slot, now),
-                TimerAction::CloseWsIdle => {
-                    self.metrics.closed(CloseReason::Idle);
-                    self.close_client(slot, close::GOING_AWAY, "Idle timeout", now)
-                }
-                TimerAction::RequestTimeout => {
-                    if let Some(Conn {
-                        state: State::Http(h),
-                        ..
-                    }) = self.conns.get_mut(slot)
-                    {
-                        let resp = Response::detail(408, "Request Timeout");
-                        let bytes = resp.encode(false);
-                        let request = RequestLog::unparsed(h.request_started);
-                        access::record(
-                            &mut self.metrics,
-                            self.access_log,
-                            h.peer,
-                            &request,
-                            408,
-                            bytes.len(),
-                        );
-                        h.io.push(Bytes::from(bytes));
-                        h.keep_alive = false;
-                    }
-                    self.begin_close(slot, now);
-                }
-                TimerAction::CloseQuietly => self.begin_close(slot, now),
-            }
-        }
-    }
-}
-
-/// Closed connections that make it worth returning freed memory to the OS.
-const TRIM_AFTER_CLOSED: usize = 1000;
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn release_free_memory() {
-    // SAFETY: malloc_trim only walks glibc's own heap; no pointers are passed.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn release_free_memory() {}
-
-enum TimerAction {
-    None,
-    SseKeepalive,
-    Drop,
-    CloseWsIdle,
-    RequestTimeout,
-    CloseQuietly,
-}
-
-fn http_timer(h: &HttpConn, now: Instant, l: &Limits) -> TimerAction {
-    if h.waiting {
-        return TimerAction::None;
-    }
-    if h.parser.in_body() {
-        // Like nginx's client_body_timeout: time between reads that progress.
-        if now >= h.last_progress + l.header_timeout {
-            return TimerAction::RequestTimeout;
-        }
-    } else if !h.inbuf.is_empty() || (h.served == 0 && h.io.queued() == 0) {
-        // A head is arriving (or a new connection has sent nothing yet).
-        if now >= h.request_started + l.header_timeout {
-            return TimerAction::RequestTimeout;
-        }
-    } else if now >= h.last_progress + l.keepalive_timeout {
-        return TimerAction::CloseQuietly;
-    }
-    TimerAction::None
-}
-
-enum ReadResult {
-    Data,
-    WouldBlock,
-    Eof,
-    Error,
-}
-
-fn read_some(io: &mut Transport, inbuf: &mut Vec<u8>, chunk: &mut [u8]) -> ReadResult {
-    loop {
-        match io.tcp.read(chunk) {
-            Ok(0) => return ReadResult::Eof,
-            Ok(n) => {
-                inbuf.extend_from_slice(&chunk[..n]);
-                return ReadResult::Data;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadResult::WouldBlock,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return ReadResult::Error,
-        }
     }
 }

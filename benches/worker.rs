@@ -1,0 +1,225 @@
+//! `--agent worker` against `--agent exec` with the same trivial Python
+//! agent: turns per second (one client, then eight at once, REST
+//! `POST /api/chat` on keep-alive connections), the per-token overhead
+//! (the agent stamps each token with `CLOCK_MONOTONIC`; the WebSocket
+//! client reads the same clock on receipt), and both again for an agent
+//! that takes 1 s to start (a framework import, a model load).
+//!
+//!     cargo build --release && cargo bench --bench worker
+//!
+//! Env: AUTOPOIESIS_BIN (default target/release/autopoiesis), TURNS (400:
+//! worker turns per run; exec runs do fewer), TOKENS (2000).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One program, both protocols: `exec` answers the one request on stdin;
+/// `worker` answers every turn line until EOF. `stream N` stamps N tokens;
+/// any other prompt comes back word by word. `--start S` sleeps S seconds
+/// first (a slow import).
+const AGENT: &str = r#"
+import json, sys, time
+mode, start = sys.argv[1], float(sys.argv[2])
+time.sleep(start)
+out = sys.stdout
+
+def answer(req, extra):
+    words = req["prompt"].split()
+    if words and words[0] == "stream":
+        for _ in range(int(words[1])):
+            out.write(json.dumps(dict(extra, op="token", data={"content": str(time.monotonic_ns())})) + "\n")
+            out.flush()
+            time.sleep(0.0005)
+        out.write(json.dumps(dict(extra, op="done", data={})) + "\n")
+    else:
+        for w in words:
+            out.write(json.dumps(dict(extra, op="token", data={"content": w + " "})) + "\n")
+        out.write(json.dumps(dict(extra, op="done", data={"content": req["prompt"]})) + "\n")
+    out.flush()
+
+if mode == "exec":
+    answer(json.loads(sys.stdin.readline()), {})
+else:
+    for line in sys.stdin:
+        msg = json.loads(line)
+        if msg["type"] == "turn":
+            answer(msg, {"turn": msg["turn"]})
+"#;
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct we pass.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(bin: &str, agent: &str, start_s: f64) -> Server {
+    let path = std::env::temp_dir().join("autopoiesis-worker-bench-agent.py");
+    std::fs::write(&path, AGENT).expect("write the agent");
+    let cmd = format!("exec python3 {} {agent} {start_s}", path.display());
+    let mut child = Command::new(bin)
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--in-memory",
+            "--agent",
+            agent,
+            "--agent-cmd",
+            &cmd,
+            "--max-queued-turns",
+            "64",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {bin}: {e} (build it with cargo build --release)"));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .trim_start_matches("listening on http://")
+        .to_owned();
+    Server { child, addr }
+}
+
+/// One `POST /api/chat` on a keep-alive connection; the status.
+fn chat(conn: &mut TcpStream, session: &str, content: &str) -> u16 {
+    let body = format!(r#"{{"content":"{content}","session_id":"{session}"}}"#);
+    let req = format!(
+        "POST /api/chat HTTP/1.1\r\nHost: b\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(req.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let status = head[9..12].parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).unwrap();
+    status
+}
+
+fn connect(addr: &str) -> TcpStream {
+    let c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    c.set_nodelay(true).unwrap();
+    c
+}
+
+/// `clients` threads each run `turns / clients` turns on their own session;
+/// returns turns per second.
+fn turns_per_second(s: &Server, clients: usize, turns: usize) -> f64 {
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for c in 0..clients {
+            let addr = s.addr.clone();
+            scope.spawn(move || {
+                let mut conn = connect(&addr);
+                for _ in 0..turns / clients {
+                    assert_eq!(chat(&mut conn, &format!("c{c}"), "hello big world"), 200);
+                }
+            });
+        }
+    });
+    (turns / clients * clients) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Agent write → client receipt, per token; (p50, p90, p99) in µs.
+fn token_overhead(s: &Server, tokens: usize) -> (f64, f64, f64) {
+    let stream = connect(&s.addr);
+    let (mut ws, _) =
+        tungstenite::client::client(format!("ws://{}/api/ws/tok", s.addr), stream).unwrap();
+    let msg = format!(r#"{{"op":"message","data":{{"content":"stream {tokens}"}}}}"#);
+    ws.send(tungstenite::Message::text(msg)).unwrap();
+    let mut lat = Vec::with_capacity(tokens);
+    loop {
+        let msg = ws.read().unwrap();
+        let now = monotonic_ns();
+        let tungstenite::Message::Text(t) = msg else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+        match v["op"].as_str() {
+            Some("token") => {
+                let sent: u64 = v["data"]["content"].as_str().unwrap().parse().unwrap();
+                lat.push(now.saturating_sub(sent) as f64 / 1000.0);
+            }
+            Some("done") => break,
+            other => panic!("unexpected {other:?}: {v}"),
+        }
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
+    (pct(0.5), pct(0.9), pct(0.99))
+}
+
+fn main() {
+    let bin =
+        std::env::var("AUTOPOIESIS_BIN").unwrap_or_else(|_| "target/release/autopoiesis".into());
+    let env_num = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let turns = env_num("TURNS", 400);
+    let tokens = env_num("TOKENS", 2000);
+
+    for (start_s, exec_turns) in [(0.0, turns / 4), (1.0, 8)] {
+        for agent in ["exec", "worker"] {
+            let s = start(&bin, agent, start_s);
+            let n = if agent == "exec" { exec_turns } else { turns };
+            // The first turn alone: for a worker, it may wait for the start.
+            let first = Instant::now();
+            assert_eq!(chat(&mut connect(&s.addr), "first", "hi"), 200);
+            let first_ms = first.elapsed().as_secs_f64() * 1000.0;
+            let one = turns_per_second(&s, 1, n);
+            let eight = turns_per_second(&s, 8, n.max(8));
+            println!(
+                "worker_bench agent={agent} start_s={start_s} first_turn_ms={first_ms:.0} \
+                 turns_per_s_1_client={one:.1} turns_per_s_8_clients={eight:.1}"
+            );
+            if start_s == 0.0 {
+                let (p50, p90, p99) = token_overhead(&s, tokens);
+                println!(
+                    "worker_bench agent={agent} token_overhead tokens={tokens} \
+                     p50_us={p50:.1} p90_us={p90:.1} p99_us={p99:.1}"
+                );
+            }
+        }
+    }
+}
