@@ -27,6 +27,8 @@ mod routes;
 
 pub use auth::key_matches;
 pub use chat_body::validate_chat_body;
+#[cfg(test)]
+pub(crate) use routes::ROUTES;
 pub use routes::{percent_decode, since_param};
 use routes::{resume_point, route, Route, Target};
 
@@ -178,6 +180,9 @@ impl App {
         }
         let response = match route {
             Route::Page => self.page.response(),
+            Route::OpenApi => crate::docs::openapi(),
+            Route::AsyncApi => crate::docs::asyncapi(),
+            Route::Docs => crate::docs::page(),
             Route::Health => Response::json(200, self.health_body.clone()),
             Route::Metrics => self.metrics(sink),
             Route::Sessions if req.head.method == "POST" => {

@@ -15,6 +15,7 @@
 //! | [`service`] | the [`service::Service`] trait: what the reactor hands requests and messages to, and what it gets back | [`reactor`]; implemented by [`api`] and `examples/ws_echo.rs` |
 //! | [`api`] | [`api::App`]: routing, auth, REST handlers, WebSocket ops, event streams (SSE) | [`reactor`] through [`service`] |
 //! | [`page`] | the built-in chat page (`GET /`), embedded, and its Content-Security-Policy | [`api`] |
+//! | [`docs`] | the API's documents, embedded: `GET /openapi.json`, `/asyncapi.json`, and `/docs` (a page rendering the first) | [`api`] |
 //! | [`sessions`] | the session table, history, `seq`, subscribers, broadcast, retained events for resume | [`api`], [`turns`] |
 //! | [`turns`] | per-session turn queue, the echo agent's stepwise streaming, cancel | [`api`] |
 //! | [`echo`] | the echo agent's word tokenizer | [`turns`] |
@@ -44,6 +45,7 @@ pub mod agent;
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod docs;
 pub mod echo;
 pub mod events;
 pub mod fuzzing;

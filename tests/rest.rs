@@ -174,8 +174,9 @@ fn not_found_method_not_allowed_and_invalid_ids() {
         "/api",
         "/api/unknown",
         "/api/sessions/x/y/z",
-        "/docs",
-        "/openapi.json",
+        "/docs/",
+        "/openapi.yaml",
+        "/api/openapi.json",
     ] {
         let r = s.get(path);
         assert_eq!(
@@ -193,6 +194,9 @@ fn not_found_method_not_allowed_and_invalid_ids() {
         ("GET", "/api/sessions/abc/chat", "POST"),
         ("DELETE", "/api/sessions/abc/events", "GET"),
         ("POST", "/", "GET"),
+        ("POST", "/openapi.json", "GET"),
+        ("DELETE", "/asyncapi.json", "GET"),
+        ("PUT", "/docs", "GET"),
     ] {
         let r = s.request(method, path, None, &[]);
         assert_eq!(
@@ -292,6 +296,30 @@ fn auth_on() {
             .status,
         401
     );
+}
+
+#[test]
+fn documents_are_public() {
+    // Auth on, and a foreign Origin: the documents still need neither.
+    let s = Server::start_with_env(&[], &[("AUTOPOIESIS_API_KEY", "s3cret")]);
+    for (path, content_type) in [
+        ("/openapi.json", "application/json"),
+        ("/asyncapi.json", "application/json"),
+        ("/docs", "text/html; charset=utf-8"),
+    ] {
+        let r = s.request("GET", path, None, &[("Origin", "http://elsewhere.example")]);
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.header("content-type"), Some(content_type), "{path}");
+    }
+    let doc = s.get("/openapi.json").json();
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+    assert!(doc["paths"]["/api/sessions/{id}/history"]["get"].is_object());
+    let doc = s.get("/asyncapi.json").json();
+    assert_eq!(doc["asyncapi"], "3.0.0");
+    let page = s.get("/docs");
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(csp.starts_with("default-src 'none';"), "{csp}");
+    assert!(String::from_utf8_lossy(&page.body).contains("/openapi.json"));
 }
 
 #[test]

@@ -17,6 +17,37 @@ pub(super) enum Route<'a> {
     SessionChat(&'a str),
     /// `/api/sessions/{id}/events`: Server-Sent Events.
     Events(&'a str),
+    /// `/openapi.json`, `/asyncapi.json`, `/docs`: the API's documents.
+    OpenApi,
+    AsyncApi,
+    Docs,
+}
+
+/// Every route template the router serves and its methods, the WebSocket
+/// endpoint included: what [`Route::allowed`] answers (and `Allow` lists),
+/// and what the OpenAPI document must describe (a unit test checks both).
+pub(crate) const ROUTES: &[(&str, &[&str])] = &[
+    ("/", &["GET"]),
+    ("/api/health", &["GET"]),
+    ("/metrics", &["GET"]),
+    ("/api/sessions", &["GET", "POST"]),
+    ("/api/sessions/{id}", &["DELETE"]),
+    ("/api/sessions/{id}/history", &["GET"]),
+    ("/api/chat", &["POST"]),
+    ("/api/sessions/{id}/chat", &["POST"]),
+    ("/api/sessions/{id}/events", &["GET"]),
+    ("/api/ws/{id}", &["GET"]),
+    ("/openapi.json", &["GET"]),
+    ("/asyncapi.json", &["GET"]),
+    ("/docs", &["GET"]),
+];
+
+/// The methods of `template` in [`ROUTES`].
+fn methods(template: &str) -> &'static [&'static str] {
+    ROUTES
+        .iter()
+        .find(|(t, _)| *t == template)
+        .map_or(&[], |(_, m)| m)
 }
 
 /// What a request path names: a REST route or the WebSocket endpoint.
@@ -27,19 +58,15 @@ pub(super) enum Target<'a> {
 
 impl Route<'_> {
     pub(super) fn allowed(&self) -> &'static [&'static str] {
-        match self {
-            Route::Page | Route::Health | Route::Metrics | Route::History(_) | Route::Events(_) => {
-                &["GET"]
-            }
-            Route::Sessions => &["GET", "POST"],
-            Route::Session(_) => &["DELETE"],
-            Route::Chat | Route::SessionChat(_) => &["POST"],
-        }
+        methods(self.template())
     }
 
     /// Routes anyone may use: no key, no Origin check.
     pub(super) fn public(&self) -> bool {
-        matches!(self, Route::Page | Route::Health)
+        matches!(
+            self,
+            Route::Page | Route::Health | Route::OpenApi | Route::AsyncApi | Route::Docs
+        )
     }
 
     /// The route's template, as metrics label it.
@@ -54,6 +81,9 @@ impl Route<'_> {
             Route::Chat => "/api/chat",
             Route::SessionChat(_) => "/api/sessions/{id}/chat",
             Route::Events(_) => "/api/sessions/{id}/events",
+            Route::OpenApi => "/openapi.json",
+            Route::AsyncApi => "/asyncapi.json",
+            Route::Docs => "/docs",
         }
     }
 }
@@ -72,6 +102,9 @@ pub(super) fn route(path: &str) -> Option<Target<'_>> {
     match path {
         "/" => return Some(Target::Rest(Route::Page)),
         "/metrics" => return Some(Target::Rest(Route::Metrics)),
+        "/openapi.json" => return Some(Target::Rest(Route::OpenApi)),
+        "/asyncapi.json" => return Some(Target::Rest(Route::AsyncApi)),
+        "/docs" => return Some(Target::Rest(Route::Docs)),
         _ => {}
     }
     let rest = path.strip_prefix("/api/")?;
@@ -159,4 +192,45 @@ pub fn since_param(query: &str) -> Option<Result<u64, ()>> {
     } else {
         Err(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each template of [`ROUTES`] routes back to itself, once.
+    #[test]
+    fn the_route_table_is_what_the_router_serves() {
+        for (i, (template, methods)) in ROUTES.iter().enumerate() {
+            assert!(!methods.is_empty(), "{template}");
+            assert!(
+                ROUTES[..i].iter().all(|(t, _)| t != template),
+                "{template} twice"
+            );
+            let path = template.replace("{id}", "abc");
+            let target = route(&path).unwrap_or_else(|| panic!("{path} is not routed"));
+            assert_eq!(target.template(), *template);
+            if let Target::Rest(r) = target {
+                assert_eq!(r.allowed(), *methods);
+            }
+        }
+    }
+
+    /// The OpenAPI document marks exactly the public routes as needing no
+    /// key (`"security": []`).
+    #[test]
+    fn the_openapi_document_knows_which_routes_are_public() {
+        let doc: serde_json::Value = serde_json::from_str(crate::docs::OPENAPI_JSON).expect("JSON");
+        for (template, methods) in ROUTES {
+            let public = match route(&template.replace("{id}", "abc")) {
+                Some(Target::Rest(r)) => r.public(),
+                _ => false,
+            };
+            for method in *methods {
+                let op = &doc["paths"][template][method.to_ascii_lowercase()];
+                let open = op.get("security") == Some(&serde_json::json!([]));
+                assert_eq!(open, public, "{method} {template}");
+            }
+        }
+    }
 }
