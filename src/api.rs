@@ -156,10 +156,13 @@ impl App {
         let path = percent_decode(&req.head.path);
         let route = match route(&path) {
             Some(Target::Rest(route)) => route,
-            Some(Target::WebSocket(_)) if req.head.method != "GET" => {
+            Some(ws @ Target::WebSocket(_))
+                if !ws.allowed().contains(&req.head.method.as_str()) =>
+            {
+                let allow = ws.allowed().join(", ");
                 return HttpOutcome::Respond(
-                    Response::detail(405, "Method Not Allowed").with_header("allow", "GET"),
-                )
+                    Response::detail(405, "Method Not Allowed").with_header("allow", allow),
+                );
             }
             Some(Target::WebSocket(id)) => return self.upgrade(&req, id, now, sink),
             None => return HttpOutcome::Respond(Response::detail(404, "Not Found")),

@@ -89,6 +89,10 @@ impl Route<'_> {
 }
 
 impl Target<'_> {
+    pub(super) fn allowed(&self) -> &'static [&'static str] {
+        methods(self.template())
+    }
+
     pub(super) fn template(&self) -> &'static str {
         match self {
             Target::Rest(route) => route.template(),
