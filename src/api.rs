@@ -39,6 +39,8 @@ const TOO_MANY_SESSIONS: &str = "Too many sessions";
 const NOT_ON_THIS_INSTANCE: &str = "Session not on this instance: use POST /api/sessions/{id}/chat";
 /// Longest interval between two sweeps of stale sessions.
 const SWEEP_EVERY: Duration = Duration::from_secs(300);
+/// Sessions looked at per loop iteration by the TTL sweep.
+const SWEEP_BUDGET: usize = 256;
 /// How soon turns paused for a slow client are looked at again.
 const PAUSED_RECHECK: Duration = Duration::from_millis(10);
 
@@ -673,16 +675,26 @@ impl App {
         self.next_sweep
     }
 
-    /// Drops stale sessions (the original's `--session-ttl` sweep).
+    /// Loop maintenance, once per iteration: moves a share of the session
+    /// table if it is growing, and drops stale sessions (the original's
+    /// `--session-ttl` sweep) a budget at a time, so neither ever takes
+    /// time proportional to the sessions held. Returns how many went.
     pub fn sweep(&mut self, now: Instant) -> usize {
+        self.sessions.maintain();
         if now < self.next_sweep {
             return 0;
         }
-        self.next_sweep = now + self.sweep_interval();
-        match self.config.limits.session_ttl {
-            Some(ttl) => self.sessions.sweep(now, ttl),
-            None => 0,
+        let Some(ttl) = self.config.limits.session_ttl else {
+            self.next_sweep = now + self.sweep_interval();
+            return 0;
+        };
+        let (removed, done) = self.sessions.sweep_step(now, ttl, SWEEP_BUDGET);
+        // A pass under way keeps `next_sweep` due, so the loop comes back
+        // at once for the next budget.
+        if done {
+            self.next_sweep = now + self.sweep_interval();
         }
+        removed
     }
 }
 

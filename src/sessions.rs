@@ -8,6 +8,9 @@
 //! the original server).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
+mod map;
+use map::GrowingMap;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -79,6 +82,9 @@ pub struct SessionInfo<'a> {
     pub message_count: usize,
 }
 
+/// Sessions moved to the grown table per loop iteration (32 bytes each).
+const GROWTH_STEP_PER_ITERATION: usize = 1024;
+
 /// How many `seq` numbers one journal record reserves ahead.
 const SEQ_BLOCK: u64 = 1024;
 
@@ -95,7 +101,7 @@ pub struct TableFull;
 
 #[derive(Debug)]
 pub struct SessionTable {
-    sessions: HashMap<String, Session>,
+    sessions: GrowingMap<Session>,
     order: BTreeMap<u64, String>,
     next_ordinal: u64,
     subscribers: HashMap<String, Vec<ConnId>>,
@@ -105,6 +111,8 @@ pub struct SessionTable {
     pending: Vec<Change>,
     /// Bytes of journal records that describe live state.
     journal_live: u64,
+    /// Where the TTL sweep under way goes on (an ordinal), if one is.
+    sweep_cursor: Option<u64>,
     /// Turns running, queued and ended; tokens broadcast.
     pub metrics: crate::metrics::TurnMetrics,
 }
@@ -122,7 +130,7 @@ impl SessionTable {
 
     pub fn with_retention(max_sessions: usize, retention: Retention) -> Self {
         SessionTable {
-            sessions: HashMap::new(),
+            sessions: GrowingMap::default(),
             order: BTreeMap::new(),
             next_ordinal: 0,
             subscribers: HashMap::new(),
@@ -131,6 +139,7 @@ impl SessionTable {
             pending: Vec::new(),
             journal_live: 0,
             metrics: Default::default(),
+            sweep_cursor: None,
         }
     }
 
@@ -194,7 +203,7 @@ impl SessionTable {
             running: None,
             queue: VecDeque::new(),
         };
-        self.sessions.insert(id.to_owned(), session);
+        self.sessions.insert(id.to_owned(), session, &self.order);
     }
 
     /// Appends `messages` to session `id`'s history, journaled first (with
@@ -238,7 +247,7 @@ impl SessionTable {
     /// Drops a session that was never saved (its creation could not be
     /// journaled): no record of it is written.
     pub fn forget(&mut self, id: &str) {
-        if let Some(session) = self.sessions.remove(id) {
+        if let Some(session) = self.sessions.remove(id, &self.order) {
             self.order.remove(&session.ordinal);
         }
     }
@@ -268,7 +277,7 @@ impl SessionTable {
         for (change, bytes) in records {
             match change {
                 Change::Created { id, at } => {
-                    if let Some(old) = self.sessions.remove(&id) {
+                    if let Some(old) = self.sessions.remove(&id, &self.order) {
                         self.order.remove(&old.ordinal);
                     }
                     self.insert(&id, at, now);
@@ -292,7 +301,7 @@ impl SessionTable {
                     }
                 }
                 Change::Deleted { id } => {
-                    if let Some(old) = self.sessions.remove(&id) {
+                    if let Some(old) = self.sessions.remove(&id, &self.order) {
                         self.order.remove(&old.ordinal);
                     }
                 }
@@ -345,7 +354,7 @@ impl SessionTable {
 
     /// Removes the session; its subscribers stay attached to the id.
     pub fn remove(&mut self, id: &str) -> Option<Session> {
-        let session = self.sessions.remove(id)?;
+        let session = self.sessions.remove(id, &self.order)?;
         self.order.remove(&session.ordinal);
         self.journal_live = self.journal_live.saturating_sub(session.journal_bytes);
         self.pending.push(Change::Deleted { id: id.to_owned() });
@@ -438,6 +447,12 @@ impl SessionTable {
         Some(seq)
     }
 
+    /// Moves a budget of entries if the table is growing (one loop
+    /// iteration's share; inserts and removes move some too).
+    pub fn maintain(&mut self) {
+        self.sessions.step(&self.order, GROWTH_STEP_PER_ITERATION);
+    }
+
     /// Ids of sessions with a turn running or queued.
     pub fn busy_ids(&self) -> Vec<String> {
         self.sessions
@@ -447,24 +462,47 @@ impl SessionTable {
             .collect()
     }
 
-    /// Removes sessions with no subscriber, no turn and no activity for
-    /// `ttl`. Returns how many went.
-    pub fn sweep(&mut self, now: Instant, ttl: Duration) -> usize {
-        let stale: Vec<String> = self
-            .sessions
-            .iter()
-            .filter(|(id, s)| {
-                s.running.is_none()
-                    && s.queue.is_empty()
-                    && !self.subscribers.contains_key(id.as_str())
-                    && now.saturating_duration_since(s.last_activity) >= ttl
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
+    /// One step of the TTL sweep: looks at up to `budget` sessions from
+    /// where the last step stopped (in creation order) and removes those
+    /// with no subscriber, no turn and no activity for `ttl`. Returns how
+    /// many went and whether the pass over every session is complete.
+    pub fn sweep_step(&mut self, now: Instant, ttl: Duration, budget: usize) -> (usize, bool) {
+        let from = self.sweep_cursor.unwrap_or(0);
+        let mut stale = Vec::new();
+        let mut next = None;
+        for (i, (&ordinal, id)) in self.order.range(from..).enumerate() {
+            if i == budget {
+                next = Some(ordinal);
+                break;
+            }
+            let Some(s) = self.sessions.get(id) else {
+                continue;
+            };
+            if s.running.is_none()
+                && s.queue.is_empty()
+                && !self.subscribers.contains_key(id.as_str())
+                && now.saturating_duration_since(s.last_activity) >= ttl
+            {
+                stale.push(id.clone());
+            }
+        }
         for id in &stale {
             self.remove(id);
         }
-        stale.len()
+        self.sweep_cursor = next;
+        (stale.len(), next.is_none())
+    }
+
+    /// A whole TTL sweep at once (tests, small tables).
+    pub fn sweep(&mut self, now: Instant, ttl: Duration) -> usize {
+        let mut removed = 0;
+        loop {
+            let (n, done) = self.sweep_step(now, ttl, usize::MAX);
+            removed += n;
+            if done {
+                return removed;
+            }
+        }
     }
 }
 
@@ -584,6 +622,33 @@ mod tests {
         assert!(sink.texts_to(a)[1].ends_with(r#","seq":2}"#));
         t.unsubscribe("s", a);
         assert_eq!(t.subscribers("s"), &[b]);
+    }
+
+    #[test]
+    fn a_sweep_goes_a_budget_at_a_time() {
+        let t0 = Instant::now();
+        let mut t = SessionTable::new(100);
+        for i in 0..10 {
+            t.get_or_create(&format!("s{i}"), t0).unwrap();
+        }
+        t.subscribe("s4", ConnId { slot: 0, serial: 0 });
+        let later = t0 + Duration::from_secs(100);
+        let ttl = Duration::from_secs(50);
+        let mut steps = vec![];
+        loop {
+            let (removed, done) = t.sweep_step(later, ttl, 3);
+            steps.push(removed);
+            if done {
+                break;
+            }
+        }
+        // Ten sessions, three looked at per step: four steps; s4 is watched.
+        assert_eq!(steps, [3, 2, 3, 1]);
+        assert_eq!(t.len(), 1);
+        assert!(t.get("s4").is_some());
+        // The next pass starts from the beginning again.
+        t.get_or_create("new", later).unwrap();
+        assert_eq!(t.sweep_step(later + ttl, ttl, 100), (1, true));
     }
 
     #[test]
