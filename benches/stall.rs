@@ -1,0 +1,232 @@
+//! Stall benchmark: how long the one loop thread ever stops answering.
+//!
+//! A probe sends `GET /api/health` on a keep-alive connection every
+//! millisecond and records each round trip, while the server goes through
+//! phases that provoke the known stalls:
+//! - `growth`: sessions created until the table holds `SESSIONS` (600 000);
+//! - `sweep`: the TTL sweep removes them all;
+//! - `history`: a session with a long history (`HISTORY_MB`, 8) read again
+//!   and again;
+//! - `turns`: 32 clients run REST turns back to back on a durable server
+//!   (`--fsync batch`).
+//!
+//! It prints the probe's max, p99.9 and p99 (ms) per phase. Numbers, never
+//! assertions; run on a quiet machine, the server on CPU 0 and the load on
+//! CPU 1 if you can (`taskset`).
+//!
+//! ```text
+//! cargo build --release && cargo bench --bench stall
+//! ```
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(bin: &str, args: &[&str]) -> Server {
+    let mut child = Command::new(bin)
+        .args(["serve", "--port", "0", "--max-sessions", "10000000"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {bin}: {e} (build it with cargo build --release)"));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .trim_start_matches("listening on http://")
+        .to_owned();
+    Server { child, addr }
+}
+
+fn connect(addr: &str) -> TcpStream {
+    let c = TcpStream::connect(addr).unwrap();
+    c.set_nodelay(true).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    c
+}
+
+/// One request on a keep-alive connection; the status and body.
+fn call(conn: &mut TcpStream, method: &str, path: &str, body: &str) -> (u16, Vec<u8>) {
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: b\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(req.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).to_lowercase();
+    let status = text[9..12].parse().unwrap();
+    let len: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).unwrap();
+    (status, body)
+}
+
+/// Probes `addr` every millisecond until `stop`; returns the round trips.
+fn probe(addr: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Duration>> {
+    std::thread::spawn(move || {
+        let mut conn = connect(&addr);
+        let mut rtts = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            let (status, _) = call(&mut conn, "GET", "/api/health", "");
+            assert_eq!(status, 200);
+            let rtt = t.elapsed();
+            rtts.push(rtt);
+            if let Some(rest) = Duration::from_millis(1).checked_sub(rtt) {
+                std::thread::sleep(rest);
+            }
+        }
+        rtts
+    })
+}
+
+/// Runs `load` while probing; prints the probe's figures for `phase`.
+fn phase(name: &str, addr: &str, load: impl FnOnce()) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handle = probe(addr.to_owned(), stop.clone());
+    let started = Instant::now();
+    load();
+    stop.store(true, Ordering::Relaxed);
+    let mut rtts = handle.join().unwrap();
+    rtts.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let pct = |p: f64| ms(rtts[((rtts.len() - 1) as f64 * p) as usize]);
+    println!(
+        "stall phase={name} seconds={:.1} probes={} max_ms={:.2} p999_ms={:.2} p99_ms={:.2}",
+        started.elapsed().as_secs_f64(),
+        rtts.len(),
+        ms(*rtts.last().unwrap()),
+        pct(0.999),
+        pct(0.99)
+    );
+}
+
+/// Creates `n` sessions over `clients` keep-alive connections.
+fn create_sessions(addr: &str, n: usize, clients: usize) {
+    let per = n / clients;
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let addr = addr.to_owned();
+            std::thread::spawn(move || {
+                let mut c = connect(&addr);
+                for _ in 0..per {
+                    assert_eq!(call(&mut c, "POST", "/api/sessions", "").0, 201);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
+fn sessions_held(addr: &str) -> u64 {
+    let (_, body) = call(&mut connect(addr), "GET", "/metrics", "");
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix("autopoiesis_sessions "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+fn main() {
+    let bin =
+        std::env::var("AUTOPOIESIS_BIN").unwrap_or_else(|_| "target/release/autopoiesis".into());
+    let env_num = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let sessions = env_num("SESSIONS", 600_000);
+    let history_mb = env_num("HISTORY_MB", 8);
+
+    // Growth, then the sweep of everything it made (in memory: this is the
+    // table, not the journal). The TTL outlasts the growth phase, and the
+    // sweep runs every TTL.
+    let ttl = env_num("SWEEP_TTL", 20).to_string();
+    let s = start(&bin, &["--in-memory", "--session-ttl", &ttl]);
+    phase("growth", &s.addr, || create_sessions(&s.addr, sessions, 4));
+    phase("sweep", &s.addr, || {
+        while sessions_held(&s.addr) > 0 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    drop(s);
+
+    // A long history read back repeatedly.
+    let s = start(&bin, &["--in-memory", "--max-body-bytes", "2000000"]);
+    let mut c = connect(&s.addr);
+    let chunk = "word ".repeat(200_000); // 1 MB per turn: request + reply
+    for _ in 0..history_mb.div_ceil(2) {
+        let body = format!(r#"{{"content":"{chunk}"}}"#);
+        assert_eq!(
+            call(&mut c, "POST", "/api/sessions/long/chat", &body).0,
+            200
+        );
+    }
+    phase("history", &s.addr, || {
+        let mut c = connect(&s.addr);
+        for _ in 0..20 {
+            let (status, body) = call(&mut c, "GET", "/api/sessions/long/history", "");
+            assert_eq!(status, 200);
+            assert!(body.len() > 1_000_000);
+        }
+    });
+    drop(s);
+
+    // 32 clients running turns on a durable server (group commit).
+    let dir = std::env::temp_dir().join(format!("autopoiesis-stall-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let s = start(
+        &bin,
+        &["--data-dir", dir.to_str().unwrap(), "--fsync", "batch"],
+    );
+    phase("turns", &s.addr, || {
+        let handles: Vec<_> = (0..32)
+            .map(|i| {
+                let addr = s.addr.clone();
+                std::thread::spawn(move || {
+                    let mut c = connect(&addr);
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while Instant::now() < deadline {
+                        let body = r#"{"content":"hello world from the stall bench"}"#;
+                        let path = format!("/api/sessions/t{i}/chat");
+                        assert_eq!(call(&mut c, "POST", &path, body).0, 200);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
