@@ -70,7 +70,7 @@ impl<V> GrowingMap<V> {
     /// Inserts a new entry (`id` must not be present). When the live table
     /// is full, growing starts instead of a rehash in place.
     pub fn insert(&mut self, id: String, value: V, order: &BTreeMap<u64, String>) {
-        if self.old.is_none() && self.live.len() == self.live.capacity() && self.live.len() > 0 {
+        if self.old.is_none() && self.live.len() == self.live.capacity() && !self.live.is_empty() {
             let bigger = HashMap::with_capacity(self.live.capacity() * 2);
             let full = std::mem::replace(&mut self.live, bigger);
             let first = order.keys().next().copied().unwrap_or(0);
