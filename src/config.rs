@@ -267,7 +267,7 @@ where
                 l.max_queued_turns = number(&mut parser, "--max-queued-turns")?
             }
             Long("session-ttl") => {
-                let ttl: u64 = number(&mut parser, "--session-ttl")?;
+                let ttl = seconds_or_zero(&mut parser, "--session-ttl")?;
                 l.session_ttl = (ttl > 0).then(|| Duration::from_secs(ttl));
             }
             Long("ws-ping-interval") => {
@@ -305,7 +305,7 @@ where
                 a.upstream_timeout = seconds(&mut parser, "--upstream-timeout")?
             }
             Long("echo-delay-ms") => {
-                let ms: u64 = number(&mut parser, "--echo-delay-ms")?;
+                let ms = seconds_or_zero(&mut parser, "--echo-delay-ms")?;
                 a.echo_delay = (ms > 0).then(|| Duration::from_millis(ms));
             }
             Long("data-dir") => data_dir = Some(parser.value().map_err(usage)?.into()),
@@ -326,7 +326,8 @@ where
             Long("retain-events") => l.retain_events = number(&mut parser, "--retain-events")?,
             Long("retain-bytes") => l.retain_bytes = number(&mut parser, "--retain-bytes")?,
             Long("shutdown-grace") => {
-                l.shutdown_grace = Duration::from_secs(number(&mut parser, "--shutdown-grace")?)
+                l.shutdown_grace =
+                    Duration::from_secs(seconds_or_zero(&mut parser, "--shutdown-grace")?)
             }
             Long("allowed-origin") => {
                 flag_origins.push(parser.value().map_err(usage)?.string().map_err(usage)?)
@@ -450,10 +451,24 @@ fn positive(p: &mut lexopt::Parser, flag: &str) -> Result<usize, UsageError> {
     }
 }
 
+/// Longest duration any flag takes (ten years): deadlines are `Instant`s,
+/// and a sum past what an `Instant` holds would abort the server later.
+const MAX_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
 fn seconds(p: &mut lexopt::Parser, flag: &str) -> Result<Duration, UsageError> {
-    match number::<u64>(p, flag)? {
+    match seconds_or_zero(p, flag)? {
         0 => Err(UsageError(format!("{flag} must be at least 1 second"))),
         n => Ok(Duration::from_secs(n)),
+    }
+}
+
+/// A number of seconds, 0 allowed, at most [`MAX_SECONDS`].
+fn seconds_or_zero(p: &mut lexopt::Parser, flag: &str) -> Result<u64, UsageError> {
+    match number::<u64>(p, flag)? {
+        n if n > MAX_SECONDS => Err(UsageError(format!(
+            "{flag} is at most {MAX_SECONDS} seconds (ten years)"
+        ))),
+        n => Ok(n),
     }
 }
 

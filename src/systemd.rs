@@ -40,14 +40,24 @@ pub fn take_listener() -> Result<Option<TcpListener>, String> {
         crate::warn!("LISTEN_FDS is {count}: serving the first socket (fd 3) only");
     }
     let fd = LISTEN_FDS_START;
-    // SAFETY: fcntl and getsockopt only read and set flags of fd 3, which
-    // systemd passed to this process for it to own.
+    // Every passed descriptor is close-on-exec: agent programs must not
+    // inherit a listening socket (the unused ones stay open, harmlessly).
+    for passed in fd..fd.saturating_add(count) {
+        // SAFETY: fcntl only reads and sets the flags of a descriptor
+        // systemd passed to this process.
+        unsafe {
+            let flags = libc::fcntl(passed, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(passed, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+    // SAFETY: fcntl and getsockopt only read flags and options of fd 3,
+    // which systemd passed to this process for it to own.
     let is_stream_socket = unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        if flags < 0 {
+        if libc::fcntl(fd, libc::F_GETFD) < 0 {
             return Err("LISTEN_FDS is set but fd 3 is not open".into());
         }
-        libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
         let mut kind: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         libc::getsockopt(

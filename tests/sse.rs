@@ -465,3 +465,28 @@ fn an_event_stream_costs_no_more_than_an_idle_websocket() {
     assert!(last.last().unwrap().contains(r#""content":"all""#));
     drop((warm_sse, warm_ws));
 }
+
+#[test]
+fn a_client_that_writes_on_its_stream_is_closed() {
+    let s = Server::start(&[]);
+    create(&s, "talk");
+    let mut talker = Sse::open(&s, "/api/sessions/talk/events", &[]);
+    assert_eq!(talker.status, 200);
+    let mut writer = talker.reader.get_ref().try_clone().unwrap();
+    // A stream client has nothing to say; past 64 KiB the server hangs up.
+    let junk = vec![b'x'; 16 * 1024];
+    let mut sent = 0;
+    while sent < 1024 * 1024 {
+        if writer.write_all(&junk).is_err() {
+            break; // already closed
+        }
+        sent += junk.len();
+    }
+    assert!(talker.ends_within(8), "the stream was not closed");
+    // The others are served all along.
+    assert_eq!(s.get("/api/health").status, 200);
+    let mut quiet = Sse::open(&s, "/api/sessions/talk/events", &[]);
+    let mut chat = start_chat(&s, "talk", "still here");
+    assert_eq!(quiet.until_done().len(), 3);
+    read_response(&mut chat).unwrap();
+}

@@ -90,7 +90,12 @@ enum State {
 struct Slot {
     state: State,
     backoff: Duration,
+    /// Turns in arrival order. Removal is lazy (a removed turn's id stays
+    /// until it reaches the front or a compaction): searching the queue on
+    /// every removal would make ending many waiting turns quadratic.
     waiting: VecDeque<u64>,
+    /// Ids in `waiting` whose turn was removed.
+    stale: usize,
     in_flight: Vec<u64>,
     stdin_queued: usize,
     /// Why the worker last went down, for the turns that wait for it.
@@ -118,6 +123,13 @@ pub struct Pool {
     retiring: bool,
 }
 
+impl Slot {
+    /// Turns waiting, stale ids not counted.
+    fn waiting_len(&self) -> usize {
+        self.waiting.len() - self.stale.min(self.waiting.len())
+    }
+}
+
 impl Pool {
     /// A pool whose every worker is to be started now.
     pub fn new(cfg: PoolConfig) -> Pool {
@@ -127,6 +139,7 @@ impl Pool {
                 state: State::Starting,
                 backoff: BACKOFF_MIN,
                 waiting: VecDeque::new(),
+                stale: 0,
                 in_flight: Vec::new(),
                 stdin_queued: 0,
                 last_failure: None,
@@ -183,7 +196,7 @@ impl Pool {
             Some(&slot) => slot,
             None => {
                 let slot = (0..self.slots.len())
-                    .min_by_key(|&i| self.slots[i].in_flight.len() + self.slots[i].waiting.len())
+                    .min_by_key(|&i| self.slots[i].in_flight.len() + self.slots[i].waiting_len())
                     .unwrap_or(0);
                 self.bindings.insert(session.clone(), slot);
                 slot
@@ -216,6 +229,8 @@ impl Pool {
                 return;
             };
             let Some(job) = self.turns.get_mut(&turn).and_then(|t| t.job.take()) else {
+                // Removed while it waited.
+                s.stale = s.stale.saturating_sub(1);
                 continue;
             };
             let line = turn_line(&job);
@@ -231,8 +246,15 @@ impl Pool {
         self.deadlines.remove(&(info.deadline, turn));
         let s = &mut self.slots[info.slot];
         if info.job.is_some() {
-            s.waiting.retain(|&t| t != turn);
+            s.stale += 1;
+            // Compact once stale ids are the majority: amortized O(1).
+            if s.stale * 2 > s.waiting.len() {
+                let turns = &self.turns;
+                s.waiting.retain(|t| turns.contains_key(t));
+                s.stale = 0;
+            }
         } else {
+            // At most --worker-concurrency turns are in flight.
             s.in_flight.retain(|&t| t != turn);
         }
         Some(info)
@@ -278,18 +300,15 @@ impl Pool {
     /// Slot `slot`'s worker could not be started (`why` says so): the
     /// turns waiting for it fail; it is tried again after the back-off.
     pub fn spawn_failed(&mut self, slot: usize, why: String, now: Instant) {
-        let Some(s) = self.slots.get_mut(slot) else {
+        if slot >= self.slots.len() {
             return;
-        };
-        let waiting: Vec<u64> = s.waiting.iter().copied().collect();
-        for turn in waiting {
-            if let Some(info) = self.remove(turn) {
-                self.actions.push(Action::Fail {
-                    session: info.session,
-                    turn,
-                    reason: why.clone(),
-                });
-            }
+        }
+        for (turn, session) in self.take_waiting(slot) {
+            self.actions.push(Action::Fail {
+                session,
+                turn,
+                reason: why.clone(),
+            });
         }
         self.went_down(slot, why, now, now);
     }
@@ -459,17 +478,32 @@ impl Pool {
             if !matches!(s.state, State::Up { .. }) {
                 s.state = State::Retired;
             }
-            let waiting: Vec<u64> = s.waiting.iter().copied().collect();
-            for turn in waiting {
-                if let Some(info) = self.remove(turn) {
-                    self.actions.push(Action::Fail {
-                        session: info.session,
-                        turn,
-                        reason: "the server is shutting down".into(),
-                    });
-                }
+            for (turn, session) in self.take_waiting(slot) {
+                self.actions.push(Action::Fail {
+                    session,
+                    turn,
+                    reason: "the server is shutting down".into(),
+                });
             }
         }
+    }
+
+    /// Removes every turn waiting on `slot`, in one pass; their ids and
+    /// sessions, in arrival order.
+    fn take_waiting(&mut self, slot: usize) -> Vec<(u64, Rc<str>)> {
+        let Some(s) = self.slots.get_mut(slot) else {
+            return Vec::new();
+        };
+        let ids = std::mem::take(&mut s.waiting);
+        s.stale = 0;
+        let mut out = Vec::with_capacity(ids.len());
+        for turn in ids {
+            if let Some(info) = self.turns.remove(&turn) {
+                self.deadlines.remove(&(info.deadline, turn));
+                out.push((turn, info.session));
+            }
+        }
+        out
     }
 
     /// Sessions with a turn in flight on slot `slot`.

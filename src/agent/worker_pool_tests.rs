@@ -317,3 +317,35 @@ fn a_leaving_worker_gets_nothing_new_but_its_last_lines_count() {
     let (writes, _) = sorted(p.take_actions());
     assert_eq!(writes, [w(0, "turn", 2)]);
 }
+
+#[test]
+fn turns_removed_while_waiting_are_skipped_and_the_rest_keep_their_order() {
+    let now = Instant::now();
+    let mut p = up(1, 1, now);
+    for t in 1..=1000 {
+        p.submit(job(t, &format!("s{t}")), now);
+    }
+    let (writes, _) = sorted(p.take_actions());
+    assert_eq!(writes, [w(0, "turn", 1)]);
+    // Most waiting turns go (their sessions deleted, say); removal is lazy
+    // and the queue is compacted on the way.
+    for t in (2..=1000).filter(|t| t % 10 != 0) {
+        p.stop(t);
+    }
+    assert!(p.take_actions().is_empty());
+    let mut sent = Vec::new();
+    let mut current = 1;
+    loop {
+        p.event(0, current, &AgentEvent::Done(None), 1);
+        let (writes, _) = sorted(p.take_actions());
+        match writes.as_slice() {
+            [(0, kind, next)] if kind == "turn" => {
+                sent.push(*next);
+                current = *next;
+            }
+            [] => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(sent, (10..=1000).step_by(10).collect::<Vec<_>>());
+}

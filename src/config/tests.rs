@@ -34,6 +34,25 @@ fn defaults_are_the_contracts() {
 }
 
 #[test]
+fn durations_are_bounded() {
+    for flag in [
+        "--turn-timeout",
+        "--header-timeout",
+        "--keepalive-timeout",
+        "--shutdown-grace",
+        "--session-ttl",
+        "--ws-idle-timeout",
+        "--upstream-timeout",
+    ] {
+        let args = ["serve", flag, "18446744073709551615"].map(OsString::from);
+        let err = parse(args, |_| None).unwrap_err();
+        assert!(err.0.contains("at most"), "{flag}: {err}");
+    }
+    let c = serve(&["serve", "--turn-timeout", "315360000"], &[]);
+    assert_eq!(c.agent.turn_timeout, Duration::from_secs(315_360_000));
+}
+
+#[test]
 fn operations_flags() {
     let c = serve(
         &[

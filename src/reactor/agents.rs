@@ -16,7 +16,7 @@ use mio::{Interest, Registry, Token};
 use std::net::ToSocketAddrs;
 use std::time::Duration;
 
-use super::child::{describe_exit, kill_group, spawn_piped, StderrLog};
+use super::child::{describe_exit, kill_group, spawn_piped, StderrLog, StderrRead};
 use super::conn_sink::sink;
 use super::Server;
 
@@ -172,13 +172,20 @@ impl ExecTask {
 
     /// Reads stderr into the server log (bounded), keeping the last line
     /// for error messages.
-    pub fn read_stderr(&mut self, registry: &Registry) {
+    /// True when more is waiting for the next iteration (the per-call
+    /// budget ran out).
+    pub fn read_stderr(&mut self, registry: &Registry) -> bool {
         let Some(stderr) = self.stderr.as_mut() else {
-            return;
+            return false;
         };
-        if self.stderr_log.read(stderr) {
-            if let Some(mut s) = self.stderr.take() {
-                let _ = registry.deregister(&mut s);
+        match self.stderr_log.read(stderr) {
+            StderrRead::Blocked => false,
+            StderrRead::More => true,
+            StderrRead::Closed => {
+                if let Some(mut s) = self.stderr.take() {
+                    let _ = registry.deregister(&mut s);
+                }
+                false
             }
         }
     }
@@ -488,7 +495,9 @@ impl Server {
                     }
                     1 => exec.read_stdout(registry),
                     _ => {
-                        exec.read_stderr(registry);
+                        if exec.read_stderr(registry) {
+                            self.ready_again.push(token(slot, stream));
+                        }
                         Progress::default()
                     }
                 };

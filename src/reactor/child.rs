@@ -127,6 +127,21 @@ pub fn describe_exit(status: Option<std::process::ExitStatus>) -> String {
     }
 }
 
+/// Stderr bytes read per call: the rest waits for the next loop iteration.
+const STDERR_BUDGET: usize = 64 * 1024;
+
+/// What [`StderrLog::read`] left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StderrRead {
+    /// Nothing more to read now: the next readiness event says when.
+    Blocked,
+    /// The budget ran out with more to read: read again next iteration
+    /// (an edge-triggered poll will not say so again).
+    More,
+    /// EOF or an error: deregister and drop the pipe.
+    Closed,
+}
+
 /// A child's stderr into the server log: each line prefixed with `label`,
 /// at most `max` bytes (the rest counted and dropped), the last non-empty
 /// line kept for failure reasons.
@@ -152,23 +167,30 @@ impl StderrLog {
         }
     }
 
-    /// Reads `stderr` until it would block. True at EOF (or on an error):
-    /// the caller deregisters and drops it.
-    pub fn read(&mut self, stderr: &mut pipe::Receiver) -> bool {
+    /// Reads `stderr` until it would block, at most [`STDERR_BUDGET`] bytes
+    /// a call (a child that floods its stderr must not hold the loop).
+    pub fn read(&mut self, stderr: &mut pipe::Receiver) -> StderrRead {
         let mut buf = [0u8; READ_CHUNK];
+        let mut budget = STDERR_BUDGET;
         loop {
-            match stderr.read(&mut buf) {
+            if budget == 0 {
+                return StderrRead::More;
+            }
+            match stderr.read(&mut buf[..READ_CHUNK.min(budget)]) {
                 Ok(0) => {
                     if let Some(rest) = self.lines.finish() {
                         self.line(&rest);
                     }
                     self.summary();
-                    return true;
+                    return StderrRead::Closed;
                 }
-                Ok(n) => self.feed(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Ok(n) => {
+                    budget -= n;
+                    self.feed(&buf[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return StderrRead::Blocked,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return true,
+                Err(_) => return StderrRead::Closed,
             }
         }
     }
@@ -214,5 +236,41 @@ impl StderrLog {
     pub fn drain(&mut self, stderr: &mut pipe::Receiver) {
         self.read(stderr);
         self.summary();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_flood_of_stderr_is_read_a_budget_at_a_time() {
+        let (mut tx, mut rx) = pipe::new().unwrap();
+        let mut log = StderrLog::new("test".into(), 0);
+        // More than one budget's worth waits in the pipe (its buffer holds
+        // 64 KiB by default; grow it so two budgets fit).
+        // SAFETY: F_SETPIPE_SZ on a pipe we own.
+        unsafe {
+            use std::os::fd::AsRawFd;
+            libc::fcntl(
+                tx.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                4 * STDERR_BUDGET as libc::c_int,
+            );
+        }
+        let line = [b'x'; 99];
+        let mut written = 0;
+        while written < 2 * STDERR_BUDGET + 1000 {
+            tx.write_all(&line).unwrap();
+            tx.write_all(b"\n").unwrap();
+            written += 100;
+        }
+        assert_eq!(log.read(&mut rx), StderrRead::More);
+        assert_eq!(log.read(&mut rx), StderrRead::More);
+        assert_eq!(log.read(&mut rx), StderrRead::Blocked);
+        assert_eq!(log.last.len(), 99);
+        drop(tx);
+        assert_eq!(log.read(&mut rx), StderrRead::Closed);
     }
 }

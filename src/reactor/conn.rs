@@ -199,6 +199,8 @@ pub struct SseConn {
     pub session: Rc<str>,
     /// When the last keep-alive comment was queued (or the stream opened).
     pub last_keepalive: Instant,
+    /// Bytes the client has sent on the stream (it should send none).
+    pub received: usize,
 }
 
 /// A connection on its way out: queued bytes are flushed, then the write

@@ -95,6 +95,9 @@ pub struct Server {
     wake: Vec<usize>,
     /// Subscribers the sink closed; the core still has to forget them.
     gone_subscribers: Vec<(ConnId, Rc<str>)>,
+    /// Agent pipes that stopped reading with data left (their budget ran
+    /// out): handled again next iteration as if readiness had come.
+    ready_again: Vec<Token>,
     /// Connections that stopped with work left (fairness budget).
     retry: Vec<usize>,
     accept_paused: bool,
@@ -243,6 +246,7 @@ impl Server {
             wake: Vec::new(),
             gone_subscribers: Vec::new(),
             retry: Vec::new(),
+            ready_again: Vec::new(),
             accept_paused: false,
             conns_peak: 0,
             turns_wake: None,
@@ -289,8 +293,9 @@ impl Server {
                 return Err(e);
             }
             let now = Instant::now();
-            for event in events.iter() {
-                match event.token() {
+            let again = std::mem::take(&mut self.ready_again);
+            for token in events.iter().map(|e| e.token()).chain(again) {
+                match token {
                     LISTENER => self.accept(now),
                     SIGNALS => {
                         if self.on_signals(now) {
@@ -343,7 +348,11 @@ impl Server {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.retry.is_empty() || !self.dirty.is_empty() || self.app.has_new_turns() {
+        if !self.retry.is_empty()
+            || !self.ready_again.is_empty()
+            || !self.dirty.is_empty()
+            || self.app.has_new_turns()
+        {
             return Some(Duration::ZERO);
         }
         let ticking =
@@ -582,6 +591,14 @@ impl Server {
         let Some(mut conn) = self.conns.remove(slot) else {
             return;
         };
+        if let State::Http(h) = &mut conn.state {
+            // A request dropped before its answer was queued (its socket
+            // failed, or shutdown ran out of time) is counted and logged as
+            // nginx does: 499.
+            if let Some(request) = h.pending_log.take() {
+                access::record(&mut self.metrics, self.access_log, h.peer, &request, 499, 0);
+            }
+        }
         if let Some(session) = conn.subscribed_to() {
             let id = ConnId {
                 slot,

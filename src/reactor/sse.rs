@@ -14,9 +14,10 @@ use bytes::Bytes;
 
 use super::conn::{Conn, HttpConn, SseConn, State};
 use super::conn_sink::sink;
-use super::Server;
+use super::{Server, WORK_PER_TURN};
 use crate::api::EventStream;
 use crate::sink::ConnId;
+use crate::ws::close;
 
 /// The response head of an event stream.
 const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
@@ -24,6 +25,9 @@ cache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\n";
 
 /// Bytes of [`SSE_HEAD`] (the access log's size of an event stream).
 pub(super) const HEAD_LEN: usize = SSE_HEAD.len();
+
+/// Bytes a client may send on its event stream before it is closed.
+const MAX_INPUT: usize = 64 * 1024;
 
 /// A comment line: keeps proxies and clients from timing the stream out.
 const KEEPALIVE: &[u8] = b": keep-alive\n\n";
@@ -51,14 +55,17 @@ impl Server {
             io,
             session: session.clone(),
             last_keepalive: now,
+            received: 0,
         }));
         self.dirty.push(slot);
         self.app
             .stream_opened(id, &session, stream.since, now, &mut sink!(self));
     }
 
-    /// Reads and drops what an event-stream client sends, until WouldBlock;
-    /// at its EOF or an error the stream is over.
+    /// Reads and drops what an event-stream client sends, until WouldBlock
+    /// or the per-iteration budget; at its EOF or an error the stream is
+    /// over. A client has nothing to send on a stream: one that sends more
+    /// than [`MAX_INPUT`] is closed (as a protocol error).
     pub(super) fn drive_sse(&mut self, slot: usize, now: Instant) {
         let Some(Conn {
             state: State::Sse(s),
@@ -67,17 +74,22 @@ impl Server {
         else {
             return;
         };
-        let mut scratch = [0u8; 512];
-        loop {
-            match s.io.tcp.read(&mut scratch) {
-                Ok(0) => break,
-                Ok(_) => continue,
+        for _ in 0..WORK_PER_TURN {
+            match s.io.tcp.read(&mut self.read_buf) {
+                Ok(0) => return self.drop_conn(slot, now),
+                Ok(n) => {
+                    s.received += n;
+                    if s.received > MAX_INPUT {
+                        return self.close_client(slot, close::PROTOCOL_ERROR, "", now);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.drop_conn(slot, now),
             }
         }
-        self.drop_conn(slot, now);
+        // Budget spent with more to read: the next iteration goes on.
+        self.retry.push(slot);
     }
 
     /// Queues a keep-alive comment to the stream in `slot` when one is due.
@@ -88,7 +100,10 @@ impl Server {
             ..
         }) = self.conns.get_mut(slot)
         {
-            if now.saturating_duration_since(s.last_keepalive) >= every {
+            // A reader that is not reading gets nothing more queued; the
+            // next event closes it if it stays past the bound.
+            let backed_up = s.io.queued() > self.limits.max_ws_output_bytes;
+            if now.saturating_duration_since(s.last_keepalive) >= every && !backed_up {
                 s.last_keepalive = now;
                 s.io.push(Bytes::from_static(KEEPALIVE));
                 self.dirty.push(slot);

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use mio::unix::pipe;
 use mio::{Registry, Token};
 
-use super::child::{describe_exit, has_exited, kill_group, spawn_piped, StderrLog};
+use super::child::{describe_exit, has_exited, kill_group, spawn_piped, StderrLog, StderrRead};
 use super::conn_sink::sink;
 use super::Server;
 use crate::agent::worker::{WorkerDecoder, WorkerLine};
@@ -112,12 +112,20 @@ impl Proc {
         );
     }
 
-    fn read_stderr(&mut self, registry: &Registry) {
-        if let Some(stderr) = self.stderr.as_mut() {
-            if self.stderr_log.read(stderr) {
+    /// Reads stderr into the log (bounded per call); true when more is
+    /// waiting for the next iteration.
+    fn read_stderr(&mut self, registry: &Registry) -> bool {
+        let Some(stderr) = self.stderr.as_mut() else {
+            return false;
+        };
+        match self.stderr_log.read(stderr) {
+            StderrRead::Blocked => false,
+            StderrRead::More => true,
+            StderrRead::Closed => {
                 if let Some(mut s) = self.stderr.take() {
                     let _ = registry.deregister(&mut s);
                 }
+                false
             }
         }
     }
@@ -191,7 +199,11 @@ impl Server {
             }
             // Read in `worker_step`, after the backpressure check.
             1 => p.stdout_ready = true,
-            _ => p.read_stderr(registry),
+            _ => {
+                if p.read_stderr(registry) {
+                    self.ready_again.push(t);
+                }
+            }
         }
     }
 
@@ -415,6 +427,8 @@ impl Server {
             p.out_off = 0;
             p.doomed
                 .get_or_insert((now + EXIT_WAIT, "closed its stdin"));
+            // No new turn goes to a worker on its way out.
+            w.pool.leaving(slot);
         }
         if closed || (p.close_stdin && p.outq.is_empty()) {
             if let Some(mut s) = p.stdin.take() {
@@ -447,7 +461,12 @@ impl Server {
                     p.stdout_ready = false;
                     p.doomed
                         .get_or_insert((now + EXIT_WAIT, "closed its stdout"));
-                    (p.decoder.finish(&mut lines), false)
+                    let decoded = p.decoder.finish(&mut lines);
+                    // No new turn goes to a worker on its way out.
+                    if let Some(w) = self.workers.as_mut() {
+                        w.pool.leaving(slot);
+                    }
+                    (decoded, false)
                 }
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
@@ -527,11 +546,13 @@ impl Server {
         let Some(mut p) = w.procs.get_mut(slot).and_then(Option::take) else {
             return;
         };
+        // Killed first (its leader is not reaped yet, so the group id is
+        // still its own), so a flood of stderr stops; then what is left is
+        // read, a budget's worth at most.
+        kill_group(p.pid);
         if let Some(stderr) = p.stderr.as_mut() {
             p.stderr_log.drain(stderr);
         }
-        // Its leader is not reaped yet, so the group id is still its own.
-        kill_group(p.pid);
         let status = p.child.try_wait().ok().flatten();
         let reason = format!(
             "worker {slot} (pid {}) {}{}",
