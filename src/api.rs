@@ -199,10 +199,10 @@ impl App {
             }
             Route::Sessions => Response::json(200, self.sessions.list_json()),
             Route::History(id) if !valid_session_id(id) => invalid_id(),
-            Route::History(id) => match self.sessions.history_json(id) {
-                Some(body) => {
+            Route::History(id) => match self.sessions.history_parts(id) {
+                Some((start, parts)) => {
                     self.touch(id, now);
-                    Response::json(200, body)
+                    Response::json(200, start).with_tail(parts)
                 }
                 None => session_not_found(),
             },

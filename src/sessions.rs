@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use bytes::Bytes;
+
 use crate::clock;
 use crate::events::Event;
 use crate::journal::{self, Change};
@@ -29,7 +31,7 @@ pub struct Session {
     ordinal: u64,
     /// pydantic-ai `ModelMessage`s, each kept as its JSON text: the history
     /// endpoint splices them without re-serializing.
-    messages: Vec<String>,
+    messages: Vec<Bytes>,
     /// The last `seq` given to a broadcast event of this session.
     pub seq: u64,
     /// The journal promises no `seq` up to this was used: after a crash,
@@ -49,7 +51,7 @@ pub struct Session {
 
 impl Session {
     /// The history, each `ModelMessage` as its JSON text.
-    pub fn messages(&self) -> &[String] {
+    pub fn messages(&self) -> &[Bytes] {
         &self.messages
     }
 
@@ -223,7 +225,7 @@ impl SessionTable {
         let bytes = sink.persist(&change)?;
         self.account(&change, bytes);
         if let (Change::Messages { messages, .. }, Some(s)) = (change, self.sessions.get_mut(id)) {
-            s.messages.extend(messages);
+            s.messages.extend(messages.into_iter().map(Bytes::from));
         }
         Ok(())
     }
@@ -287,7 +289,7 @@ impl SessionTable {
                 }
                 Change::Messages { id, messages } => {
                     if let Some(s) = self.sessions.get_mut(&id) {
-                        s.messages.extend(messages);
+                        s.messages.extend(messages.into_iter().map(Bytes::from));
                         s.journal_bytes += bytes;
                     }
                 }
@@ -324,7 +326,7 @@ impl SessionTable {
             if !s.messages.is_empty() {
                 out.extend(journal::encode(&Change::Messages {
                     id: id.clone(),
-                    messages: s.messages.clone(),
+                    messages: s.messages.iter().map(|m| text_of(m)).collect(),
                 }));
             }
             if s.seq_reserved > 0 {
@@ -376,16 +378,47 @@ impl SessionTable {
         serde_json::to_vec(&list).unwrap_or_else(|_| b"[]".to_vec())
     }
 
-    /// `{"session_id": id, "messages": [...]}`.
-    pub fn history_json(&self, id: &str) -> Option<Vec<u8>> {
+    /// `{"session_id": id, "messages": [...]}` as a response body: the
+    /// start, then parts to queue after it. Long messages are not copied
+    /// (each is shared as it is stored); short ones are gathered into
+    /// chunks, so a history of many small messages is not many tiny parts.
+    /// The work is proportional to the number of messages, never to the
+    /// bytes of a long one.
+    pub fn history_parts(&self, id: &str) -> Option<(Vec<u8>, Vec<Bytes>)> {
         let s = self.sessions.get(id)?;
-        let mut out =
-            Vec::with_capacity(64 + s.messages.iter().map(|m| m.len() + 1).sum::<usize>());
-        out.extend_from_slice(b"{\"session_id\":");
-        let _ = serde_json::to_writer(&mut out, id);
-        out.extend_from_slice(b",\"messages\":");
-        write_json_array(&mut out, &s.messages);
-        out.push(b'}');
+        let mut start = Vec::with_capacity(64);
+        start.extend_from_slice(b"{\"session_id\":");
+        let _ = serde_json::to_writer(&mut start, id);
+        start.extend_from_slice(b",\"messages\":[");
+        let mut parts = Vec::new();
+        let mut chunk = Vec::new();
+        for (i, m) in s.messages.iter().enumerate() {
+            if i > 0 {
+                chunk.push(b',');
+            }
+            if m.len() >= SHARE_FROM {
+                if !chunk.is_empty() {
+                    parts.push(Bytes::from(std::mem::take(&mut chunk)));
+                }
+                parts.push(m.clone());
+            } else {
+                chunk.extend_from_slice(m);
+                if chunk.len() >= CHUNK {
+                    parts.push(Bytes::from(std::mem::take(&mut chunk)));
+                }
+            }
+        }
+        chunk.extend_from_slice(b"]}");
+        parts.push(Bytes::from(chunk));
+        Some((start, parts))
+    }
+
+    /// The whole history body in one buffer (tests, small histories).
+    pub fn history_json(&self, id: &str) -> Option<Vec<u8>> {
+        let (mut out, parts) = self.history_parts(id)?;
+        for p in parts {
+            out.extend_from_slice(&p);
+        }
         Some(out)
     }
 
@@ -514,18 +547,29 @@ fn info<'a>(id: &'a str, s: &'a Session) -> SessionInfo<'a> {
     }
 }
 
-/// Writes `[a,b,...]` from JSON texts kept as strings (the history's
+/// Writes `[a,b,...]` from JSON texts kept as they are (the history's
 /// `ModelMessage`s), without parsing them again.
-pub fn write_json_array(out: &mut Vec<u8>, items: &[String]) {
+pub fn write_json_array<T: AsRef<[u8]>>(out: &mut Vec<u8>, items: &[T]) {
     out.push(b'[');
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(item.as_bytes());
+        out.extend_from_slice(item.as_ref());
     }
     out.push(b']');
 }
+
+/// A stored message as text (they are stored from `String`s: always UTF-8).
+pub fn text_of(message: &Bytes) -> String {
+    String::from_utf8_lossy(message).into_owned()
+}
+
+/// Messages at least this long are shared, not copied, into a history
+/// response.
+const SHARE_FROM: usize = 16 * 1024;
+/// Short messages are gathered into parts of about this size.
+const CHUNK: usize = 64 * 1024;
 
 /// `^[A-Za-z0-9._-]{1,128}$` but not `.` or `..` (which cannot survive in
 /// a URL path): the ids a client may name.
@@ -622,6 +666,39 @@ mod tests {
         assert!(sink.texts_to(a)[1].ends_with(r#","seq":2}"#));
         t.unsubscribe("s", a);
         assert_eq!(t.subscribers("s"), &[b]);
+    }
+
+    #[test]
+    fn a_history_shares_long_messages_and_gathers_short_ones() {
+        let now = Instant::now();
+        let mut t = SessionTable::new(10);
+        t.get_or_create("h", now).unwrap();
+        let long = format!("{{\"kind\":\"request\",\"x\":\"{}\"}}", "y".repeat(100_000));
+        let mut sink = Recorder::default();
+        let short = |i: usize| format!("{{\"n\":{i}}}");
+        let mut messages: Vec<String> = (0..5).map(short).collect();
+        messages.push(long.clone());
+        messages.extend((5..8).map(short));
+        t.append("h", messages.clone(), &mut sink).unwrap();
+        let (start, parts) = t.history_parts("h").unwrap();
+        // Short messages before and after, gathered; the long one shared.
+        assert_eq!(parts.len(), 3);
+        let stored = &t.get("h").unwrap().messages()[5];
+        assert_eq!(parts[1].as_ptr(), stored.as_ptr());
+        let mut body = start;
+        for p in &parts {
+            body.extend_from_slice(p);
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["session_id"], "h");
+        let got: Vec<String> = v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.to_string())
+            .collect();
+        assert_eq!(got, messages);
+        assert_eq!(t.history_json("h").unwrap(), body);
     }
 
     #[test]

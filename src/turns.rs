@@ -160,7 +160,7 @@ pub fn step(
             true => Vec::new(),
             false => table
                 .get(id)
-                .map(|s| s.messages().to_vec())
+                .map(|s| s.messages().iter().map(crate::sessions::text_of).collect())
                 .unwrap_or_default(),
         };
         if let Err(why) = begin(table, id, &mut turn, &engine.model_name, sink) {

@@ -50,7 +50,7 @@ pub(super) fn call(
             let v = if r.body.is_empty() {
                 Value::Null
             } else {
-                serde_json::from_slice(&r.body).unwrap()
+                serde_json::from_slice(&r.full_body()).unwrap()
             };
             (r.status, v, r)
         }

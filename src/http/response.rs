@@ -1,5 +1,7 @@
 //! Response bytes: status line, the few headers we send, body.
 
+use bytes::Bytes;
+
 pub const JSON: &str = "application/json";
 pub const HTML: &str = "text/html; charset=utf-8";
 
@@ -12,6 +14,9 @@ pub struct Response {
     pub headers: Vec<(&'static str, String)>,
     /// JSON, or empty (204).
     pub body: Vec<u8>,
+    /// More of the body, after `body`, queued as they are (shared, not
+    /// copied): a long history.
+    pub tail: Vec<Bytes>,
 }
 
 impl Response {
@@ -22,6 +27,7 @@ impl Response {
             content_type: JSON,
             headers: Vec::new(),
             body,
+            tail: Vec::new(),
         }
     }
 
@@ -32,6 +38,7 @@ impl Response {
             content_type,
             headers: Vec::new(),
             body,
+            tail: Vec::new(),
         }
     }
 
@@ -42,12 +49,28 @@ impl Response {
         Response::json(status, body)
     }
 
+    /// Adds parts to the body, queued after it without copying.
+    pub fn with_tail(mut self, tail: Vec<Bytes>) -> Self {
+        self.tail = tail;
+        self
+    }
+
+    /// The whole body in one buffer (for tests).
+    pub fn full_body(&self) -> Vec<u8> {
+        let mut out = self.body.clone();
+        for part in &self.tail {
+            out.extend_from_slice(part);
+        }
+        out
+    }
+
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
         self
     }
 
-    /// The whole response as bytes. `keep_alive: false` adds `Connection: close`.
+    /// The head and `body` as bytes (queue [`tail`](Self::tail) after
+    /// them). `keep_alive: false` adds `Connection: close`.
     pub fn encode(&self, keep_alive: bool) -> Vec<u8> {
         use std::io::Write;
         let mut out = Vec::with_capacity(128 + self.body.len());
@@ -58,7 +81,7 @@ impl Response {
                 out,
                 "content-type: {}\r\ncontent-length: {}\r\n",
                 self.content_type,
-                self.body.len()
+                self.body.len() + self.tail.iter().map(Bytes::len).sum::<usize>()
             );
         }
         for (name, value) in &self.headers {

@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::access;
 use super::conn::{close_subscriber, Conn, Slab, State};
+use super::http::queue_response;
 use crate::agent::AgentJob;
 use crate::events::Event;
 use crate::http::Response;
@@ -159,13 +160,11 @@ impl Sink for ConnSink<'_> {
         }
         h.waiting = false;
         h.keep_alive = h.waiting_keep_alive;
-        let bytes = response.encode(h.keep_alive);
+        let (status, len) = queue_response(&mut h.io, &response, h.keep_alive);
         if let Some(request) = h.pending_log.take() {
-            let (status, len) = (response.status, bytes.len());
             let log = self.access_log;
             access::record(self.metrics, log, h.peer, &request, status, len);
         }
-        h.io.push(Bytes::from(bytes));
         self.dirty.push(to.slot);
         self.wake.push(to.slot);
     }

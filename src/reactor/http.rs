@@ -105,11 +105,9 @@ impl Server {
                     h.request_started = now;
                     let answered = match &outcome {
                         HttpOutcome::Respond(resp) => {
-                            let bytes = resp.encode(keep_alive);
-                            let answered = (resp.status, bytes.len());
-                            h.io.push(Bytes::from(bytes));
+                            let bytes = queue_response(&mut h.io, resp, keep_alive);
                             h.keep_alive = keep_alive;
-                            Some(answered)
+                            Some(bytes)
                         }
                         HttpOutcome::Pending => None,
                         HttpOutcome::Upgrade(upgrade) => Some((101, upgrade.response.len())),
@@ -169,6 +167,23 @@ impl Server {
             self.begin_close(slot, now);
         }
     }
+}
+
+/// Queues `resp` (head and body, then its tail parts as they are);
+/// returns its status and size.
+pub(super) fn queue_response(
+    io: &mut Transport,
+    resp: &Response,
+    keep_alive: bool,
+) -> (u16, usize) {
+    let head = resp.encode(keep_alive);
+    let mut size = head.len();
+    io.push(Bytes::from(head));
+    for part in &resp.tail {
+        size += part.len();
+        io.push(part.clone());
+    }
+    (resp.status, size)
 }
 
 /// Answers a request that never got a route (refused by the parser, or
