@@ -326,7 +326,7 @@ impl SessionTable {
             if !s.messages.is_empty() {
                 out.extend(journal::encode(&Change::Messages {
                     id: id.clone(),
-                    messages: s.messages.iter().map(|m| text_of(m)).collect(),
+                    messages: s.messages.iter().map(text_of).collect(),
                 }));
             }
             if s.seq_reserved > 0 {
