@@ -66,6 +66,9 @@ pub struct Event {
     sse_head_end: usize,
     frame_start: usize,
     json_start: usize,
+    /// It acknowledges something journaled (a turn's end, a `seq`
+    /// reservation): it leaves only once that is durable.
+    acknowledges: bool,
 }
 
 impl Event {
@@ -92,7 +95,19 @@ impl Event {
             sse_head_end,
             frame_start,
             json_start,
+            acknowledges: false,
         }
+    }
+
+    /// Marks the event as an acknowledgement of journaled state.
+    pub fn acknowledging(mut self) -> Self {
+        self.acknowledges = true;
+        self
+    }
+
+    /// Whether it may leave only once the journal is durable.
+    pub fn acknowledges(&self) -> bool {
+        self.acknowledges
     }
 
     /// The complete WebSocket text frame.

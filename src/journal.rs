@@ -247,6 +247,13 @@ pub struct JournalFile {
     failed: Option<String>,
     /// How long each fsync took (`autopoiesis_journal_fsync_seconds`).
     pub fsync_seconds: crate::metrics::Histogram,
+    /// `batch` with a sync helper: the loop never syncs; [`commit`] is a
+    /// no-op and the helper reports what is durable.
+    ///
+    /// [`commit`]: Self::commit
+    async_sync: bool,
+    /// Bytes known durable (with `async_sync`).
+    synced: u64,
 }
 
 impl JournalFile {
@@ -313,6 +320,8 @@ impl JournalFile {
             unsynced: false,
             failed: None,
             fsync_seconds: crate::metrics::Histogram::new(crate::metrics::FSYNC_BUCKETS),
+            async_sync: false,
+            synced: replayed.valid_len,
         };
         Ok((journal, replayed.changes))
     }
@@ -366,9 +375,48 @@ impl JournalFile {
         }
     }
 
+    /// A duplicate of the journal's descriptor for a sync helper, after
+    /// which the loop never syncs in `batch` mode (see
+    /// [`crate::reactor`]'s syncer).
+    pub fn hand_syncing_over(&mut self) -> io::Result<Option<File>> {
+        if self.mode != FsyncMode::Batch {
+            return Ok(None);
+        }
+        let dup = self.file.try_clone()?;
+        self.async_sync = true;
+        Ok(Some(dup))
+    }
+
+    /// Bytes that an acknowledgement may depend on: all of them with
+    /// `always` (synced per record) and `never` (durability not promised),
+    /// what the helper reported with `batch`.
+    pub fn durable_len(&self) -> u64 {
+        if self.async_sync {
+            self.synced
+        } else {
+            self.len
+        }
+    }
+
+    /// The helper made everything up to `offset` durable in `took`.
+    pub fn synced_upto(&mut self, offset: u64, took: std::time::Duration) {
+        self.synced = self.synced.max(offset);
+        self.fsync_seconds.observe(took.as_secs_f64());
+    }
+
+    /// The helper could not sync: nothing more is accepted.
+    pub fn sync_failed(&mut self, why: &str) {
+        let why = format!("cannot sync the journal {}: {why}", self.path.display());
+        crate::error!("{why}; sessions can no longer be saved");
+        self.failed.get_or_insert(why);
+    }
+
     /// The group commit of `batch`: one fsync for everything this loop
-    /// iteration wrote.
+    /// iteration wrote (unless a sync helper does it off the loop).
     pub fn commit(&mut self) {
+        if self.async_sync {
+            return;
+        }
         if self.unsynced {
             self.unsynced = false;
             if let Err(e) = self.timed_sync() {
@@ -388,8 +436,8 @@ impl JournalFile {
 
     /// Forces everything written to disk now, whatever the mode (shutdown).
     pub fn sync_now(&mut self) {
-        if self.failed.is_none() {
-            let _ = self.file.sync_data();
+        if self.failed.is_none() && self.file.sync_data().is_ok() {
+            self.synced = self.len;
         }
         self.unsynced = false;
     }
@@ -416,6 +464,7 @@ impl JournalFile {
             Ok(f) => {
                 self.file = f;
                 self.len = records.len() as u64;
+                self.synced = self.len;
                 self.unsynced = false;
                 Ok(())
             }

@@ -454,7 +454,8 @@ impl SessionTable {
         let session = self.sessions.get_mut(id)?;
         session.seq += 1;
         let seq = session.seq;
-        if seq > session.seq_reserved {
+        let reserved = seq > session.seq_reserved;
+        if reserved {
             session.seq_reserved = seq + SEQ_BLOCK;
             self.pending.push(Change::Seq {
                 id: id.to_owned(),
@@ -464,7 +465,12 @@ impl SessionTable {
         if op == "token" {
             self.metrics.tokens += 1;
         }
-        let event = Event::new(op, data, Some(seq));
+        let mut event = Event::new(op, data, Some(seq));
+        // A turn's end, and any `seq` beyond what the journal promised, go
+        // out only once the journal has them (no `seq` is ever reused).
+        if reserved || op == "done" || op == "error" {
+            event = event.acknowledging();
+        }
         session.retained_bytes += event.size();
         session.retained.push_back((seq, event.clone()));
         while session.retained.len() > self.retention.events

@@ -508,3 +508,86 @@ fn the_journal_is_compacted_when_dead_records_outweigh_live_ones() {
     assert_eq!(history(&s, "kept").len(), 4);
     assert_eq!(s.get("/api/sessions/gone/history").status, 404);
 }
+
+/// A server whose journal fsyncs take `ms` (a test-only delay in the sync
+/// helper: a slow disk).
+fn serve_slow_disk(dir: &Path, ms: &str) -> Server {
+    let dir = dir.to_str().unwrap();
+    Server::start_with_env(
+        &["--data-dir", dir, "--fsync", "batch"],
+        &[("AUTOPOIESIS_TEST_SYNC_DELAY_MS", ms)],
+    )
+}
+
+#[test]
+fn a_slow_disk_holds_acknowledgements_not_the_loop() {
+    let dir = temp_dir("slow-disk");
+    let s = serve_slow_disk(&dir, "2000");
+    // Another session, already known to the journal.
+    let mut other = s.ws("/api/ws/other");
+    turn(&mut other, "warm up");
+
+    // A chat whose answer must wait for the disk.
+    let mut chat = s.connect();
+    chat.write_all(&raw_request(
+        "POST",
+        "/api/sessions/slow/chat",
+        Some(r#"{"content":"wait for the disk"}"#),
+        &[],
+    ))
+    .unwrap();
+    // Meanwhile the loop serves everyone else: a health check, and the
+    // other session's tokens as they stream.
+    assert_eq!(s.get("/api/health").status, 200);
+    send_json(
+        &mut other,
+        json!({"op": "message", "data": {"content": "a b c"}}),
+    );
+    assert_eq!(next_json(&mut other)["op"], "token");
+    assert_eq!(s.get("/api/sessions").status, 200);
+    // ...and the chat's 200 has not left yet.
+    chat.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let early = chat.read(&mut byte);
+    assert!(
+        matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the chat was answered before its record was durable: {early:?}"
+    );
+    chat.set_nonblocking(false).unwrap();
+    let r = read_response(&mut chat).expect("the chat's answer");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["content"], "wait for the disk");
+    // The other turn's `done` came once its record was durable too.
+    let rest = until_done(&mut other);
+    assert_eq!(rest.last().unwrap()["data"]["content"], "a b c");
+}
+
+#[test]
+fn kill_9_with_syncs_in_flight_loses_no_acknowledged_turn() {
+    let dir = temp_dir("inflight");
+    let mut s = serve_slow_disk(&dir, "150");
+    let mut c = s.connect();
+    let mut acknowledged = Vec::new();
+    for i in 0..6 {
+        let id = format!("k{i}");
+        let body = format!(r#"{{"content":"turn {i}"}}"#);
+        c.write_all(&raw_request(
+            "POST",
+            &format!("/api/sessions/{id}/chat"),
+            Some(&body),
+            &[],
+        ))
+        .unwrap();
+        if i == 5 {
+            // Its records are written, its sync is under way: kill now.
+            break;
+        }
+        assert_eq!(read_response(&mut c).unwrap().status, 200);
+        acknowledged.push(id);
+    }
+    kill9(&mut s);
+    let s = serve_in(&dir, &[]);
+    for id in &acknowledged {
+        assert_eq!(history(&s, id).len(), 2, "acknowledged turn of {id} lost");
+    }
+}

@@ -32,6 +32,13 @@ pub struct Transport {
     queued: usize,
     /// The front buffer has been partly written: it must go out whole.
     front_started: bool,
+    /// Bytes pushed and written since the connection opened.
+    pushed: u64,
+    written: u64,
+    /// Acknowledgements held for the journal: `(pushed, epoch)` says that
+    /// what was pushed from that point on waits until the records of loop
+    /// iteration `epoch` are durable (in order: what follows waits too).
+    barriers: VecDeque<(u64, u64)>,
 }
 
 impl Transport {
@@ -41,6 +48,9 @@ impl Transport {
             out: VecDeque::new(),
             queued: 0,
             front_started: false,
+            pushed: 0,
+            written: 0,
+            barriers: VecDeque::new(),
         }
     }
 
@@ -52,18 +62,52 @@ impl Transport {
     pub fn push(&mut self, bytes: Bytes) {
         if !bytes.is_empty() {
             self.queued += bytes.len();
+            self.pushed += bytes.len() as u64;
             self.out.push_back(bytes);
         }
     }
 
+    /// What is pushed from now on waits until loop iteration `epoch`'s
+    /// journal records are durable (an acknowledgement follows).
+    pub fn barrier(&mut self, epoch: u64) {
+        match self.barriers.back() {
+            // Already held from an earlier point: that covers this too.
+            Some(&(_, e)) if e >= epoch => {}
+            _ => self.barriers.push_back((self.pushed, epoch)),
+        }
+    }
+
+    /// Whether output is held back for the journal.
+    pub fn held(&self) -> bool {
+        !self.barriers.is_empty()
+    }
+
     /// Writes queued bytes until the queue is empty (`Ok(true)`) or the
     /// socket would block (`Ok(false)`).
-    pub fn flush_out(&mut self) -> io::Result<bool> {
-        while !self.out.is_empty() {
+    pub fn flush_out(&mut self, durable_epoch: u64) -> io::Result<bool> {
+        while self
+            .barriers
+            .front()
+            .is_some_and(|&(_, e)| e <= durable_epoch)
+        {
+            self.barriers.pop_front();
+        }
+        // Bytes that may go now: up to the first barrier still held.
+        let mut allowed = self
+            .barriers
+            .front()
+            .map_or(u64::MAX, |&(at, _)| at.saturating_sub(self.written));
+        while !self.out.is_empty() && allowed > 0 {
             let mut slices = [IoSlice::new(&[]); IOV_BATCH];
             let mut n = 0;
+            let mut budget = allowed;
             for (slot, buf) in slices.iter_mut().zip(self.out.iter()) {
-                *slot = IoSlice::new(buf);
+                if budget == 0 {
+                    break;
+                }
+                let take = buf.len().min(usize::try_from(budget).unwrap_or(usize::MAX));
+                *slot = IoSlice::new(&buf[..take]);
+                budget -= take as u64;
                 n += 1;
             }
             let written = match self.tcp.write_vectored(&slices[..n]) {
@@ -74,6 +118,8 @@ impl Transport {
                 Err(e) => return Err(e),
             };
             self.queued -= written;
+            self.written += written as u64;
+            allowed = allowed.saturating_sub(written as u64);
             let mut left = written;
             while left > 0 {
                 let Some(front) = self.out.front_mut() else {
@@ -93,7 +139,8 @@ impl Transport {
         if self.out.capacity() > 64 {
             self.out.shrink_to(16);
         }
-        Ok(true)
+        // Drained only when nothing is held back either.
+        Ok(self.out.is_empty())
     }
 
     /// Drops every queued buffer that has not started to go out, so that a
@@ -106,6 +153,9 @@ impl Transport {
                 self.queued -= b.len();
             }
         }
+        // Nothing held is left to hold back.
+        self.barriers.clear();
+        self.pushed = self.written + self.queued as u64;
     }
 }
 
@@ -216,8 +266,8 @@ pub struct ClosingConn {
 
 impl ClosingConn {
     /// Makes progress; returns true when the socket can be dropped.
-    pub fn advance(&mut self) -> bool {
-        match self.io.flush_out() {
+    pub fn advance(&mut self, durable_epoch: u64) -> bool {
+        match self.io.flush_out(durable_epoch) {
             Ok(true) => {}
             Ok(false) => return false,
             Err(_) => return true,

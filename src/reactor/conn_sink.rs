@@ -31,6 +31,10 @@ pub(super) struct ConnSink<'a> {
     pub metrics: &'a mut TransportMetrics,
     /// `--access-log`.
     pub access_log: bool,
+    /// The loop iteration under way: acknowledgements are held for it.
+    pub epoch: u64,
+    /// Journal records written (counted for acknowledgements).
+    pub records: &'a mut u64,
     pub now: Instant,
 }
 
@@ -48,6 +52,8 @@ macro_rules! sink {
             max_output: $s.limits.max_ws_output_bytes,
             metrics: &mut $s.metrics,
             access_log: $s.access_log,
+            epoch: $s.durability.epoch,
+            records: &mut $s.records,
             now: std::time::Instant::now(),
         }
     };
@@ -67,7 +73,7 @@ impl ConnSink<'_> {
     /// long reply's `done`), so the most a client holds is the bound plus
     /// one event.
     fn queue_bounded(&mut self, to: ConnId, event: &Event) {
-        let max = self.max_output;
+        let (max, epoch) = (self.max_output, self.epoch);
         let Some(conn) = self.live(to) else { return };
         if conn.subscriber_backlog() > max {
             if let Some(gone) = close_subscriber(
@@ -83,10 +89,16 @@ impl ConnSink<'_> {
         } else {
             match &mut conn.state {
                 State::Ws(w) => {
+                    if event.acknowledges() {
+                        w.ws.get_mut().barrier(epoch);
+                    }
                     w.ws.get_mut().push(event.ws_frame());
                     self.metrics.events_ws += 1;
                 }
                 State::Sse(s) => {
+                    if event.acknowledges() {
+                        s.io.barrier(epoch);
+                    }
                     s.io.push(event.sse_head());
                     s.io.push(event.sse_body());
                     self.metrics.events_sse += 1;
@@ -160,6 +172,8 @@ impl Sink for ConnSink<'_> {
         }
         h.waiting = false;
         h.keep_alive = h.waiting_keep_alive;
+        // The answer to a turn: it leaves once the turn is durable.
+        h.io.barrier(self.epoch);
         let (status, len) = queue_response(&mut h.io, &response, h.keep_alive);
         if let Some(request) = h.pending_log.take() {
             let log = self.access_log;
@@ -196,6 +210,7 @@ impl Sink for ConnSink<'_> {
     }
 
     fn persist(&mut self, change: &Change) -> Result<u64, String> {
+        *self.records += 1;
         match self.journal {
             Some(j) => j.append(change),
             None => Ok(0),

@@ -93,7 +93,13 @@ impl Server {
                         ),
                     };
                     let peer = h.peer;
+                    let records = self.records;
                     let outcome = self.app.handle_http(req, id, now, &mut sink!(self));
+                    // Whatever the request changed is in the journal before
+                    // its answer is queued (and the answer waits for it).
+                    self.app.persist_pending(&mut sink!(self));
+                    let changed = self.records != records;
+                    let epoch = self.durability.epoch;
                     let Some(Conn {
                         state: State::Http(h),
                         ..
@@ -105,6 +111,9 @@ impl Server {
                     h.request_started = now;
                     let answered = match &outcome {
                         HttpOutcome::Respond(resp) => {
+                            if changed {
+                                h.io.barrier(epoch);
+                            }
                             let bytes = queue_response(&mut h.io, resp, keep_alive);
                             h.keep_alive = keep_alive;
                             Some(bytes)

@@ -17,8 +17,10 @@ mod agents;
 mod child;
 mod conn;
 mod conn_sink;
+mod durability;
 mod http;
 mod sse;
+mod syncer;
 mod timers;
 mod websocket;
 mod workers;
@@ -118,6 +120,11 @@ pub struct Server {
     draining_until: Option<Instant>,
     /// The session journal (None with `--in-memory`).
     journal: Option<JournalFile>,
+    /// Journal records written so far (a request that wrote some is
+    /// acknowledged only once they are durable).
+    records: u64,
+    /// The fsync helper, epochs and held acknowledgements.
+    durability: durability::Durability,
     /// Requests, events sent, closes (the core's counters live with it).
     metrics: TransportMetrics,
     /// `--access-log`.
@@ -183,6 +190,7 @@ impl Server {
                 journal.len()
             );
             server.journal = Some(journal);
+            server.start_syncer()?;
         }
         Ok(server)
     }
@@ -236,6 +244,8 @@ impl Server {
             signals,
             app,
             journal: None,
+            records: 0,
+            durability: durability::Durability::default(),
             draining_until: None,
             conns: Slab::default(),
             next_serial: 0,
@@ -297,6 +307,7 @@ impl Server {
             for token in events.iter().map(|e| e.token()).chain(again) {
                 match token {
                     LISTENER => self.accept(now),
+                    durability::SYNCER => self.on_synced(now),
                     SIGNALS => {
                         if self.on_signals(now) {
                             self.kill_agents();
@@ -507,7 +518,8 @@ impl Server {
     fn maybe_compact(&mut self) {
         let live = self.app.journal_live_bytes();
         let Some(j) = &self.journal else { return };
-        if j.len() < COMPACT_MIN_BYTES || j.len() < 2 * live {
+        // Not while the sync helper works on the file about to be replaced.
+        if j.len() < COMPACT_MIN_BYTES || j.len() < 2 * live || self.syncing() {
             return;
         }
         // Everything pending must be in the file or in the snapshot, not both.
@@ -516,11 +528,18 @@ impl Server {
         if let Some(j) = &mut self.journal {
             let before = j.len();
             match j.compact(&snapshot) {
-                Ok(()) => crate::info!(
-                    "compacted {} from {before} to {} bytes",
-                    j.path().display(),
-                    j.len()
-                ),
+                Ok(()) => {
+                    crate::info!(
+                        "compacted {} from {before} to {} bytes",
+                        j.path().display(),
+                        j.len()
+                    );
+                    // The helper syncs the new file from now on.
+                    self.durability.syncer = None;
+                    if let Err(e) = self.start_syncer() {
+                        crate::error!("{e}");
+                    }
+                }
                 Err(e) => crate::warn!("{e}"),
             }
         }
@@ -653,6 +672,10 @@ impl Server {
         }
         // Two comparisons per iteration; the rewrite itself is rare.
         self.maybe_compact();
+        // What this iteration's acknowledgements wait for (with `batch`,
+        // the helper's fsync; otherwise nothing).
+        self.close_epoch();
+        let durable = self.durability.durable_epoch;
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();
@@ -662,26 +685,31 @@ impl Server {
             };
             let result = match &mut conn.state {
                 State::Closing(c) => {
-                    if c.advance() {
+                    if c.advance(durable) {
                         self.drop_conn(slot, now);
+                    } else {
+                        self.note_held(slot);
                     }
                     continue;
                 }
                 State::Http(h) => {
                     let before = h.io.queued();
-                    let r = h.io.flush_out();
+                    let r = h.io.flush_out(durable);
                     if h.io.queued() < before {
                         h.last_progress = now;
                     }
                     r
                 }
-                State::Ws(w) => w.ws.get_mut().flush_out(),
-                State::Sse(s) => s.io.flush_out(),
+                State::Ws(w) => w.ws.get_mut().flush_out(durable),
+                State::Sse(s) => s.io.flush_out(durable),
                 State::Moving => continue,
             };
             match result {
                 Err(_) => self.drop_conn(slot, now),
                 Ok(drained) => {
+                    if !drained {
+                        self.note_held(slot);
+                    }
                     // An HTTP connection that stopped parsing because its
                     // output was backed up can go on now.
                     if let Some(Conn {
