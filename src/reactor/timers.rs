@@ -52,7 +52,9 @@ impl Server {
                     }
                 }
                 State::Sse(_) => TimerAction::SseKeepalive,
-                State::Closing(c) if now >= c.deadline => TimerAction::Drop,
+                // Not while it holds an acknowledgement for the journal: that
+                // goes once durable (or the connection is cut if it cannot be).
+                State::Closing(c) if now >= c.deadline && !c.io.held() => TimerAction::Drop,
                 _ => TimerAction::None,
             };
             match action {
