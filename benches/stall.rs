@@ -18,42 +18,19 @@
 //! cargo build --release && cargo bench --bench stall
 //! ```
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::Server;
 
 fn start(bin: &str, args: &[&str]) -> Server {
-    let mut child = Command::new(bin)
-        .args(["serve", "--port", "0", "--max-sessions", "10000000"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {bin}: {e} (build it with cargo build --release)"));
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .trim_start_matches("listening on http://")
-        .to_owned();
-    Server { child, addr }
+    let mut all = vec!["--max-sessions", "10000000"];
+    all.extend_from_slice(args);
+    Server::start(bin, &all)
 }
 
 fn connect(addr: &str) -> TcpStream {

@@ -11,8 +11,6 @@
 //!
 //! Env: AUTOPOIESIS_BIN (default target/release/autopoiesis), TOKENS (2000).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod common;
@@ -40,29 +38,11 @@ fn main() {
     let agent_path = std::env::temp_dir().join("autopoiesis-token-overhead-agent.py");
     std::fs::write(&agent_path, AGENT).expect("write agent");
     let cmd = format!("python3 {} {tokens}", agent_path.display());
-    let mut server = Command::new(&bin)
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--in-memory",
-            "--agent",
-            "exec",
-            "--agent-cmd",
-            &cmd,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {bin}: {e} (build it with cargo build --release)"));
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .trim_start_matches("listening on http://")
-        .to_owned();
+    let server = common::Server::start(
+        &bin,
+        &["--in-memory", "--agent", "exec", "--agent-cmd", &cmd],
+    );
+    let addr = server.addr.clone();
 
     let stream = std::net::TcpStream::connect(&addr).unwrap();
     stream
@@ -76,8 +56,7 @@ fn main() {
     ))
     .unwrap();
     let lat_us = common::token_latencies_us(&mut ws);
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let pct = |p: f64| lat_us[((lat_us.len() - 1) as f64 * p) as usize];
     println!(
         "token_overhead tokens={} p50_us={:.1} p90_us={:.1} p99_us={:.1} max_us={:.1}",

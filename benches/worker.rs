@@ -10,12 +10,12 @@
 //! Env: AUTOPOIESIS_BIN (default target/release/autopoiesis), TURNS (400:
 //! worker turns per run; exec runs do fewer), TOKENS (2000).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::Server;
 
 /// One program, both protocols: `exec` answers the one request on stdin;
 /// `worker` answers every turn line until EOF. `stream N` stamps N tokens;
@@ -50,48 +50,20 @@ else:
             answer(msg, {"turn": msg["turn"]})
 "#;
 
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(bin: &str, agent: &str, start_s: f64) -> Server {
     let path = std::env::temp_dir().join("autopoiesis-worker-bench-agent.py");
     std::fs::write(&path, AGENT).expect("write the agent");
     let cmd = format!("exec python3 {} {agent} {start_s}", path.display());
-    let mut child = Command::new(bin)
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--in-memory",
-            "--agent",
-            agent,
-            "--agent-cmd",
-            &cmd,
-            "--max-queued-turns",
-            "64",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {bin}: {e} (build it with cargo build --release)"));
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .trim_start_matches("listening on http://")
-        .to_owned();
-    Server { child, addr }
+    let args = [
+        "--in-memory",
+        "--agent",
+        agent,
+        "--agent-cmd",
+        &cmd,
+        "--max-queued-turns",
+        "64",
+    ];
+    Server::start(bin, &args)
 }
 
 /// One `POST /api/chat` on a keep-alive connection; the status.

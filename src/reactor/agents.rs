@@ -16,7 +16,7 @@ use mio::{Interest, Registry, Token};
 use std::net::ToSocketAddrs;
 use std::time::Duration;
 
-use super::child::{describe_exit, kill_group, spawn_piped, StderrLog, StderrRead};
+use super::child::{describe_exit, kill_group, spawn_piped, StderrLog};
 use super::conn_sink::sink;
 use super::Server;
 
@@ -170,24 +170,11 @@ impl ExecTask {
         }
     }
 
-    /// Reads stderr into the server log (bounded), keeping the last line
-    /// for error messages.
-    /// True when more is waiting for the next iteration (the per-call
-    /// budget ran out).
+    /// Reads stderr into the server log (bounded per call), keeping the
+    /// last line for failure reasons; true when more is waiting for the
+    /// next iteration.
     pub fn read_stderr(&mut self, registry: &Registry) -> bool {
-        let Some(stderr) = self.stderr.as_mut() else {
-            return false;
-        };
-        match self.stderr_log.read(stderr) {
-            StderrRead::Blocked => false,
-            StderrRead::More => true,
-            StderrRead::Closed => {
-                if let Some(mut s) = self.stderr.take() {
-                    let _ = registry.deregister(&mut s);
-                }
-                false
-            }
-        }
+        self.stderr_log.read_pipe(&mut self.stderr, registry)
     }
 
     /// Collects the exit status if the child has exited (never blocks).

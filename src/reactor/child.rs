@@ -232,6 +232,25 @@ impl StderrLog {
         }
     }
 
+    /// Reads the child's `stderr` pipe (a budget's worth); at its end the
+    /// pipe is deregistered and dropped. True when more is waiting for the
+    /// next iteration.
+    pub fn read_pipe(&mut self, stderr: &mut Option<pipe::Receiver>, registry: &Registry) -> bool {
+        let Some(pipe) = stderr.as_mut() else {
+            return false;
+        };
+        match self.read(pipe) {
+            StderrRead::Blocked => false,
+            StderrRead::More => true,
+            StderrRead::Closed => {
+                if let Some(mut s) = stderr.take() {
+                    let _ = registry.deregister(&mut s);
+                }
+                false
+            }
+        }
+    }
+
     /// Drains what is readable now and reports any drop (the child is gone).
     pub fn drain(&mut self, stderr: &mut pipe::Receiver) {
         self.read(stderr);

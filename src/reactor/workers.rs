@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use mio::unix::pipe;
 use mio::{Registry, Token};
 
-use super::child::{describe_exit, has_exited, kill_group, spawn_piped, StderrLog, StderrRead};
+use super::child::{describe_exit, has_exited, kill_group, spawn_piped, StderrLog};
 use super::conn_sink::sink;
 use super::Server;
 use crate::agent::worker::{WorkerDecoder, WorkerLine};
@@ -112,22 +112,11 @@ impl Proc {
         );
     }
 
-    /// Reads stderr into the log (bounded per call); true when more is
-    /// waiting for the next iteration.
+    /// Reads stderr into the server log (bounded per call), keeping the
+    /// last line for failure reasons; true when more is waiting for the
+    /// next iteration.
     fn read_stderr(&mut self, registry: &Registry) -> bool {
-        let Some(stderr) = self.stderr.as_mut() else {
-            return false;
-        };
-        match self.stderr_log.read(stderr) {
-            StderrRead::Blocked => false,
-            StderrRead::More => true,
-            StderrRead::Closed => {
-                if let Some(mut s) = self.stderr.take() {
-                    let _ = registry.deregister(&mut s);
-                }
-                false
-            }
-        }
+        self.stderr_log.read_pipe(&mut self.stderr, registry)
     }
 
     /// "; its last stderr line: ...", or nothing when it wrote none.
