@@ -16,7 +16,7 @@
 //! | [`api`] | [`api::App`]: routing, auth, REST handlers, WebSocket ops, event streams (SSE) | [`reactor`] through [`service`] |
 //! | [`page`] | the built-in chat page (`GET /`), embedded, and its Content-Security-Policy | [`api`] |
 //! | [`docs`] | the API's documents, embedded: `GET /openapi.json`, `/asyncapi.json`, and `/docs` (a page rendering the first) | [`api`] |
-//! | [`sessions`] | the session table, history, `seq`, subscribers, broadcast, retained events for resume | [`api`], [`turns`] |
+//! | [`sessions`] | the session table (grown a step at a time, swept a budget at a time), history, `seq`, subscribers, broadcast, retained events for resume | [`api`], [`turns`] |
 //! | [`turns`] | per-session turn queue, the echo agent's stepwise streaming, cancel | [`api`] |
 //! | [`echo`] | the echo agent's word tokenizer | [`turns`] |
 //! | [`events`] | server → client events, serialized once into one buffer holding the WebSocket frame and the SSE event | [`sessions`], [`api`] |
@@ -33,6 +33,7 @@
 //! | [`agent::worker_pool`] | `worker` scheduling: session → worker binding, concurrency, waiting turns, cancel lines, timeouts, output bound, restart back-off | `reactor::workers` |
 //! | `reactor::conn`, `reactor::conn_sink` | the connection states (HTTP, WebSocket, SSE, closing) and their slab; the reactor's [`sink::Sink`] | the reactor's other parts |
 //! | `reactor::http`, `reactor::websocket`, `reactor::sse` | one transport each: reading, handing to the service, switching protocols | [`reactor`] |
+//! | `reactor::syncer`, `reactor::durability` | the journal's fsync in a helper thread (pipes in the same poll); acknowledgements held per connection until their records are durable | [`reactor`] (each iteration's end, the sink's barriers) |
 //! | `reactor::timers`, `reactor::access` | deadlines checked once a second; request accounting and the access log | [`reactor`] |
 //! | `reactor::workers` | the worker processes: spawn, pipes, stdin queue, stdout read with backpressure, kill and reap, shutdown | [`reactor`] (the loop, the sink's agent starts and stops) |
 //! | `reactor::child` | agent child processes: `/bin/sh -c` in its own group with registered pipes, stderr to the log, group kill | `reactor::agents`, `reactor::workers` |
