@@ -8,7 +8,9 @@
 //! - `history`: a session with a long history (`HISTORY_MB`, 8) read again
 //!   and again;
 //! - `turns`: 32 clients run REST turns back to back on a durable server
-//!   (`--fsync batch`).
+//!   (`--fsync batch`);
+//! - `compaction`: a journal with `COMPACT_MB` (100) of live history and as
+//!   much dead is compacted.
 //!
 //! It prints the probe's max, p99.9 and p99 (ms) per phase. Numbers, never
 //! assertions; run on a quiet machine, the server on CPU 0 and the load on
@@ -202,6 +204,43 @@ fn main() {
             .collect();
         for h in handles {
             h.join().unwrap();
+        }
+    });
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // A compaction of a big journal: live history in 50 sessions, as much
+    // dead in one that is then deleted.
+    let compact_mb = env_num("COMPACT_MB", 100);
+    let dir = std::env::temp_dir().join(format!("autopoiesis-stall-c-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let s = start(
+        &bin,
+        &[
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--max-body-bytes",
+            "2000000",
+        ],
+    );
+    let mut c = connect(&s.addr);
+    let chunk = "word ".repeat(200_000); // 2 MB of history per turn
+    let turns = compact_mb.div_ceil(2);
+    for i in 0..turns {
+        let body = format!(r#"{{"content":"{chunk}"}}"#);
+        let path = format!("/api/sessions/live{}/chat", i % 50);
+        assert_eq!(call(&mut c, "POST", &path, &body).0, 200);
+        assert_eq!(
+            call(&mut c, "POST", "/api/sessions/dead/chat", &body).0,
+            200
+        );
+    }
+    let journal = dir.join("journal");
+    let full = std::fs::metadata(&journal).unwrap().len();
+    phase("compaction", &s.addr, || {
+        assert_eq!(call(&mut c, "DELETE", "/api/sessions/dead", "").0, 204);
+        while std::fs::metadata(&journal).map_or(full, |m| m.len()) >= full * 3 / 4 {
+            std::thread::sleep(Duration::from_millis(20));
         }
     });
     drop(s);

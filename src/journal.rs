@@ -254,6 +254,9 @@ pub struct JournalFile {
     async_sync: bool,
     /// Bytes known durable (with `async_sync`).
     synced: u64,
+    /// The new file a compaction is writing (`journal.compact`), and its
+    /// length.
+    shadow: Option<(File, u64)>,
 }
 
 impl JournalFile {
@@ -322,6 +325,7 @@ impl JournalFile {
             fsync_seconds: crate::metrics::Histogram::new(crate::metrics::FSYNC_BUCKETS),
             async_sync: false,
             synced: replayed.valid_len,
+            shadow: None,
         };
         Ok((journal, replayed.changes))
     }
@@ -341,11 +345,28 @@ impl JournalFile {
     /// Appends one record (written now; synced now with `always`). On
     /// failure the file is cut back to its last whole record and the
     /// journal refuses further writes; the error names the file and offset.
-    pub fn append(&mut self, change: &Change) -> Result<u64, String> {
+    pub fn append(&mut self, change: &Change, mirror: bool) -> Result<u64, String> {
         if let Some(why) = &self.failed {
             return Err(why.clone());
         }
         let record = encode(change);
+        if mirror && self.shadow.is_some() {
+            let always = self.mode == FsyncMode::Always;
+            let written = self
+                .shadow_write(&record)
+                .and_then(|()| match &self.shadow {
+                    // `always` promises each record durable in the file that
+                    // will be the journal, too.
+                    Some((f, _)) if always => f
+                        .sync_data()
+                        .map_err(|e| format!("syncing the compaction's new file failed: {e}")),
+                    _ => Ok(()),
+                });
+            if let Err(e) = written {
+                crate::warn!("{e}");
+                self.abandon_shadow();
+            }
+        }
         let at = self.len;
         let result = self.file.write_all(&record).and_then(|()| {
             if self.mode == FsyncMode::Always {
@@ -440,6 +461,73 @@ impl JournalFile {
             self.synced = self.len;
         }
         self.unsynced = false;
+    }
+
+    /// Starts the new file of a compaction (`journal.compact`, empty).
+    pub fn begin_shadow(&mut self) -> Result<(), String> {
+        let path = self.shadow_path();
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("cannot start compacting into {}: {e}", path.display()))?;
+        self.shadow = Some((file, 0));
+        Ok(())
+    }
+
+    /// Appends to the compaction's new file (page cache: no sync here).
+    pub fn shadow_write(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let path = self.shadow_path();
+        let Some((file, len)) = self.shadow.as_mut() else {
+            return Err("no compaction under way".into());
+        };
+        file.write_all(bytes)
+            .map_err(|e| format!("compacting into {} failed: {e}", path.display()))?;
+        *len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// The compaction's new file: a duplicate descriptor (for the helper
+    /// that syncs and renames it) and its length now.
+    pub fn shadow_handle(&self) -> io::Result<Option<(File, u64)>> {
+        match &self.shadow {
+            Some((f, len)) => Ok(Some((f.try_clone()?, *len))),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether a compaction's new file is being written.
+    pub fn has_shadow(&self) -> bool {
+        self.shadow.is_some()
+    }
+
+    /// Gives the compaction up: the old journal stays.
+    pub fn abandon_shadow(&mut self) {
+        if self.shadow.take().is_some() {
+            let _ = std::fs::remove_file(self.shadow_path());
+        }
+    }
+
+    /// The new file has been synced up to `synced` and renamed over the
+    /// journal: it is the journal from now on.
+    pub fn adopt_shadow(&mut self, synced: u64) {
+        if let Some((file, len)) = self.shadow.take() {
+            self.file = file;
+            self.len = len;
+            self.synced = synced.min(len);
+            self.unsynced = self.synced < len;
+        }
+    }
+
+    /// Where a compaction writes, and the journal's own path and directory
+    /// (for the helper that renames it).
+    pub fn shadow_path(&self) -> PathBuf {
+        self.dir.join("journal.compact")
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Replaces the journal with `records` (a snapshot of the live state):
@@ -612,7 +700,7 @@ mod tests {
             let (mut j, changes) = JournalFile::open(&dir, FsyncMode::Batch).unwrap();
             assert!(changes.is_empty());
             for c in sample() {
-                j.append(&c).unwrap();
+                j.append(&c, false).unwrap();
             }
             j.commit();
             let second = JournalFile::open(&dir, FsyncMode::Batch)

@@ -134,10 +134,17 @@ pub trait Service {
         0
     }
 
-    /// The live state as journal records (what compaction writes).
-    fn snapshot(&self) -> Vec<u8> {
-        Vec::new()
+    /// Compaction starts: the live state is to be written out in steps.
+    fn begin_snapshot(&mut self) {}
+
+    /// The next part of the live state as journal records (about `budget`
+    /// bytes); true when all of it has been given.
+    fn snapshot_step(&mut self, _budget: usize) -> (Vec<u8>, bool) {
+        (Vec::new(), true)
     }
+
+    /// Compaction is over (done or given up).
+    fn end_snapshot(&mut self) {}
 
     /// Rebuilds state from journal records (at start).
     fn restore(&mut self, _records: Vec<(Change, u64)>, _now: Instant) {}

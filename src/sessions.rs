@@ -113,6 +113,11 @@ pub struct SessionTable {
     pending: Vec<Change>,
     /// Bytes of journal records that describe live state.
     journal_live: u64,
+    /// Compaction under way: sessions with an ordinal below this are in the
+    /// new file.
+    compaction_cursor: Option<u64>,
+    /// A session partly written: its ordinal and how many messages.
+    compaction_partial: Option<(u64, usize)>,
     /// Where the TTL sweep under way goes on (an ordinal), if one is.
     sweep_cursor: Option<u64>,
     /// Turns running, queued and ended; tokens broadcast.
@@ -142,6 +147,8 @@ impl SessionTable {
             journal_live: 0,
             metrics: Default::default(),
             sweep_cursor: None,
+            compaction_cursor: None,
+            compaction_partial: None,
         }
     }
 
@@ -222,7 +229,7 @@ impl SessionTable {
             id: id.to_owned(),
             messages,
         };
-        let bytes = sink.persist(&change)?;
+        let bytes = sink.persist(&change, self.mirrored(&change))?;
         self.account(&change, bytes);
         if let (Change::Messages { messages, .. }, Some(s)) = (change, self.sessions.get_mut(id)) {
             s.messages.extend(messages.into_iter().map(Bytes::from));
@@ -236,7 +243,8 @@ impl SessionTable {
     pub fn flush_changes(&mut self, sink: &mut dyn Sink) -> Result<(), String> {
         let mut failed = None;
         for change in std::mem::take(&mut self.pending) {
-            match sink.persist(&change) {
+            let mirror = self.mirrored(&change);
+            match sink.persist(&change, mirror) {
                 Ok(bytes) => self.account(&change, bytes),
                 Err(why) => {
                     failed.get_or_insert(why);
@@ -312,22 +320,71 @@ impl SessionTable {
         self.journal_live = self.sessions.values().map(|s| s.journal_bytes).sum();
     }
 
-    /// The live state as journal records: what compaction writes.
-    pub fn snapshot(&self) -> Vec<u8> {
+    /// The live state as journal records, at once (tests, small tables).
+    pub fn snapshot(&mut self) -> Vec<u8> {
+        self.begin_snapshot();
+        let (out, _) = self.snapshot_step(usize::MAX);
+        self.end_snapshot();
+        out
+    }
+
+    /// Compaction starts: sessions are written out a step at a time, in
+    /// creation order (see [`snapshot_step`](Self::snapshot_step)).
+    pub fn begin_snapshot(&mut self) {
+        self.compaction_cursor = Some(0);
+        self.compaction_partial = None;
+    }
+
+    /// The next sessions' records, about `budget` bytes of them; true when
+    /// every session has been written. From then on, and for the sessions
+    /// already written, each new record is [`mirrored`](Self::mirrored):
+    /// the new file gets it too.
+    pub fn snapshot_step(&mut self, budget: usize) -> (Vec<u8>, bool) {
+        let Some(cursor) = self.compaction_cursor else {
+            return (Vec::new(), true);
+        };
         let mut out = Vec::new();
-        for id in self.order.values() {
+        // Where this step stops: a session (ordinal), and how many of its
+        // messages are already written (None: not even its creation).
+        let mut partial = self.compaction_partial.take();
+        let mut next = None;
+        for (&ordinal, id) in self.order.range(cursor..) {
+            if out.len() >= budget {
+                next = Some(ordinal);
+                break;
+            }
             let Some(s) = self.sessions.get(id) else {
                 continue;
             };
-            out.extend(journal::encode(&Change::Created {
-                id: id.clone(),
-                at: s.created_at.clone(),
-            }));
-            if !s.messages.is_empty() {
+            let start = match partial.take().filter(|&(o, _)| o == ordinal) {
+                Some((_, done)) => done,
+                None => {
+                    out.extend(journal::encode(&Change::Created {
+                        id: id.clone(),
+                        at: s.created_at.clone(),
+                    }));
+                    0
+                }
+            };
+            // A long history goes in several records, a budget at a time
+            // (replay appends them in order).
+            let mut end = start;
+            let mut size = 0;
+            while end < s.messages.len() && (end == start || out.len() + size < budget) {
+                size += s.messages[end].len();
+                end += 1;
+            }
+            if end > start {
                 out.extend(journal::encode(&Change::Messages {
                     id: id.clone(),
-                    messages: s.messages.iter().map(text_of).collect(),
+                    messages: s.messages[start..end].iter().map(text_of).collect(),
                 }));
+            }
+            if end < s.messages.len() {
+                // The rest of this session next step; it is not copied yet.
+                self.compaction_partial = Some((ordinal, end));
+                next = Some(ordinal);
+                break;
             }
             if s.seq_reserved > 0 {
                 out.extend(journal::encode(&Change::Seq {
@@ -336,7 +393,27 @@ impl SessionTable {
                 }));
             }
         }
-        out
+        // Done: every session, including ones made from now on, is mirrored.
+        self.compaction_cursor = Some(next.unwrap_or(u64::MAX));
+        (out, next.is_none())
+    }
+
+    /// Compaction is over (done or given up).
+    pub fn end_snapshot(&mut self) {
+        self.compaction_cursor = None;
+        self.compaction_partial = None;
+    }
+
+    /// Whether a record must also go to the file a compaction is writing:
+    /// its session was already written there (a deleted session's record
+    /// goes too: replaying a deletion of nothing is harmless).
+    fn mirrored(&self, change: &Change) -> bool {
+        let Some(cursor) = self.compaction_cursor else {
+            return false;
+        };
+        self.sessions
+            .get(change.id())
+            .is_none_or(|s| s.ordinal < cursor)
     }
 
     /// Records every session's exact `seq`, so a clean restart continues
@@ -705,6 +782,52 @@ mod tests {
             .collect();
         assert_eq!(got, messages);
         assert_eq!(t.history_json("h").unwrap(), body);
+    }
+
+    #[test]
+    fn a_snapshot_in_small_steps_restores_what_the_table_holds() {
+        let now = Instant::now();
+        let mut t = SessionTable::new(100);
+        let mut sink = Recorder::default();
+        for i in 0..5 {
+            let id = format!("s{i}");
+            t.get_or_create(&id, now).unwrap();
+            let messages = (0..4).map(|m| format!("{{\"m\":\"{id}-{m}\"}}")).collect();
+            t.append(&id, messages, &mut sink).unwrap();
+        }
+        t.get_or_create("empty", now).unwrap();
+        t.broadcast("s1", "token", events::Content { content: "x" }, &mut sink);
+        t.begin_snapshot();
+        let mut records = Vec::new();
+        let mut steps = 0;
+        loop {
+            // A budget of one byte: one session's creation, or one message.
+            let (bytes, done) = t.snapshot_step(1);
+            records.extend(bytes);
+            steps += 1;
+            if steps == 3 {
+                // Mid-snapshot: a message for a session partly written.
+                t.append("s0", vec![r#"{"m":"late"}"#.into()], &mut sink)
+                    .unwrap();
+            }
+            if done {
+                break;
+            }
+        }
+        t.end_snapshot();
+        assert!(steps > 20, "{steps} steps");
+        let replayed = journal::replay(&records).unwrap();
+        let mut restored = SessionTable::new(100);
+        restored.restore(replayed.changes, now);
+        assert_eq!(restored.len(), 6);
+        for id in ["s0", "s1", "s2", "s3", "s4", "empty"] {
+            assert_eq!(restored.history_json(id), t.history_json(id), "{id}");
+        }
+        assert_eq!(restored.get("s0").unwrap().message_count(), 5);
+        assert_eq!(
+            restored.get("s1").unwrap().seq,
+            t.get("s1").unwrap().seq_reserved
+        );
     }
 
     #[test]

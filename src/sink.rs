@@ -42,9 +42,10 @@ pub trait Sink {
     /// The turn has ended: stop its agent. `graceful`: it said `done`, so
     /// let it exit by itself (briefly); otherwise kill it now.
     fn stop_agent(&mut self, turn: u64, graceful: bool);
-    /// Write a state change to the journal (a no-op when in memory).
+    /// Write a state change to the journal (a no-op when in memory);
+    /// `mirror`: a compaction under way needs it in its new file too.
     /// Returns the bytes written; Err says why it could not be saved.
-    fn persist(&mut self, change: &Change) -> Result<u64, String>;
+    fn persist(&mut self, change: &Change, mirror: bool) -> Result<u64, String>;
     /// Writes the transport's metrics for a scrape: connections, requests,
     /// events sent, closes, the journal, the process.
     fn write_metrics(&mut self, out: &mut Exposition);
@@ -115,7 +116,7 @@ impl Sink for Recorder {
         self.agents_stopped.push((turn, graceful));
     }
     fn write_metrics(&mut self, _out: &mut Exposition) {}
-    fn persist(&mut self, change: &Change) -> Result<u64, String> {
+    fn persist(&mut self, change: &Change, _mirror: bool) -> Result<u64, String> {
         match &self.persist_error {
             Some(why) => Err(why.clone()),
             None => {

@@ -591,3 +591,72 @@ fn kill_9_with_syncs_in_flight_loses_no_acknowledged_turn() {
         assert_eq!(history(&s, id).len(), 2, "acknowledged turn of {id} lost");
     }
 }
+
+#[test]
+fn a_compaction_keeps_what_was_written_while_it_ran() {
+    let dir = temp_dir("compact-live");
+    let mut s = serve_in(&dir, &[]);
+    let big = "y".repeat(100_000);
+    // About 4 MB live in 20 sessions, copied 256 KiB per loop iteration,
+    // and 6 MB dead in one session about to be deleted.
+    for i in 0..20 {
+        let body = json!({ "content": big }).to_string();
+        assert_eq!(
+            s.post(&format!("/api/sessions/live{i}/chat"), &body).status,
+            200
+        );
+    }
+    for _ in 0..30 {
+        let body = json!({ "content": big }).to_string();
+        assert_eq!(s.post("/api/sessions/gone/chat", &body).status, 200);
+    }
+    assert!(s.terminate().success());
+    // From here syncs take 300 ms and the compaction's switch 300 ms more:
+    // turns keep arriving while it copies and while it switches.
+    let mut s = serve_slow_disk(&dir, "300");
+    let journal = dir.join("journal");
+    let full = std::fs::metadata(&journal).unwrap().len();
+    assert_eq!(
+        s.request("DELETE", "/api/sessions/gone", None, &[]).status,
+        204
+    );
+    // While it compacts: turns on sessions copied early, late and new.
+    let mut acknowledged = Vec::new();
+    let mut n = 0;
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    while std::fs::metadata(&journal).unwrap().len() >= full {
+        assert!(std::time::Instant::now() < deadline, "never compacted");
+        let id = match n % 3 {
+            0 => "live0".to_owned(),
+            1 => "live19".to_owned(),
+            _ => format!("new{n}"),
+        };
+        let body = json!({ "content": format!("during {n}") }).to_string();
+        assert_eq!(
+            s.post(&format!("/api/sessions/{id}/chat"), &body).status,
+            200
+        );
+        acknowledged.push((id, format!("during {n}")));
+        n += 1;
+    }
+    assert!(n > 0, "no turn ran while it compacted");
+    // And after it.
+    assert_eq!(
+        s.post("/api/sessions/live5/chat", r#"{"content":"after"}"#)
+            .status,
+        200
+    );
+    kill9(&mut s);
+    let s = serve_in(&dir, &[]);
+    assert_eq!(s.get("/api/sessions/gone/history").status, 404);
+    for (id, content) in &acknowledged {
+        let h = history(&s, id);
+        let found = h
+            .iter()
+            .any(|m| m["parts"][0]["content"] == content.as_str());
+        assert!(found, "{id}: {content} lost in the compaction");
+    }
+    assert_eq!(history(&s, "live5").len(), 4);
+    assert_eq!(history(&s, "live12").len(), 2);
+    assert!(std::fs::metadata(&journal).unwrap().len() < full);
+}

@@ -89,8 +89,16 @@ impl Service for App {
         self.sessions.journal_live_bytes()
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        self.sessions.snapshot()
+    fn begin_snapshot(&mut self) {
+        self.sessions.begin_snapshot()
+    }
+
+    fn snapshot_step(&mut self, budget: usize) -> (Vec<u8>, bool) {
+        self.sessions.snapshot_step(budget)
+    }
+
+    fn end_snapshot(&mut self) {
+        self.sessions.end_snapshot()
     }
 
     fn restore(&mut self, records: Vec<(Change, u64)>, now: Instant) {

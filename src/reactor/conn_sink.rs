@@ -209,10 +209,10 @@ impl Sink for ConnSink<'_> {
         self.agent_starts.push(job);
     }
 
-    fn persist(&mut self, change: &Change) -> Result<u64, String> {
+    fn persist(&mut self, change: &Change, mirror: bool) -> Result<u64, String> {
         *self.records += 1;
         match self.journal {
-            Some(j) => j.append(change),
+            Some(j) => j.append(change, mirror),
             None => Ok(0),
         }
     }

@@ -34,6 +34,9 @@ pub(super) struct Durability {
     waiting: VecDeque<(u64, u64)>,
     /// Connections holding output back for an epoch.
     pub held: Vec<usize>,
+    /// No new sync of the journal is asked for (a compaction is swapping
+    /// the file: nothing may be acknowledged that the new file may lack).
+    pub paused: bool,
 }
 
 impl Server {
@@ -71,8 +74,11 @@ impl Server {
         self.request_sync();
     }
 
-    fn request_sync(&mut self) {
+    pub(super) fn request_sync(&mut self) {
         let d = &mut self.durability;
+        if d.paused {
+            return;
+        }
         if let (Some(syncer), Some(&(_, offset))) = (d.syncer.as_mut(), d.waiting.back()) {
             syncer.request(offset);
         }
@@ -118,6 +124,18 @@ impl Server {
         self.request_sync();
     }
 
+    /// The journal is a new file now (a compaction swapped it): what
+    /// waits, waits for the new file to be durable up to its length.
+    pub(super) fn journal_swapped(&mut self) {
+        let len = self.journal.as_ref().map_or(0, |j| j.len());
+        let d = &mut self.durability;
+        for w in d.waiting.iter_mut() {
+            w.1 = len;
+        }
+        d.syncer = None;
+        d.paused = false;
+    }
+
     /// After a flush: remembers the connections still holding output.
     pub(super) fn note_held(&mut self, slot: usize) {
         if let Some(conn) = self.conns.get(slot) {
@@ -131,12 +149,6 @@ impl Server {
                 }
             }
         }
-    }
-
-    /// Whether a sync is still under way (shutdown waits for it, and
-    /// compaction may not swap the file under the helper).
-    pub(super) fn syncing(&self) -> bool {
-        self.durability.syncer.as_ref().is_some_and(Syncer::busy)
     }
 }
 

@@ -15,6 +15,7 @@
 mod access;
 mod agents;
 mod child;
+mod compaction;
 mod conn;
 mod conn_sink;
 mod durability;
@@ -125,6 +126,8 @@ pub struct Server {
     records: u64,
     /// The fsync helper, epochs and held acknowledgements.
     durability: durability::Durability,
+    /// A journal compaction under way.
+    compaction: compaction::Compaction,
     /// Requests, events sent, closes (the core's counters live with it).
     metrics: TransportMetrics,
     /// `--access-log`.
@@ -246,6 +249,7 @@ impl Server {
             journal: None,
             records: 0,
             durability: durability::Durability::default(),
+            compaction: compaction::Compaction::default(),
             draining_until: None,
             conns: Slab::default(),
             next_serial: 0,
@@ -308,6 +312,7 @@ impl Server {
                 match token {
                     LISTENER => self.accept(now),
                     durability::SYNCER => self.on_synced(now),
+                    compaction::COMPACTOR => self.on_compacted(now),
                     SIGNALS => {
                         if self.on_signals(now) {
                             self.kill_agents();
@@ -363,6 +368,7 @@ impl Server {
             || !self.ready_again.is_empty()
             || !self.dirty.is_empty()
             || self.app.has_new_turns()
+            || matches!(self.compaction, compaction::Compaction::Copying { .. })
         {
             return Some(Duration::ZERO);
         }
@@ -509,38 +515,6 @@ impl Server {
                 State::Http(h) if h.is_idle() && h.io.queued() == 0 => self.begin_close(slot, now),
                 State::Http(h) => h.keep_alive = false,
                 _ => {}
-            }
-        }
-    }
-
-    /// Rewrites the journal as a snapshot once dead records (deleted
-    /// sessions, superseded `seq` reservations) outweigh live ones.
-    fn maybe_compact(&mut self) {
-        let live = self.app.journal_live_bytes();
-        let Some(j) = &self.journal else { return };
-        // Not while the sync helper works on the file about to be replaced.
-        if j.len() < COMPACT_MIN_BYTES || j.len() < 2 * live || self.syncing() {
-            return;
-        }
-        // Everything pending must be in the file or in the snapshot, not both.
-        self.app.persist_pending(&mut sink!(self));
-        let snapshot = self.app.snapshot();
-        if let Some(j) = &mut self.journal {
-            let before = j.len();
-            match j.compact(&snapshot) {
-                Ok(()) => {
-                    crate::info!(
-                        "compacted {} from {before} to {} bytes",
-                        j.path().display(),
-                        j.len()
-                    );
-                    // The helper syncs the new file from now on.
-                    self.durability.syncer = None;
-                    if let Err(e) = self.start_syncer() {
-                        crate::error!("{e}");
-                    }
-                }
-                Err(e) => crate::warn!("{e}"),
             }
         }
     }

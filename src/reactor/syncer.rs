@@ -64,11 +64,6 @@ impl Syncer {
         })
     }
 
-    /// Whether a sync is under way.
-    pub fn busy(&self) -> bool {
-        self.in_flight.is_some()
-    }
-
     /// Asks for everything up to `offset` to be made durable (one request
     /// at a time: what is written meanwhile goes in the next one).
     pub fn request(&mut self, offset: u64) -> bool {
@@ -126,11 +121,10 @@ impl Syncer {
 
 impl Drop for Syncer {
     fn drop(&mut self) {
-        // Closing the request pipe ends the helper after its current sync.
+        // Closing the request pipe ends the helper after its current sync;
+        // it is not waited for (that would be waiting for the disk).
         self.requests = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        drop(self.thread.take());
     }
 }
 
