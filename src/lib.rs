@@ -21,7 +21,7 @@
 //! | [`echo`] | the echo agent's word tokenizer | [`turns`] |
 //! | [`events`] | server → client events, serialized once into one buffer holding the WebSocket frame and the SSE event | [`sessions`], [`api`] |
 //! | [`sink`] | [`sink::ConnId`] and the [`sink::Sink`] trait the core answers through | [`api`], [`turns`], [`reactor`] |
-//! | [`journal`] | the append-only session journal: record framing, replay, fsync policy, compaction | [`sessions`] (records), [`reactor`] (the file) |
+//! | [`journal`] | the append-only session journal: record framing, replay, fsync policy, the compaction's new file | [`sessions`] (records), [`reactor`] (the file) |
 //! | [`metrics`] | Prometheus counters, gauges and fixed-bucket histograms in the loop's own state, the exposition format, the process collector | [`sessions`] (turns), [`reactor`] (transport), [`api`] (`/metrics`) |
 //! | [`log`] | log lines (text or JSON) and the access log | everything that logs |
 //! | [`systemd`] | socket activation (`LISTEN_FDS`) and readiness (`NOTIFY_SOCKET`) without libsystemd | [`reactor`], `main` |
@@ -34,6 +34,7 @@
 //! | `reactor::conn`, `reactor::conn_sink` | the connection states (HTTP, WebSocket, SSE, closing) and their slab; the reactor's [`sink::Sink`] | the reactor's other parts |
 //! | `reactor::http`, `reactor::websocket`, `reactor::sse` | one transport each: reading, handing to the service, switching protocols | [`reactor`] |
 //! | `reactor::syncer`, `reactor::durability` | the journal's fsync in a helper thread (pipes in the same poll); acknowledgements held per connection until their records are durable | [`reactor`] (each iteration's end, the sink's barriers) |
+//! | `reactor::compaction` | the journal rewritten a step per iteration into a new file, then synced and renamed by a helper thread | [`reactor`] (each iteration's end) |
 //! | `reactor::timers`, `reactor::access` | deadlines checked once a second; request accounting and the access log | [`reactor`] |
 //! | `reactor::workers` | the worker processes: spawn, pipes, stdin queue, stdout read with backpressure, kill and reap, shutdown | [`reactor`] (the loop, the sink's agent starts and stops) |
 //! | `reactor::child` | agent child processes: `/bin/sh -c` in its own group with registered pipes, stderr to the log, group kill | `reactor::agents`, `reactor::workers` |
