@@ -20,50 +20,17 @@
 //! cargo build --release && cargo bench --bench stall
 //! ```
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::Server;
+use common::{call, connect, Server};
 
 fn start(bin: &str, args: &[&str]) -> Server {
     let mut all = vec!["--max-sessions", "10000000"];
     all.extend_from_slice(args);
     Server::start(bin, &all)
-}
-
-fn connect(addr: &str) -> TcpStream {
-    let c = TcpStream::connect(addr).unwrap();
-    c.set_nodelay(true).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    c
-}
-
-/// One request on a keep-alive connection; the status and body.
-fn call(conn: &mut TcpStream, method: &str, path: &str, body: &str) -> (u16, Vec<u8>) {
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: b\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    conn.write_all(req.as_bytes()).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        conn.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    let text = String::from_utf8_lossy(&head).to_lowercase();
-    let status = text[9..12].parse().unwrap();
-    let len: usize = text
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map_or(0, |v| v.trim().parse().unwrap());
-    let mut body = vec![0u8; len];
-    conn.read_exact(&mut body).unwrap();
-    (status, body)
 }
 
 /// Probes `addr` every millisecond until `stop`; returns the round trips.

@@ -10,12 +10,11 @@
 //! Env: AUTOPOIESIS_BIN (default target/release/autopoiesis), TURNS (400:
 //! worker turns per run; exec runs do fewer), TOKENS (2000).
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 mod common;
-use common::Server;
+use common::{call, connect, Server};
 
 /// One program, both protocols: `exec` answers the one request on stdin;
 /// `worker` answers every turn line until EOF. `stream N` stamps N tokens;
@@ -69,37 +68,7 @@ fn start(bin: &str, agent: &str, start_s: f64) -> Server {
 /// One `POST /api/chat` on a keep-alive connection; the status.
 fn chat(conn: &mut TcpStream, session: &str, content: &str) -> u16 {
     let body = format!(r#"{{"content":"{content}","session_id":"{session}"}}"#);
-    let req = format!(
-        "POST /api/chat HTTP/1.1\r\nHost: b\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    conn.write_all(req.as_bytes()).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        conn.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
-    let status = head[9..12].parse().unwrap();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    let mut body = vec![0u8; len];
-    conn.read_exact(&mut body).unwrap();
-    status
-}
-
-fn connect(addr: &str) -> TcpStream {
-    let c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    c.set_nodelay(true).unwrap();
-    c
+    call(conn, "POST", "/api/chat", &body).0
 }
 
 /// `clients` threads each run `turns / clients` turns on their own session;

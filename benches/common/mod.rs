@@ -77,3 +77,40 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+pub fn connect(addr: &str) -> std::net::TcpStream {
+    let c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_nodelay(true).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(120)))
+        .unwrap();
+    c
+}
+
+/// One request on a keep-alive connection; the status and body.
+pub fn call(
+    conn: &mut std::net::TcpStream,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, Vec<u8>) {
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: b\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    std::io::Write::write_all(conn, req.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        std::io::Read::read_exact(conn, &mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).to_lowercase();
+    let status = text[9..12].parse().unwrap();
+    let len: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0u8; len];
+    std::io::Read::read_exact(conn, &mut body).unwrap();
+    (status, body)
+}
