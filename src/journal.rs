@@ -497,6 +497,11 @@ impl JournalFile {
         }
     }
 
+    /// Whether a write or sync failed (nothing more is accepted).
+    pub fn has_failed(&self) -> bool {
+        self.failed.is_some()
+    }
+
     /// Whether a compaction's new file is being written.
     pub fn has_shadow(&self) -> bool {
         self.shadow.is_some()

@@ -66,7 +66,9 @@ impl Server {
         let Some(j) = self.journal.as_mut() else {
             return;
         };
-        if j.len() < COMPACT_MIN_BYTES || j.len() < 2 * live {
+        // Not over a journal that refuses writes: what it lacks must not
+        // be made to look saved.
+        if j.len() < COMPACT_MIN_BYTES || j.len() < 2 * live || j.has_failed() {
             return;
         }
         if let Err(e) = j.begin_shadow() {
