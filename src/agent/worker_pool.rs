@@ -21,7 +21,7 @@
 //!   core stopped it, timeout, output bound) gets a `cancel` line. A turn
 //!   the worker ended itself, or that never reached it, gets none.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -118,7 +118,11 @@ pub struct Pool {
     slots: Vec<Slot>,
     turns: HashMap<u64, TurnInfo>,
     deadlines: BTreeSet<(Instant, u64)>,
-    bindings: HashMap<Rc<str>, usize>,
+    /// Session → slot. Ordered, so that pruning can go a budget at a time
+    /// from a cursor.
+    bindings: BTreeMap<Rc<str>, usize>,
+    /// Where the pruning pass under way goes on.
+    prune_from: Option<Rc<str>>,
     actions: Vec<Action>,
     retiring: bool,
 }
@@ -151,7 +155,8 @@ impl Pool {
             slots,
             turns: HashMap::new(),
             deadlines: BTreeSet::new(),
-            bindings: HashMap::new(),
+            bindings: BTreeMap::new(),
+            prune_from: None,
             retiring: false,
         }
     }
@@ -521,15 +526,33 @@ impl Pool {
     }
 
     /// Forgets the bindings of sessions that no longer exist (and have no
-    /// turn here), so the table is bounded by the live sessions.
-    pub fn prune_bindings(&mut self, exists: impl Fn(&str) -> bool) {
-        if self.bindings.is_empty() {
-            return;
-        }
+    /// turn here), looking at up to `budget` of them from where the last
+    /// call stopped. True when the pass over every binding is complete.
+    pub fn prune_bindings(&mut self, exists: impl Fn(&str) -> bool, budget: usize) -> bool {
         let busy: std::collections::HashSet<&str> =
             self.turns.values().map(|t| &*t.session).collect();
-        self.bindings
-            .retain(|id, _| exists(id) || busy.contains(&**id));
+        let from = self.prune_from.take();
+        let range = match &from {
+            Some(key) => self.bindings.range::<Rc<str>, _>(key.clone()..),
+            None => self.bindings.range::<Rc<str>, _>(..),
+        };
+        let mut gone = Vec::new();
+        let mut next = None;
+        for (i, (id, _)) in range.enumerate() {
+            if i == budget {
+                next = Some(id.clone());
+                break;
+            }
+            if !exists(id) && !busy.contains(&**id) {
+                gone.push(id.clone());
+            }
+        }
+        drop(busy);
+        for id in gone {
+            self.bindings.remove(&id);
+        }
+        self.prune_from = next;
+        self.prune_from.is_none()
     }
 }
 

@@ -115,7 +115,7 @@ fn sessions_bind_to_the_least_loaded_slot_and_stay() {
     assert_eq!(writes, [w(1, "turn", 4), w(0, "turn", 5)]);
     // Across a restart of slot 1, "b" stays bound to it.
     p.down(1, "gone".into(), now);
-    p.prune_bindings(|id| id != "a");
+    assert!(p.prune_bindings(|id| id != "a", 100));
     assert_eq!((p.binding("a"), p.binding("b")), (None, Some(1)));
 }
 
@@ -348,4 +348,31 @@ fn turns_removed_while_waiting_are_skipped_and_the_rest_keep_their_order() {
         }
     }
     assert_eq!(sent, (10..=1000).step_by(10).collect::<Vec<_>>());
+}
+
+#[test]
+fn bindings_are_pruned_a_budget_at_a_time() {
+    let now = Instant::now();
+    let mut p = up(2, 4, now);
+    for t in 1..=10 {
+        p.submit(job(t, &format!("s{t}")), now);
+        p.event(
+            p.binding(&format!("s{t}")).unwrap(),
+            t,
+            &AgentEvent::Done(None),
+            1,
+        );
+    }
+    p.take_actions();
+    // Sessions s1..s8 are gone; s9 and s10 still exist.
+    let exists = |id: &str| id == "s9" || id == "s10";
+    let mut passes = 0;
+    while !p.prune_bindings(exists, 3) {
+        passes += 1;
+    }
+    assert_eq!(passes, 3, "ten bindings, three looked at per call");
+    for t in 1..=8 {
+        assert_eq!(p.binding(&format!("s{t}")), None);
+    }
+    assert!(p.binding("s9").is_some() && p.binding("s10").is_some());
 }

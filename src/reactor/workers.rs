@@ -62,6 +62,8 @@ const PAUSED_RECHECK: Duration = Duration::from_millis(10);
 const DRAIN_AT_EXIT: usize = 1024 * 1024;
 /// How often bindings of deleted sessions are forgotten.
 const PRUNE_EVERY: Duration = Duration::from_secs(5);
+/// Bindings looked at per loop iteration while pruning.
+const PRUNE_BUDGET: usize = 256;
 
 fn token(slot: usize, stream: usize) -> Token {
     Token(WORKER_BASE + slot * STREAMS + stream)
@@ -135,6 +137,8 @@ pub struct Workers {
     /// Killed workers not reaped yet.
     zombies: Vec<Child>,
     next_prune: Instant,
+    /// A pruning pass is under way.
+    pruning: bool,
 }
 
 impl Workers {
@@ -146,6 +150,7 @@ impl Workers {
             pool,
             zombies: Vec::new(),
             next_prune: now + PRUNE_EVERY,
+            pruning: false,
         }
     }
 
@@ -203,10 +208,17 @@ impl Server {
             return;
         };
         w.pool.on_time(now);
-        if now >= w.next_prune {
-            w.next_prune = now + PRUNE_EVERY;
+        // Bindings of sessions that are gone are forgotten a budget per
+        // iteration, a pass every PRUNE_EVERY.
+        if now >= w.next_prune || w.pruning {
             let app = &self.app;
-            w.pool.prune_bindings(|id| app.has_session(id));
+            let done = w
+                .pool
+                .prune_bindings(|id| app.has_session(id), PRUNE_BUDGET);
+            w.pruning = !done;
+            if done {
+                w.next_prune = now + PRUNE_EVERY;
+            }
         }
         for slot in 0..w.procs.len() {
             let Some(p) = self.workers.as_mut().and_then(|w| w.proc_mut(slot)) else {
