@@ -51,9 +51,7 @@ impl Service for Echo {
         }
     }
 
-    fn ws_opened(&mut self, _: ConnId, _: &str, _: Option<u64>, _: Instant, _: &mut dyn Sink) {}
-
-    fn stream_opened(&mut self, _: ConnId, _: &str, _: Option<u64>, _: Instant, _: &mut dyn Sink) {}
+    fn subscribed(&mut self, _: ConnId, _: &str, _: Option<u64>, _: Instant, _: &mut dyn Sink) {}
 
     fn unsubscribed(&mut self, _: ConnId, _: &str, _: Instant) {}
 

@@ -319,7 +319,7 @@ impl App {
 
     /// `GET /api/sessions/{id}/events`: checks the session and the resume
     /// point; the reactor then opens the stream and calls
-    /// [`stream_opened`](Self::stream_opened).
+    /// [`subscribed`](Self::subscribed).
     fn event_stream(&mut self, head: &Head, id: &str, now: Instant) -> HttpOutcome {
         if !valid_session_id(id) {
             return HttpOutcome::Respond(invalid_id());
@@ -408,41 +408,18 @@ impl App {
         })
     }
 
-    /// A WebSocket client of `session_id` is open: subscribe it, and with
-    /// `?since=N` first replay the retained events after N (or tell it to
-    /// resync). Replay and subscription happen in one step of the loop, so
-    /// nothing is missed or sent twice in between.
-    pub fn ws_opened(
-        &mut self,
-        conn: ConnId,
-        session_id: &str,
-        since: Option<u64>,
-        now: Instant,
-        sink: &mut dyn Sink,
-    ) {
-        self.subscribe(conn, session_id, since, now, sink);
-    }
-
-    /// An event stream (SSE) of `session_id` is open: the same replay and
-    /// subscription as a WebSocket client's.
-    pub fn stream_opened(
-        &mut self,
-        conn: ConnId,
-        session_id: &str,
-        since: Option<u64>,
-        now: Instant,
-        sink: &mut dyn Sink,
-    ) {
-        self.subscribe(conn, session_id, since, now, sink);
-    }
-
     /// A subscriber has gone (WebSocket or event stream).
     pub fn unsubscribed(&mut self, conn: ConnId, session_id: &str, now: Instant) {
         self.sessions.unsubscribe(session_id, conn);
         self.touch(session_id, now);
     }
 
-    fn subscribe(
+    /// A subscriber (WebSocket client or event stream) of `session_id` is
+    /// open: subscribe it, and with `?since=N` / `Last-Event-ID: N` first
+    /// replay the retained events after N (or tell it to resync). Replay
+    /// and subscription happen in one step of the loop, so nothing is
+    /// missed or sent twice in between.
+    pub fn subscribed(
         &mut self,
         conn: ConnId,
         session_id: &str,

@@ -62,18 +62,10 @@ pub trait Service {
         sink: &mut dyn Sink,
     ) -> HttpOutcome;
 
-    /// A WebSocket client of `session_id` is open (after the `101`).
-    fn ws_opened(
-        &mut self,
-        conn: ConnId,
-        session_id: &str,
-        since: Option<u64>,
-        now: Instant,
-        sink: &mut dyn Sink,
-    );
-
-    /// An event stream of `session_id` is open (after its head).
-    fn stream_opened(
+    /// A subscriber of `session_id` is open: a WebSocket client (after the
+    /// `101`) or an event stream (after its head). `since`: replay the
+    /// retained events after N first.
+    fn subscribed(
         &mut self,
         conn: ConnId,
         session_id: &str,

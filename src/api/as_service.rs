@@ -20,7 +20,7 @@ impl Service for App {
         App::handle_http(self, req, from, now, sink)
     }
 
-    fn ws_opened(
+    fn subscribed(
         &mut self,
         conn: ConnId,
         session_id: &str,
@@ -28,18 +28,7 @@ impl Service for App {
         now: Instant,
         sink: &mut dyn Sink,
     ) {
-        App::ws_opened(self, conn, session_id, since, now, sink)
-    }
-
-    fn stream_opened(
-        &mut self,
-        conn: ConnId,
-        session_id: &str,
-        since: Option<u64>,
-        now: Instant,
-        sink: &mut dyn Sink,
-    ) {
-        App::stream_opened(self, conn, session_id, since, now, sink)
+        App::subscribed(self, conn, session_id, since, now, sink)
     }
 
     fn unsubscribed(&mut self, conn: ConnId, session_id: &str, now: Instant) {

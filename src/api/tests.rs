@@ -453,8 +453,8 @@ fn websocket_ops() {
     let now = Instant::now();
     let (c1, c2) = (ConnId { slot: 1, serial: 1 }, ConnId { slot: 2, serial: 2 });
     a.sessions.get_or_create("s", now).unwrap();
-    a.ws_opened(c1, "s", None, now, &mut Recorder::default());
-    a.ws_opened(c2, "s", None, now, &mut Recorder::default());
+    a.subscribed(c1, "s", None, now, &mut Recorder::default());
+    a.subscribed(c2, "s", None, now, &mut Recorder::default());
     let mut sink = Recorder::default();
     for text in [
         r#"{"op":"message","data":{"content":""}}"#,

@@ -182,17 +182,17 @@ fn stream_replays_after_since_or_resyncs() {
     let (status, _) = routed_chat(&mut a, "s", r#"{"content":"a b"}"#);
     assert_eq!(status, 200); // seq 1..=3: "a ", "b", done
     let c = ConnId { slot: 1, serial: 1 };
-    a.stream_opened(c, "s", Some(1), now, &mut sink);
+    a.subscribed(c, "s", Some(1), now, &mut sink);
     let texts = sink.texts_to(c);
     assert_eq!(texts.len(), 2);
     assert!(texts[0].contains(r#""seq":2"#) && texts[1].contains(r#""seq":3"#));
     // Above the latest seq: the client saw another incarnation.
     let d = ConnId { slot: 2, serial: 2 };
-    a.stream_opened(d, "s", Some(9), now, &mut sink);
+    a.subscribed(d, "s", Some(9), now, &mut sink);
     assert_eq!(sink.texts_to(d), [r#"{"op":"resync","data":{"since":9}}"#]);
     // Equal to the latest: nothing to replay.
     let e = ConnId { slot: 3, serial: 3 };
-    a.stream_opened(e, "s", Some(3), now, &mut sink);
+    a.subscribed(e, "s", Some(3), now, &mut sink);
     assert!(sink.texts_to(e).is_empty());
     // Subscribed: the next event reaches all three.
     routed_chat(&mut a, "s", r#"{"content":"z"}"#);
@@ -205,7 +205,7 @@ fn deleting_a_session_ends_its_streams() {
     let now = Instant::now();
     a.sessions.get_or_create("s", now).unwrap();
     let c = ConnId { slot: 1, serial: 1 };
-    a.stream_opened(c, "s", None, now, &mut Recorder::default());
+    a.subscribed(c, "s", None, now, &mut Recorder::default());
     let mut sink = Recorder::default();
     let r = req("DELETE", "/api/sessions/s", "", None);
     match a.handle_http(r, REST, now, &mut sink) {

@@ -59,7 +59,7 @@ impl Server {
         }));
         self.dirty.push(slot);
         self.app
-            .stream_opened(id, &session, stream.since, now, &mut sink!(self));
+            .subscribed(id, &session, stream.since, now, &mut sink!(self));
     }
 
     /// Reads and drops what an event-stream client sends, until WouldBlock

@@ -45,7 +45,7 @@ impl Server {
             ping_sent: false,
         }));
         self.app
-            .ws_opened(id, &session, upgrade.since, now, &mut sink!(self));
+            .subscribed(id, &session, upgrade.since, now, &mut sink!(self));
         // Frames may already be buffered after the head: edge-triggered
         // polling will not report them again.
         self.drive_ws(slot, now);
