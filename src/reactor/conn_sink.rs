@@ -67,25 +67,45 @@ impl ConnSink<'_> {
             .filter(|c| c.serial == to.serial)
     }
 
-    /// Queues `event` to subscriber `to` unless it is already over the
-    /// output bound, in which case it is closed (1008) instead. A client
-    /// that is keeping up may still get one event larger than the bound (a
-    /// long reply's `done`), so the most a client holds is the bound plus
-    /// one event.
-    fn queue_bounded(&mut self, to: ConnId, event: &Event) {
+    /// Subscriber `to` is over the output bound: it is closed with 1008
+    /// instead of being given more. (A client keeping up may still get one
+    /// item larger than the bound, a long reply's `done`: the check comes
+    /// before the push, so the most a client holds is the bound plus one.)
+    fn close_slow(&mut self, to: ConnId) {
+        if let Some(gone) = close_subscriber(
+            self.conns,
+            to.slot,
+            close::POLICY,
+            "Output buffer full",
+            self.now,
+        ) {
+            self.metrics.closed(CloseReason::Slow);
+            self.gone.push(gone);
+        }
+    }
+}
+
+impl Sink for ConnSink<'_> {
+    fn send(&mut self, to: ConnId, frame: &Bytes) {
+        let max = self.max_output;
+        let Some(conn) = self.live(to) else { return };
+        let State::Ws(w) = &mut conn.state else {
+            return;
+        };
+        let io = w.ws.get_mut();
+        if io.queued() > max {
+            self.close_slow(to);
+        } else {
+            io.push(frame.clone());
+        }
+        self.dirty.push(to.slot);
+    }
+
+    fn deliver(&mut self, to: ConnId, event: &Event) {
         let (max, epoch) = (self.max_output, self.epoch);
         let Some(conn) = self.live(to) else { return };
         if conn.subscriber_backlog() > max {
-            if let Some(gone) = close_subscriber(
-                self.conns,
-                to.slot,
-                close::POLICY,
-                "Output buffer full",
-                self.now,
-            ) {
-                self.metrics.closed(CloseReason::Slow);
-                self.gone.push(gone);
-            }
+            self.close_slow(to);
         } else {
             match &mut conn.state {
                 State::Ws(w) => {
@@ -107,36 +127,6 @@ impl ConnSink<'_> {
             }
         }
         self.dirty.push(to.slot);
-    }
-}
-
-impl Sink for ConnSink<'_> {
-    fn send(&mut self, to: ConnId, frame: &Bytes) {
-        let max = self.max_output;
-        let Some(conn) = self.live(to) else { return };
-        let State::Ws(w) = &mut conn.state else {
-            return;
-        };
-        let io = w.ws.get_mut();
-        if io.queued() > max {
-            if let Some(gone) = close_subscriber(
-                self.conns,
-                to.slot,
-                close::POLICY,
-                "Output buffer full",
-                self.now,
-            ) {
-                self.metrics.closed(CloseReason::Slow);
-                self.gone.push(gone);
-            }
-        } else {
-            io.push(frame.clone());
-        }
-        self.dirty.push(to.slot);
-    }
-
-    fn deliver(&mut self, to: ConnId, event: &Event) {
-        self.queue_bounded(to, event);
     }
 
     fn session_gone(&mut self, to: ConnId) {
