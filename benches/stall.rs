@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{call, connect, Server};
+use common::{call, connect, env_num, Server};
 
 fn start(bin: &str, args: &[&str]) -> Server {
     let mut all = vec!["--max-sessions", "10000000"];
@@ -104,12 +104,6 @@ fn sessions_held(addr: &str) -> u64 {
 fn main() {
     let bin =
         std::env::var("AUTOPOIESIS_BIN").unwrap_or_else(|_| "target/release/autopoiesis".into());
-    let env_num = |k: &str, d: usize| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
     let sessions = env_num("SESSIONS", 600_000);
     let history_mb = env_num("HISTORY_MB", 8);
 

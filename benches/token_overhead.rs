@@ -31,10 +31,7 @@ out.flush()
 fn main() {
     let bin =
         std::env::var("AUTOPOIESIS_BIN").unwrap_or_else(|_| "target/release/autopoiesis".into());
-    let tokens: usize = std::env::var("TOKENS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(2000);
+    let tokens = common::env_num("TOKENS", 2000);
     let agent_path = std::env::temp_dir().join("autopoiesis-token-overhead-agent.py");
     std::fs::write(&agent_path, AGENT).expect("write agent");
     let cmd = format!("python3 {} {tokens}", agent_path.display());

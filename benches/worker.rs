@@ -14,7 +14,7 @@ use std::net::TcpStream;
 use std::time::Instant;
 
 mod common;
-use common::{call, connect, Server};
+use common::{call, connect, env_num, Server};
 
 /// One program, both protocols: `exec` answers the one request on stdin;
 /// `worker` answers every turn line until EOF. `stream N` stamps N tokens;
@@ -104,12 +104,6 @@ fn token_overhead(s: &Server, tokens: usize) -> (f64, f64, f64) {
 fn main() {
     let bin =
         std::env::var("AUTOPOIESIS_BIN").unwrap_or_else(|_| "target/release/autopoiesis".into());
-    let env_num = |k: &str, d: usize| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
     let turns = env_num("TURNS", 400);
     let tokens = env_num("TOKENS", 2000);
 

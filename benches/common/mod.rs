@@ -114,3 +114,11 @@ pub fn call(
     std::io::Read::read_exact(conn, &mut body).unwrap();
     (status, body)
 }
+
+/// A number from the environment variable `key`, else `default`.
+pub fn env_num(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
