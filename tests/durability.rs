@@ -529,13 +529,7 @@ fn a_slow_disk_holds_acknowledgements_not_the_loop() {
 
     // A chat whose answer must wait for the disk.
     let mut chat = s.connect();
-    chat.write_all(&raw_request(
-        "POST",
-        "/api/sessions/slow/chat",
-        Some(r#"{"content":"wait for the disk"}"#),
-        &[],
-    ))
-    .unwrap();
+    send_routed_chat(&mut chat, "slow", "wait for the disk");
     // Meanwhile the loop serves everyone else: a health check, and the
     // other session's tokens as they stream.
     assert_eq!(s.get("/api/health").status, 200);
@@ -570,14 +564,7 @@ fn kill_9_with_syncs_in_flight_loses_no_acknowledged_turn() {
     let mut acknowledged = Vec::new();
     for i in 0..6 {
         let id = format!("k{i}");
-        let body = format!(r#"{{"content":"turn {i}"}}"#);
-        c.write_all(&raw_request(
-            "POST",
-            &format!("/api/sessions/{id}/chat"),
-            Some(&body),
-            &[],
-        ))
-        .unwrap();
+        send_routed_chat(&mut c, &id, &format!("turn {i}"));
         if i == 5 {
             // Its records are written, its sync is under way: kill now.
             break;

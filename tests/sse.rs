@@ -154,17 +154,10 @@ fn data_json(b: &Block) -> Value {
     serde_json::from_str(b.data.as_deref().expect("data")).expect("JSON data")
 }
 
-/// Sends a routed chat without waiting for its answer.
+/// Sends a routed chat on a new connection without waiting for its answer.
 fn start_chat(s: &Server, id: &str, content: &str) -> TcpStream {
     let mut c = s.connect();
-    let body = json!({ "content": content }).to_string();
-    c.write_all(&raw_request(
-        "POST",
-        &format!("/api/sessions/{id}/chat"),
-        Some(&body),
-        &[],
-    ))
-    .unwrap();
+    send_routed_chat(&mut c, id, content);
     c
 }
 

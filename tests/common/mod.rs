@@ -421,3 +421,12 @@ pub fn until_empty<T: std::fmt::Debug>(what: &str, mut probe: impl FnMut() -> Ve
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Writes `POST /api/sessions/{id}/chat` with `content` on `c`, without
+/// reading the answer (the turn runs meanwhile).
+pub fn send_routed_chat(c: &mut TcpStream, id: &str, content: &str) {
+    let body = serde_json::json!({ "content": content }).to_string();
+    let path = format!("/api/sessions/{id}/chat");
+    c.write_all(&raw_request("POST", &path, Some(&body), &[]))
+        .expect("write a chat");
+}
