@@ -534,42 +534,6 @@ impl JournalFile {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
-
-    /// Replaces the journal with `records` (a snapshot of the live state):
-    /// write a new file, fsync it, rename it over, fsync the directory.
-    pub fn compact(&mut self, records: &[u8]) -> Result<(), String> {
-        let tmp = self.dir.join("journal.compact");
-        let write = || -> io::Result<File> {
-            let mut f = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .read(true)
-                .write(true)
-                .open(&tmp)?;
-            f.write_all(records)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            File::open(&self.dir)?.sync_all()?;
-            f.seek(SeekFrom::End(0))?;
-            Ok(f)
-        };
-        match write() {
-            Ok(f) => {
-                self.file = f;
-                self.len = records.len() as u64;
-                self.synced = self.len;
-                self.unsynced = false;
-                Ok(())
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                Err(format!(
-                    "compacting {} failed (the old journal is kept): {e}",
-                    self.path.display()
-                ))
-            }
-        }
-    }
 }
 
 fn create_private_dir(dir: &Path) -> io::Result<()> {

@@ -320,14 +320,6 @@ impl SessionTable {
         self.journal_live = self.sessions.values().map(|s| s.journal_bytes).sum();
     }
 
-    /// The live state as journal records, at once (tests, small tables).
-    pub fn snapshot(&mut self) -> Vec<u8> {
-        self.begin_snapshot();
-        let (out, _) = self.snapshot_step(usize::MAX);
-        self.end_snapshot();
-        out
-    }
-
     /// Compaction starts: sessions are written out a step at a time, in
     /// creation order (see [`snapshot_step`](Self::snapshot_step)).
     pub fn begin_snapshot(&mut self) {
