@@ -329,13 +329,9 @@ fn finish(table: &mut SessionTable, id: &str, turn: Turn, how: Finish, sink: &mu
     };
     let mut how = how;
     let mut reply = String::new();
-    if let Some(transcript) = turn.transcript {
-        reply = transcript.reply.clone();
-        let messages: Vec<String> = transcript
-            .finish(final_text.as_deref())
-            .iter()
-            .map(|m| m.to_string())
-            .collect();
+    if let Some(mut transcript) = turn.transcript {
+        reply = std::mem::take(&mut transcript.reply);
+        let messages = transcript.finish(final_text.as_deref());
         if let Err(why) = table.append(id, messages, sink) {
             // A `done` must not go out for a turn that was not saved.
             if matches!(how, Finish::Done(_)) {

@@ -11,13 +11,14 @@
 
 pub mod lines;
 pub mod openai;
+mod transcript;
 pub mod worker;
 pub mod worker_pool;
 
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::clock;
+pub use transcript::{request_message, Transcript};
 
 /// Which agent runs turns (`--agent`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -199,121 +200,6 @@ impl AgentEvent {
     }
 }
 
-/// The user's request of a turn, as pydantic-ai stores it (written to the
-/// history when the turn starts, so a crash mid-turn keeps the prompt).
-pub fn request_message(prompt: &str, timestamp: &str) -> String {
-    json!({
-        "kind": "request",
-        "parts": [{"part_kind": "user-prompt", "content": prompt, "timestamp": timestamp}],
-    })
-    .to_string()
-}
-
-/// Folds a turn's answer into pydantic-ai `ModelMessage`s as it streams
-/// (the request is [`request_message`]): a response with the text before
-/// any tool calls and the calls; a request with the matching returns; and
-/// so on; then the final text.
-#[derive(Debug)]
-pub struct Transcript {
-    model_name: String,
-    messages: Vec<Value>,
-    response_parts: Vec<Value>,
-    return_parts: Vec<Value>,
-    text: String,
-    /// Names of the calls made, to label their returns.
-    call_names: Vec<(String, String)>,
-    /// All text streamed, across tool rounds (the reply of a REST turn).
-    pub reply: String,
-}
-
-impl Transcript {
-    pub fn new(model_name: &str) -> Self {
-        Transcript {
-            model_name: model_name.to_owned(),
-            messages: Vec::new(),
-            response_parts: Vec::new(),
-            return_parts: Vec::new(),
-            text: String::new(),
-            call_names: Vec::new(),
-            reply: String::new(),
-        }
-    }
-
-    pub fn token(&mut self, t: &str) {
-        self.flush_returns();
-        self.text.push_str(t);
-        self.reply.push_str(t);
-    }
-
-    pub fn tool_call(&mut self, id: &str, name: &str, args: &Value) {
-        self.flush_returns();
-        self.flush_text();
-        self.call_names.push((id.to_owned(), name.to_owned()));
-        self.response_parts.push(json!({
-            "part_kind": "tool-call", "tool_name": name, "args": args, "tool_call_id": id,
-        }));
-    }
-
-    pub fn tool_result(&mut self, id: &str, content: &Value) {
-        self.flush_text();
-        self.flush_response();
-        let name = self
-            .call_names
-            .iter()
-            .find(|(call, _)| call == id)
-            .map_or("", |(_, n)| n.as_str());
-        self.return_parts.push(json!({
-            "part_kind": "tool-return", "tool_name": name, "content": content, "tool_call_id": id,
-            "timestamp": clock::now_rfc3339(),
-        }));
-    }
-
-    /// The messages of the turn so far, the last response closed.
-    pub fn finish(mut self, final_text: Option<&str>) -> Vec<Value> {
-        self.flush_returns();
-        if let Some(text) = final_text {
-            // The agent's own account of its reply, when it streamed none.
-            if self.text.is_empty() && self.response_parts.is_empty() && !text.is_empty() {
-                self.text = text.to_owned();
-            }
-        }
-        self.flush_text();
-        if self.response_parts.is_empty() {
-            // A turn always ends in a response, if only an empty one.
-            self.response_parts
-                .push(json!({"part_kind": "text", "content": ""}));
-        }
-        self.flush_response();
-        self.messages
-    }
-
-    fn flush_text(&mut self) {
-        if !self.text.is_empty() {
-            let text = std::mem::take(&mut self.text);
-            self.response_parts
-                .push(json!({"part_kind": "text", "content": text}));
-        }
-    }
-
-    fn flush_response(&mut self) {
-        if !self.response_parts.is_empty() {
-            let parts = std::mem::take(&mut self.response_parts);
-            self.messages.push(json!({
-                "kind": "response", "parts": parts, "model_name": self.model_name,
-                "timestamp": clock::now_rfc3339(),
-            }));
-        }
-    }
-
-    fn flush_returns(&mut self) {
-        if !self.return_parts.is_empty() {
-            let parts = std::mem::take(&mut self.return_parts);
-            self.messages
-                .push(json!({"kind": "request", "parts": parts}));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,43 +261,5 @@ mod tests {
             v,
             json!({"session_id": "s", "prompt": "hi \"there\"", "history": [{"kind": "request", "parts": []}]})
         );
-    }
-
-    #[test]
-    fn transcript_folds_tool_rounds_like_pydantic_ai() {
-        let mut t = Transcript::new("m");
-        t.token("Let me look. ");
-        t.tool_call("c1", "ls", &json!({"path": "."}));
-        t.tool_result("c1", &json!("a.txt"));
-        t.token("There is a.txt");
-        let msgs = t.finish(Some("There is a.txt"));
-        let kinds: Vec<&str> = msgs.iter().map(|m| m["kind"].as_str().unwrap()).collect();
-        assert_eq!(kinds, ["response", "request", "response"]);
-        assert_eq!(
-            msgs[0]["parts"][0],
-            json!({"part_kind": "text", "content": "Let me look. "})
-        );
-        assert_eq!(msgs[0]["parts"][1]["part_kind"], "tool-call");
-        assert_eq!(msgs[1]["parts"][0]["tool_name"], "ls");
-        assert_eq!(msgs[1]["parts"][0]["content"], "a.txt");
-        assert_eq!(
-            msgs[2]["parts"],
-            json!([{"part_kind": "text", "content": "There is a.txt"}])
-        );
-        let request: Value = serde_json::from_str(&request_message("list files", "ts")).unwrap();
-        assert_eq!(request["parts"][0]["part_kind"], "user-prompt");
-        assert_eq!(request["parts"][0]["content"], "list files");
-    }
-
-    #[test]
-    fn transcript_of_a_turn_with_no_text_still_ends_in_a_response() {
-        let msgs = Transcript::new("m").finish(None);
-        assert_eq!(msgs.len(), 1);
-        assert_eq!(
-            msgs[0]["parts"],
-            json!([{"part_kind": "text", "content": ""}])
-        );
-        let msgs = Transcript::new("m").finish(Some("from done"));
-        assert_eq!(msgs[0]["parts"][0]["content"], "from done");
     }
 }

@@ -39,6 +39,17 @@ pub struct Transport {
     /// what was pushed from that point on waits until the records of loop
     /// iteration `epoch` are durable (in order: what follows waits too).
     barriers: VecDeque<(u64, u64)>,
+    /// A read returned less than it asked for: the socket's receive queue
+    /// was empty then, so no read is tried again until the next readiness
+    /// event. epoll(7): for a stream socket a short read shows the input is
+    /// exhausted, and data arriving later raises a new edge. This saves the
+    /// `read` that would only say WouldBlock: one syscall per request or
+    /// WebSocket message (what tokio does too).
+    drained: bool,
+    /// Cleared for good once poll reports the peer's half-close or an
+    /// error: then EOF has to be read, and only reading until WouldBlock
+    /// (or EOF) finds it.
+    short_reads_drain: bool,
 }
 
 impl Transport {
@@ -51,7 +62,31 @@ impl Transport {
             pushed: 0,
             written: 0,
             barriers: VecDeque::new(),
+            drained: false,
+            short_reads_drain: true,
         }
+    }
+
+    /// A readiness event for the socket arrived (`hup`: with the peer's
+    /// half-close or an error).
+    pub fn readiness(&mut self, hup: bool) {
+        self.drained = false;
+        if hup {
+            self.short_reads_drain = false;
+        }
+    }
+
+    /// Reads from the socket, or says WouldBlock without a syscall when a
+    /// short read has shown the receive queue empty since the last event.
+    pub fn read_socket(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.drained {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.tcp.read(buf)?;
+        if n > 0 && n < buf.len() && self.short_reads_drain {
+            self.drained = true;
+        }
+        Ok(n)
     }
 
     /// Bytes queued and not yet written to the socket.
@@ -161,7 +196,7 @@ impl Transport {
 
 impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.tcp.read(buf)
+        self.read_socket(buf)
     }
 }
 

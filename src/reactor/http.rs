@@ -2,7 +2,7 @@
 //! [`RequestParser`]), handing requests to the service, queueing answers
 //! in order, and the switch to a WebSocket or an event stream.
 
-use std::io::{self, Read};
+use std::io;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -241,7 +241,7 @@ enum ReadResult {
 
 fn read_some(io: &mut Transport, inbuf: &mut Vec<u8>, chunk: &mut [u8]) -> ReadResult {
     loop {
-        match io.tcp.read(chunk) {
+        match io.read_socket(chunk) {
             Ok(0) => return ReadResult::Eof,
             Ok(n) => {
                 inbuf.extend_from_slice(&chunk[..n]);

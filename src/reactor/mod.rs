@@ -308,6 +308,15 @@ impl Server {
             }
             let now = Instant::now();
             let again = std::mem::take(&mut self.ready_again);
+            for event in events.iter() {
+                let t = event.token();
+                // Connections are the tokens below the agents' (a slab index).
+                if t.0 < agents::AGENT_BASE {
+                    if let Some(io) = self.conns.get_mut(t.0).and_then(Conn::transport_mut) {
+                        io.readiness(event.is_read_closed() || event.is_error());
+                    }
+                }
+            }
             for token in events.iter().map(|e| e.token()).chain(again) {
                 match token {
                     LISTENER => self.accept(now),

@@ -6,7 +6,7 @@
 //! chunking): every event is the shared bytes of [`crate::events::Event`]
 //! with nothing added per client.
 
-use std::io::{self, Read};
+use std::io;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -75,7 +75,7 @@ impl Server {
             return;
         };
         for _ in 0..WORK_PER_TURN {
-            match s.io.tcp.read(&mut self.read_buf) {
+            match s.io.read_socket(&mut self.read_buf) {
                 Ok(0) => return self.drop_conn(slot, now),
                 Ok(n) => {
                     s.received += n;

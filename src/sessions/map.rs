@@ -57,10 +57,14 @@ impl<V> GrowingMap<V> {
     }
 
     pub fn get_mut(&mut self, id: &str) -> Option<&mut V> {
-        if self.live.contains_key(id) {
-            return self.live.get_mut(id).map(|v| &mut **v);
+        // An id is in one table or the other; when not growing this is one
+        // hash and one probe (this runs for every event broadcast).
+        if let Some((old, _)) = self.old.as_mut() {
+            if let Some(v) = old.get_mut(id) {
+                return Some(&mut **v);
+            }
         }
-        self.old.as_mut()?.0.get_mut(id).map(|v| &mut **v)
+        self.live.get_mut(id).map(|v| &mut **v)
     }
 
     pub fn contains_key(&self, id: &str) -> bool {

@@ -1,0 +1,291 @@
+//! A turn folded into pydantic-ai `ModelMessage` JSON, as it streams.
+//!
+//! The texts are written directly (serde derive over borrowed fields, the
+//! parts kept as JSON text), never built as `serde_json::Value` trees: a
+//! tree per message was a quarter of a turn's instructions (callgrind).
+//! Keys stay in the order the history has always had (alphabetical), so a
+//! journal written before reads the same.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::clock;
+
+/// The user's request of a turn, as pydantic-ai stores it (written to the
+/// history when the turn starts, so a crash mid-turn keeps the prompt).
+pub fn request_message(prompt: &str, timestamp: &str) -> String {
+    #[derive(Serialize)]
+    struct UserPrompt<'a> {
+        content: &'a str,
+        part_kind: &'static str,
+        timestamp: &'a str,
+    }
+    let part = to_json(&UserPrompt {
+        content: prompt,
+        part_kind: "user-prompt",
+        timestamp,
+    });
+    message("request", &[part], None)
+}
+
+/// Folds a turn's answer into pydantic-ai `ModelMessage`s as it streams
+/// (the request is [`request_message`]): a response with the text before
+/// any tool calls and the calls; a request with the matching returns; and
+/// so on; then the final text.
+#[derive(Debug)]
+pub struct Transcript {
+    model_name: String,
+    /// Whole messages, as JSON texts.
+    messages: Vec<String>,
+    /// Parts of the response being built, as JSON texts.
+    response_parts: Vec<String>,
+    /// Parts of the tool-return request being built, as JSON texts.
+    return_parts: Vec<String>,
+    text: String,
+    /// Names of the calls made, to label their returns.
+    call_names: Vec<(String, String)>,
+    /// All text streamed, across tool rounds (the reply of a REST turn).
+    pub reply: String,
+}
+
+impl Transcript {
+    pub fn new(model_name: &str) -> Self {
+        Transcript {
+            model_name: model_name.to_owned(),
+            messages: Vec::new(),
+            response_parts: Vec::new(),
+            return_parts: Vec::new(),
+            text: String::new(),
+            call_names: Vec::new(),
+            reply: String::new(),
+        }
+    }
+
+    pub fn token(&mut self, t: &str) {
+        self.flush_returns();
+        self.text.push_str(t);
+        self.reply.push_str(t);
+    }
+
+    pub fn tool_call(&mut self, id: &str, name: &str, args: &Value) {
+        #[derive(Serialize)]
+        struct ToolCall<'a> {
+            args: &'a Value,
+            part_kind: &'static str,
+            tool_call_id: &'a str,
+            tool_name: &'a str,
+        }
+        self.flush_returns();
+        self.flush_text();
+        self.call_names.push((id.to_owned(), name.to_owned()));
+        self.response_parts.push(to_json(&ToolCall {
+            args,
+            part_kind: "tool-call",
+            tool_call_id: id,
+            tool_name: name,
+        }));
+    }
+
+    pub fn tool_result(&mut self, id: &str, content: &Value) {
+        #[derive(Serialize)]
+        struct ToolReturn<'a> {
+            content: &'a Value,
+            part_kind: &'static str,
+            timestamp: &'a str,
+            tool_call_id: &'a str,
+            tool_name: &'a str,
+        }
+        self.flush_text();
+        self.flush_response();
+        let name = self
+            .call_names
+            .iter()
+            .find(|(call, _)| call == id)
+            .map_or("", |(_, n)| n.as_str());
+        let part = to_json(&ToolReturn {
+            content,
+            part_kind: "tool-return",
+            timestamp: &clock::now_rfc3339(),
+            tool_call_id: id,
+            tool_name: name,
+        });
+        self.return_parts.push(part);
+    }
+
+    /// The messages of the turn so far, the last response closed.
+    pub fn finish(mut self, final_text: Option<&str>) -> Vec<String> {
+        self.flush_returns();
+        if let Some(text) = final_text {
+            // The agent's own account of its reply, when it streamed none.
+            if self.text.is_empty() && self.response_parts.is_empty() && !text.is_empty() {
+                self.text = text.to_owned();
+            }
+        }
+        self.flush_text();
+        if self.response_parts.is_empty() {
+            // A turn always ends in a response, if only an empty one.
+            self.response_parts.push(text_part(""));
+        }
+        self.flush_response();
+        self.messages
+    }
+
+    fn flush_text(&mut self) {
+        if !self.text.is_empty() {
+            let part = text_part(&self.text);
+            self.text.clear();
+            self.response_parts.push(part);
+        }
+    }
+
+    fn flush_response(&mut self) {
+        if !self.response_parts.is_empty() {
+            let parts = std::mem::take(&mut self.response_parts);
+            let stamp = clock::now_rfc3339();
+            let message = message("response", &parts, Some((&self.model_name, &stamp)));
+            self.messages.push(message);
+        }
+    }
+
+    fn flush_returns(&mut self) {
+        if !self.return_parts.is_empty() {
+            let parts = std::mem::take(&mut self.return_parts);
+            self.messages.push(message("request", &parts, None));
+        }
+    }
+}
+
+fn text_part(content: &str) -> String {
+    #[derive(Serialize)]
+    struct Text<'a> {
+        content: &'a str,
+        part_kind: &'static str,
+    }
+    to_json(&Text {
+        content,
+        part_kind: "text",
+    })
+}
+
+/// `{"kind":…,["model_name":…,]"parts":[…][,"timestamp":…]}` around parts
+/// that are JSON texts already.
+fn message(kind: &str, parts: &[String], response: Option<(&str, &str)>) -> String {
+    let len: usize = parts.iter().map(|p| p.len() + 1).sum();
+    let mut out = Vec::with_capacity(len + 96);
+    out.extend_from_slice(b"{\"kind\":");
+    push_str(&mut out, kind);
+    if let Some((model_name, _)) = response {
+        out.extend_from_slice(b",\"model_name\":");
+        push_str(&mut out, model_name);
+    }
+    out.extend_from_slice(b",\"parts\":[");
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(part.as_bytes());
+    }
+    out.push(b']');
+    if let Some((_, timestamp)) = response {
+        out.extend_from_slice(b",\"timestamp\":");
+        push_str(&mut out, timestamp);
+    }
+    out.push(b'}');
+    // Only JSON texts and serde_json's output went in.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn to_json(value: &impl Serialize) -> String {
+    // The parts are plain structs of strings and JSON values: serializing
+    // them cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(texts: &[String]) -> Vec<Value> {
+        texts
+            .iter()
+            .map(|t| serde_json::from_str(t).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn transcript_folds_tool_rounds_like_pydantic_ai() {
+        let mut t = Transcript::new("m");
+        t.token("Let me look. ");
+        t.tool_call("c1", "ls", &json!({"path": "."}));
+        t.tool_result("c1", &json!("a.txt"));
+        t.token("There is a.txt");
+        let msgs = parse(&t.finish(Some("There is a.txt")));
+        let kinds: Vec<&str> = msgs.iter().map(|m| m["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["response", "request", "response"]);
+        assert_eq!(
+            msgs[0]["parts"][0],
+            json!({"part_kind": "text", "content": "Let me look. "})
+        );
+        assert_eq!(
+            msgs[0]["parts"][1],
+            json!({"part_kind": "tool-call", "tool_name": "ls", "args": {"path": "."}, "tool_call_id": "c1"})
+        );
+        assert_eq!(msgs[0]["model_name"], "m");
+        assert_eq!(msgs[1]["parts"][0]["part_kind"], "tool-return");
+        assert_eq!(msgs[1]["parts"][0]["tool_name"], "ls");
+        assert_eq!(msgs[1]["parts"][0]["tool_call_id"], "c1");
+        assert_eq!(msgs[1]["parts"][0]["content"], "a.txt");
+        assert_eq!(
+            msgs[2]["parts"],
+            json!([{"part_kind": "text", "content": "There is a.txt"}])
+        );
+        for m in [&msgs[0], &msgs[2]] {
+            let stamp = m["timestamp"].as_str().unwrap();
+            assert!(stamp.len() == 27 && stamp.ends_with('Z'), "{stamp}");
+        }
+    }
+
+    #[test]
+    fn texts_keep_the_historical_key_order_and_escaping() {
+        // The bytes the `Value`-built texts had, so histories and journals
+        // written before this change compare equal.
+        assert_eq!(
+            request_message("say \"hi\"\n", "2026-01-01T00:00:00.000000Z"),
+            r#"{"kind":"request","parts":[{"content":"say \"hi\"\n","part_kind":"user-prompt","timestamp":"2026-01-01T00:00:00.000000Z"}]}"#
+        );
+        let response = message(
+            "response",
+            &[text_part("a"), text_part("b")],
+            Some(("echo", "T")),
+        );
+        assert_eq!(
+            response,
+            r#"{"kind":"response","model_name":"echo","parts":[{"content":"a","part_kind":"text"},{"content":"b","part_kind":"text"}],"timestamp":"T"}"#
+        );
+        let old = json!({
+            "kind": "response",
+            "parts": [{"part_kind": "text", "content": "a"}, {"part_kind": "text", "content": "b"}],
+            "model_name": "echo",
+            "timestamp": "T",
+        });
+        assert_eq!(response, old.to_string());
+    }
+
+    #[test]
+    fn transcript_of_a_turn_with_no_text_still_ends_in_a_response() {
+        let msgs = parse(&Transcript::new("m").finish(None));
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(
+            msgs[0]["parts"],
+            json!([{"part_kind": "text", "content": ""}])
+        );
+        let msgs = parse(&Transcript::new("m").finish(Some("from done")));
+        assert_eq!(msgs[0]["parts"][0]["content"], "from done");
+    }
+}
