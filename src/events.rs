@@ -5,20 +5,35 @@
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::json;
 use crate::ws::{frame_header, frame_in_place, FRAME_HEADER_ROOM, OPCODE_TEXT};
 
-#[derive(Serialize)]
-struct Wire<'a, D: Serialize> {
-    op: &'a str,
-    data: D,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seq: Option<u64>,
+/// What an event's `data` is: anything serde serializes, or a type that
+/// writes its own JSON (the per-token [`Content`]).
+pub trait EventData {
+    fn write_json(&self, buf: &mut Vec<u8>);
+}
+
+impl<T: Serialize> EventData for T {
+    fn write_json(&self, buf: &mut Vec<u8>) {
+        // Serializing plain structs of strings and integers into a Vec
+        // cannot fail.
+        let _ = serde_json::to_writer(buf, self);
+    }
 }
 
 /// `{"content": ...}`, the data of `token`, `thinking` and `done`.
-#[derive(Serialize)]
+#[derive(Clone, Copy, Debug)]
 pub struct Content<'a> {
     pub content: &'a str,
+}
+
+impl EventData for Content<'_> {
+    fn write_json(&self, buf: &mut Vec<u8>) {
+        buf.extend_from_slice(b"{\"content\":");
+        json::push_str(buf, self.content);
+        buf.push(b'}');
+    }
 }
 
 /// The data of an `error` event: `{"message"}` or `{"code","message"}`.
@@ -30,23 +45,33 @@ pub struct ErrorData<'a> {
 }
 
 /// The JSON text of an event (what a client's `JSON.parse` sees).
-pub fn event_json(op: &str, data: impl Serialize, seq: Option<u64>) -> Vec<u8> {
+pub fn event_json(op: &str, data: impl EventData, seq: Option<u64>) -> Vec<u8> {
     let mut buf = Vec::with_capacity(64);
     write_event(&mut buf, op, data, seq);
     buf
 }
 
 /// The event as one complete WebSocket text frame.
-pub fn event_frame(op: &str, data: impl Serialize, seq: Option<u64>) -> Bytes {
+pub fn event_frame(op: &str, data: impl EventData, seq: Option<u64>) -> Bytes {
     let mut buf = Vec::with_capacity(FRAME_HEADER_ROOM + 64);
     buf.resize(FRAME_HEADER_ROOM, 0);
     write_event(&mut buf, op, data, seq);
     frame_in_place(buf, OPCODE_TEXT)
 }
 
-fn write_event(buf: &mut Vec<u8>, op: &str, data: impl Serialize, seq: Option<u64>) {
-    // Serializing plain structs of strings and integers into a Vec cannot fail.
-    let _ = serde_json::to_writer(buf, &Wire { op, data, seq });
+/// `{"op":…,"data":…[,"seq":N]}`. The envelope is written by hand and only
+/// `data` goes through serde: this runs once per token, and serde's
+/// per-key escaping and `fmt` for the number were most of its cost.
+fn write_event(buf: &mut Vec<u8>, op: &str, data: impl EventData, seq: Option<u64>) {
+    buf.extend_from_slice(b"{\"op\":");
+    json::push_str(buf, op);
+    buf.extend_from_slice(b",\"data\":");
+    data.write_json(buf);
+    if let Some(seq) = seq {
+        buf.extend_from_slice(b",\"seq\":");
+        json::push_u64(buf, seq);
+    }
+    buf.push(b'}');
 }
 
 /// A broadcast event, serialized once into one allocation that holds both
@@ -74,13 +99,16 @@ pub struct Event {
 impl Event {
     /// The event `op` with `data`; `seq` None for one-client events
     /// (`resync`), which then carry no `seq` and no SSE `id:`.
-    pub fn new(op: &str, data: impl Serialize, seq: Option<u64>) -> Self {
-        use std::io::Write as _;
+    pub fn new(op: &str, data: impl EventData, seq: Option<u64>) -> Self {
         let mut buf = Vec::with_capacity(48 + FRAME_HEADER_ROOM + 64);
         if let Some(seq) = seq {
-            let _ = writeln!(buf, "id: {seq}");
+            buf.extend_from_slice(b"id: ");
+            json::push_u64(&mut buf, seq);
+            buf.push(b'\n');
         }
-        let _ = write!(buf, "event: {op}\ndata: ");
+        buf.extend_from_slice(b"event: ");
+        buf.extend_from_slice(op.as_bytes());
+        buf.extend_from_slice(b"\ndata: ");
         let sse_head_end = buf.len();
         buf.resize(sse_head_end + FRAME_HEADER_ROOM, 0);
         let json_start = buf.len();
@@ -172,12 +200,12 @@ mod tests {
     #[test]
     fn one_event_both_wire_forms_share_the_json() {
         let data = Content { content: "a\nb" };
-        let event = Event::new("token", &data, Some(42));
-        let json = event_json("token", &data, Some(42));
+        let event = Event::new("token", data, Some(42));
+        let json = event_json("token", data, Some(42));
         assert_eq!(event.json(), &json[..]);
         assert_eq!(
             &event.ws_frame()[..],
-            &event_frame("token", &data, Some(42))[..]
+            &event_frame("token", data, Some(42))[..]
         );
         let mut sse = event.sse_head().to_vec();
         sse.extend_from_slice(&event.sse_body());

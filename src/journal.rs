@@ -62,15 +62,13 @@ pub const HEADER: usize = 8;
 /// The framed record for `change`.
 pub fn encode(change: &Change) -> Vec<u8> {
     let mut out = vec![0u8; HEADER];
-    let id_json = |out: &mut Vec<u8>, id: &str| {
-        let _ = serde_json::to_writer(&mut *out, id);
-    };
+    let id_json = |out: &mut Vec<u8>, id: &str| crate::json::push_str(out, id);
     match change {
         Change::Created { id, at } => {
             out.extend_from_slice(br#"{"t":"c","id":"#);
             id_json(&mut out, id);
             out.extend_from_slice(br#","at":"#);
-            let _ = serde_json::to_writer(&mut out, at);
+            crate::json::push_str(&mut out, at);
         }
         Change::Messages { id, messages } => {
             out.extend_from_slice(br#"{"t":"m","id":"#);
@@ -81,7 +79,8 @@ pub fn encode(change: &Change) -> Vec<u8> {
         Change::Seq { id, seq } => {
             out.extend_from_slice(br#"{"t":"s","id":"#);
             id_json(&mut out, id);
-            out.extend_from_slice(format!(r#","seq":{seq}"#).as_bytes());
+            out.extend_from_slice(br#","seq":"#);
+            crate::json::push_u64(&mut out, *seq);
         }
         Change::Deleted { id } => {
             out.extend_from_slice(br#"{"t":"d","id":"#);

@@ -18,7 +18,7 @@ use serde::Serialize;
 use bytes::Bytes;
 
 use crate::clock;
-use crate::events::Event;
+use crate::events::{Event, EventData};
 use crate::journal::{self, Change};
 use crate::sink::{ConnId, Sink};
 use crate::turns::Turn;
@@ -517,42 +517,60 @@ impl SessionTable {
         &mut self,
         id: &str,
         op: &str,
-        data: impl Serialize,
+        data: impl EventData,
+        sink: &mut dyn Sink,
+    ) -> Option<u64> {
+        self.broadcast_each(id, op, std::iter::once(data), sink)
+    }
+
+    /// [`broadcast`](Self::broadcast) of several events of one kind, in
+    /// order, with one lookup of the session and its subscribers for all of
+    /// them (a run of streamed tokens). Returns the last `seq`.
+    pub fn broadcast_each<D: EventData>(
+        &mut self,
+        id: &str,
+        op: &str,
+        data: impl IntoIterator<Item = D>,
         sink: &mut dyn Sink,
     ) -> Option<u64> {
         let session = self.sessions.get_mut(id)?;
-        session.seq += 1;
-        let seq = session.seq;
-        let reserved = seq > session.seq_reserved;
-        if reserved {
-            session.seq_reserved = seq + SEQ_BLOCK;
-            self.pending.push(Change::Seq {
-                id: id.to_owned(),
-                seq: session.seq_reserved,
-            });
-        }
-        if op == "token" {
-            self.metrics.tokens += 1;
-        }
-        let mut event = Event::new(op, data, Some(seq));
-        // A turn's end, and any `seq` beyond what the journal promised, go
-        // out only once the journal has them (no `seq` is ever reused).
-        if reserved || op == "done" || op == "error" {
-            event = event.acknowledging();
-        }
-        session.retained_bytes += event.size();
-        session.retained.push_back((seq, event.clone()));
-        while session.retained.len() > self.retention.events
-            || (session.retained_bytes > self.retention.bytes && session.retained.len() > 1)
-        {
-            if let Some((_, old)) = session.retained.pop_front() {
-                session.retained_bytes -= old.size();
+        let subscribers = self.subscribers.get(id).map_or(&[][..], Vec::as_slice);
+        let mut last = None;
+        for data in data {
+            session.seq += 1;
+            let seq = session.seq;
+            let reserved = seq > session.seq_reserved;
+            if reserved {
+                session.seq_reserved = seq + SEQ_BLOCK;
+                self.pending.push(Change::Seq {
+                    id: id.to_owned(),
+                    seq: session.seq_reserved,
+                });
             }
+            if op == "token" {
+                self.metrics.tokens += 1;
+            }
+            let mut event = Event::new(op, data, Some(seq));
+            // A turn's end, and any `seq` beyond what the journal promised,
+            // go out only once the journal has them (no `seq` is ever reused).
+            if reserved || op == "done" || op == "error" {
+                event = event.acknowledging();
+            }
+            session.retained_bytes += event.size();
+            session.retained.push_back((seq, event.clone()));
+            while session.retained.len() > self.retention.events
+                || (session.retained_bytes > self.retention.bytes && session.retained.len() > 1)
+            {
+                if let Some((_, old)) = session.retained.pop_front() {
+                    session.retained_bytes -= old.size();
+                }
+            }
+            for &conn in subscribers {
+                sink.deliver(conn, &event);
+            }
+            last = Some(seq);
         }
-        for &conn in self.subscribers(id) {
-            sink.deliver(conn, &event);
-        }
-        Some(seq)
+        last
     }
 
     /// Moves a budget of entries if the table is growing (one loop

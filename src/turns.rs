@@ -210,19 +210,26 @@ pub fn step(
         }
         None => TOKENS_PER_STEP,
     };
-    for _ in 0..budget {
-        let rest = &turn.prompt[turn.echo_streamed..];
-        let n = echo::first_token_len(rest);
+    // This step's run of tokens, broadcast together (one lookup of the
+    // session for all of them) and folded into the transcript as one text.
+    let start = turn.echo_streamed;
+    let mut end = start;
+    let mut tokens = Vec::new();
+    while tokens.len() < budget {
+        let n = echo::first_token_len(&turn.prompt[end..]);
         if n == 0 {
             break;
         }
-        let token = &rest[..n];
-        table.broadcast(id, "token", Content { content: token }, sink);
-        if let Some(t) = turn.transcript.as_mut() {
-            t.token(token);
-        }
-        turn.echo_streamed += n;
+        tokens.push(Content {
+            content: &turn.prompt[end..end + n],
+        });
+        end += n;
     }
+    table.broadcast_each(id, "token", tokens, sink);
+    if let Some(t) = turn.transcript.as_mut() {
+        t.token(&turn.prompt[start..end]);
+    }
+    turn.echo_streamed = end;
     if turn.echo_streamed < turn.prompt.len() {
         let next = match turn.next_token_at {
             Some(at) => StepOutcome::Sleep(at),

@@ -1,7 +1,8 @@
 //! A turn folded into pydantic-ai `ModelMessage` JSON, as it streams.
 //!
-//! The texts are written directly (serde derive over borrowed fields, the
-//! parts kept as JSON text), never built as `serde_json::Value` trees: a
+//! The texts are written directly (by hand for the per-turn parts, serde
+//! derive for tool parts; parts kept as JSON text), never built as
+//! `serde_json::Value` trees: a
 //! tree per message was a quarter of a turn's instructions (callgrind).
 //! Keys stay in the order the history has always had (alphabetical), so a
 //! journal written before reads the same.
@@ -10,22 +11,18 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::clock;
+use crate::json;
 
 /// The user's request of a turn, as pydantic-ai stores it (written to the
 /// history when the turn starts, so a crash mid-turn keeps the prompt).
 pub fn request_message(prompt: &str, timestamp: &str) -> String {
-    #[derive(Serialize)]
-    struct UserPrompt<'a> {
-        content: &'a str,
-        part_kind: &'static str,
-        timestamp: &'a str,
-    }
-    let part = to_json(&UserPrompt {
-        content: prompt,
-        part_kind: "user-prompt",
-        timestamp,
-    });
-    message("request", &[part], None)
+    let mut part = Vec::with_capacity(prompt.len() + 96);
+    part.extend_from_slice(b"{\"content\":");
+    json::push_str(&mut part, prompt);
+    part.extend_from_slice(b",\"part_kind\":\"user-prompt\",\"timestamp\":");
+    json::push_str(&mut part, timestamp);
+    part.push(b'}');
+    message("request", &[into_text(part)], None)
 }
 
 /// Folds a turn's answer into pydantic-ai `ModelMessage`s as it streams
@@ -156,15 +153,11 @@ impl Transcript {
 }
 
 fn text_part(content: &str) -> String {
-    #[derive(Serialize)]
-    struct Text<'a> {
-        content: &'a str,
-        part_kind: &'static str,
-    }
-    to_json(&Text {
-        content,
-        part_kind: "text",
-    })
+    let mut part = Vec::with_capacity(content.len() + 40);
+    part.extend_from_slice(b"{\"content\":");
+    json::push_str(&mut part, content);
+    part.extend_from_slice(b",\"part_kind\":\"text\"}");
+    into_text(part)
 }
 
 /// `{"kind":…,["model_name":…,]"parts":[…][,"timestamp":…]}` around parts
@@ -191,13 +184,16 @@ fn message(kind: &str, parts: &[String], response: Option<(&str, &str)>) -> Stri
         push_str(&mut out, timestamp);
     }
     out.push(b'}');
-    // Only JSON texts and serde_json's output went in.
-    String::from_utf8(out).unwrap_or_default()
+    into_text(out)
 }
 
 fn push_str(out: &mut Vec<u8>, s: &str) {
-    // Writing a string into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    json::push_str(out, s);
+}
+
+/// JSON built here from UTF-8 pieces is UTF-8.
+fn into_text(json: Vec<u8>) -> String {
+    String::from_utf8(json).unwrap_or_default()
 }
 
 fn to_json(value: &impl Serialize) -> String {
