@@ -20,7 +20,7 @@ pub fn push_str(buf: &mut Vec<u8>, s: &str) {
     }
 }
 
-/// `n` in decimal.
+/// `n` in decimal (a JSON number; HTTP's status and lengths use it too).
 pub fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();

@@ -20,7 +20,7 @@
 //! | [`turns`] | per-session turn queue, the echo agent's stepwise streaming, cancel | [`api`] |
 //! | [`echo`] | the echo agent's word tokenizer | [`turns`] |
 //! | [`events`] | server → client events, serialized once into one buffer holding the WebSocket frame and the SSE event | [`sessions`], [`api`] |
-//! | [`json`] | JSON strings and numbers written by hand on the hot paths, byte-for-byte what serde_json writes | [`events`], [`agent`] (history texts), [`journal`] |
+//! | [`json`] | JSON strings and numbers written by hand on the hot paths, byte-for-byte what serde_json writes | [`events`], [`agent`] (history texts), [`journal`], [`http`] (status and length digits) |
 //! | [`sink`] | [`sink::ConnId`] and the [`sink::Sink`] trait the core answers through | [`api`], [`turns`], [`reactor`] |
 //! | [`journal`] | the append-only session journal: record framing, replay, fsync policy, the compaction's new file | [`sessions`] (records), [`reactor`] (the file) |
 //! | [`metrics`] | Prometheus counters, gauges and fixed-bucket histograms in the loop's own state, the exposition format, the process collector | [`sessions`] (turns), [`reactor`] (transport), [`api`] (`/metrics`) |
