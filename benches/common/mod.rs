@@ -51,8 +51,26 @@ pub struct Server {
 
 impl Server {
     pub fn start(bin: &str, args: &[&str]) -> Server {
+        Self::start_on(bin, args, None)
+    }
+
+    /// [`start`](Self::start) with the server pinned to `cpu` (when the
+    /// machine has it), so its load and probes run elsewhere.
+    pub fn start_on(bin: &str, args: &[&str], cpu: Option<usize>) -> Server {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(bin)
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new(bin);
+        if let Some(cpu) = cpu {
+            // SAFETY: sched_setaffinity is async-signal-safe, and the set
+            // is a local value.
+            unsafe {
+                cmd.pre_exec(move || {
+                    pin_to(cpu);
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .args(["serve", "--port", "0"])
             .args(args)
             .stdout(std::process::Stdio::piped())
@@ -121,4 +139,21 @@ pub fn env_num(key: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Pins the calling thread (or, before exec, the process) to `cpu`; a
+/// machine without it is left as it is.
+pub fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read
+    // it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// The number of CPUs this process may run on.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
