@@ -66,6 +66,12 @@ pub struct Turn {
     paused_since: Option<Instant>,
     /// When it started running (for the duration histogram).
     started: Option<Instant>,
+    /// The request message, not in the history yet: an echo turn saves it
+    /// with its answer in one journal record when it ends in the step that
+    /// began it (one `write` per turn instead of two), and on its own at
+    /// the end of that step otherwise. Nothing leaves the loop between the
+    /// two, so a crash loses no more than it would have.
+    unsaved_request: Option<String>,
 }
 
 impl Turn {
@@ -79,6 +85,7 @@ impl Turn {
             next_token_at: None,
             paused_since: None,
             started: None,
+            unsaved_request: None,
         }
     }
 }
@@ -163,7 +170,7 @@ pub fn step(
                 .map(|s| s.messages().iter().map(crate::sessions::text_of).collect())
                 .unwrap_or_default(),
         };
-        if let Err(why) = begin(table, id, &mut turn, &engine.model_name, sink) {
+        if let Err(why) = begin(table, id, &mut turn, &engine.model_name, engine.echo, sink) {
             finish(table, id, turn, Finish::Failed(why), sink);
             return start_next(table, id, now);
         }
@@ -190,8 +197,7 @@ pub fn step(
     if !lagging.is_empty() {
         let since = *turn.paused_since.get_or_insert(now);
         if now.saturating_duration_since(since) < STALL_LIMIT {
-            put_back(table, id, turn);
-            return StepOutcome::Paused;
+            return keep_running(table, id, turn, StepOutcome::Paused, sink, now);
         }
         for c in lagging {
             sink.close(c, close::POLICY, "Client too slow");
@@ -202,8 +208,7 @@ pub fn step(
     let budget = match engine.echo_delay {
         Some(delay) => {
             if let Some(at) = turn.next_token_at.filter(|&at| now < at) {
-                put_back(table, id, turn);
-                return StepOutcome::Sleep(at);
+                return keep_running(table, id, turn, StepOutcome::Sleep(at), sink, now);
             }
             turn.next_token_at = Some(now + delay);
             1
@@ -235,11 +240,32 @@ pub fn step(
             Some(at) => StepOutcome::Sleep(at),
             None => StepOutcome::Progress,
         };
-        put_back(table, id, turn);
-        return next;
+        return keep_running(table, id, turn, next, sink, now);
     }
     finish(table, id, turn, Finish::Done(None), sink);
     start_next(table, id, now)
+}
+
+/// Puts back a turn that goes on in a later step, its request saved first
+/// if it was held for a one-record turn; if that save fails, the turn ends
+/// with the reason.
+fn keep_running(
+    table: &mut SessionTable,
+    id: &str,
+    mut turn: Turn,
+    next: StepOutcome,
+    sink: &mut dyn Sink,
+    now: Instant,
+) -> StepOutcome {
+    if let Some(request) = turn.unsaved_request.take() {
+        if let Err(why) = table.append(id, vec![request], sink) {
+            let why = format!("the turn could not be saved: {why}");
+            finish(table, id, turn, Finish::Failed(why), sink);
+            return start_next(table, id, now);
+        }
+    }
+    put_back(table, id, turn);
+    next
 }
 
 /// An event from the agent running turn `turn_id` of session `id`. Returns
@@ -288,17 +314,24 @@ pub fn agent_event(
 }
 
 /// Starts `turn`: its request goes into the history (and the journal) now,
-/// so a crash mid-turn keeps the prompt. Err: it could not be saved.
+/// so a crash mid-turn keeps the prompt, or with `hold`, at the end of
+/// this step (see [`Turn`]'s `unsaved_request`). Err: it could not be
+/// saved.
 fn begin(
     table: &mut SessionTable,
     id: &str,
     turn: &mut Turn,
     model_name: &str,
+    hold: bool,
     sink: &mut dyn Sink,
 ) -> Result<(), String> {
     turn.transcript = Some(Transcript::new(model_name));
     turn.started = Some(Instant::now());
     let request = agent::request_message(&turn.prompt, &clock::now_rfc3339());
+    if hold {
+        turn.unsaved_request = Some(request);
+        return Ok(());
+    }
     table
         .append(id, vec![request], sink)
         .map_err(|why| format!("the turn could not be saved: {why}"))
@@ -329,7 +362,7 @@ fn start_next(table: &mut SessionTable, id: &str, now: Instant) -> StepOutcome {
 /// Ends the running `turn`: its messages into the history first (so a
 /// client that sees the last event and refetches finds them), then the
 /// broadcast, then the REST caller's answer.
-fn finish(table: &mut SessionTable, id: &str, turn: Turn, how: Finish, sink: &mut dyn Sink) {
+fn finish(table: &mut SessionTable, id: &str, mut turn: Turn, how: Finish, sink: &mut dyn Sink) {
     let (final_text, graceful) = match &how {
         Finish::Done(content) => (content.clone(), true),
         _ => (None, false),
@@ -338,7 +371,10 @@ fn finish(table: &mut SessionTable, id: &str, turn: Turn, how: Finish, sink: &mu
     let mut reply = String::new();
     if let Some(mut transcript) = turn.transcript {
         reply = std::mem::take(&mut transcript.reply);
-        let messages = transcript.finish(final_text.as_deref());
+        let mut messages = transcript.finish(final_text.as_deref());
+        if let Some(request) = turn.unsaved_request.take() {
+            messages.insert(0, request);
+        }
         if let Err(why) = table.append(id, messages, sink) {
             // A `done` must not go out for a turn that was not saved.
             if matches!(how, Finish::Done(_)) {
@@ -445,7 +481,7 @@ pub fn cancel(table: &mut SessionTable, id: &str, sink: &mut dyn Sink, engine: &
     let queued: Vec<Turn> = session.queue.drain(..).collect();
     if running.transcript.is_none() {
         // Cancelled before its first step: it still counts as having run.
-        let _ = begin(table, id, &mut running, &engine.model_name, sink);
+        let _ = begin(table, id, &mut running, &engine.model_name, false, sink);
     }
     finish(table, id, running, Finish::Cancelled, sink);
     for turn in queued {
@@ -498,6 +534,69 @@ mod tests {
             assert!(steps < 100_000);
         }
         steps
+    }
+
+    /// The messages of every `Messages` record persisted, one list each.
+    fn message_records(sink: &Recorder) -> Vec<Vec<String>> {
+        sink.persisted
+            .iter()
+            .filter_map(|c| match c {
+                crate::journal::Change::Messages { messages, .. } => Some(messages.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_turn_ending_in_the_step_that_began_it_is_one_record() {
+        let (mut t, now) = setup();
+        submit(&mut t, "s", Turn::new(0, "a b c".into(), None), 8, now).unwrap();
+        let mut sink = Recorder::default();
+        assert_eq!(run_to_idle(&mut t, &mut sink, now), 1);
+        let records = message_records(&sink);
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert!(records[0][0].contains("user-prompt"));
+        assert!(records[0][1].contains(r#""kind":"response""#));
+        assert_eq!(t.get("s").unwrap().messages().len(), 2);
+    }
+
+    #[test]
+    fn a_longer_turn_saves_its_request_at_the_end_of_its_first_step() {
+        let (mut t, now) = setup();
+        let prompt = "w ".repeat(TOKENS_PER_STEP + 10);
+        submit(&mut t, "s", Turn::new(0, prompt, None), 8, now).unwrap();
+        let mut sink = Recorder::default();
+        let engine = echo_engine(1 << 20);
+        assert_eq!(
+            step(&mut t, "s", &mut sink, now, &engine),
+            StepOutcome::Progress
+        );
+        let records = message_records(&sink);
+        assert_eq!(records.len(), 1);
+        assert!(records[0][0].contains("user-prompt"));
+        assert_eq!(t.get("s").unwrap().messages().len(), 1);
+        run_to_idle(&mut t, &mut sink, now);
+        let records = message_records(&sink);
+        assert_eq!(records.len(), 2);
+        assert!(records[1][0].contains(r#""kind":"response""#));
+    }
+
+    #[test]
+    fn a_one_step_turn_that_cannot_be_saved_ends_in_an_error_and_leaves_no_history() {
+        let (mut t, now) = setup();
+        submit(&mut t, "s", Turn::new(0, "a b".into(), Some(REST)), 8, now).unwrap();
+        let mut sink = Recorder {
+            persist_error: Some("disk full".into()),
+            ..Recorder::default()
+        };
+        run_to_idle(&mut t, &mut sink, now);
+        let last = sink.texts_to(A).pop().unwrap();
+        assert!(
+            last.contains(r#""op":"error""#) && last.contains("disk full"),
+            "{last}"
+        );
+        assert_eq!(sink.responses[0].1.status, 503);
+        assert!(t.get("s").unwrap().messages().is_empty());
     }
 
     #[test]
