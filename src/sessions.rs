@@ -18,7 +18,7 @@ use serde::Serialize;
 use bytes::Bytes;
 
 use crate::clock;
-use crate::events::{Event, EventData};
+use crate::events::{Event, EventArena, EventData};
 use crate::journal::{self, Change};
 use crate::sink::{ConnId, Sink};
 use crate::turns::Turn;
@@ -40,6 +40,8 @@ pub struct Session {
     /// Recent broadcast events, for `?since=` resume (bounded).
     retained: VecDeque<(u64, Event)>,
     retained_bytes: usize,
+    /// Where its broadcast events are written (see [`EventArena`]).
+    arena: EventArena,
     /// Bytes of this session's records in the journal (for compaction).
     journal_bytes: u64,
     pub last_activity: Instant,
@@ -87,6 +89,9 @@ pub struct SessionInfo<'a> {
 /// Sessions moved to the grown table per loop iteration (32 bytes each).
 const GROWTH_STEP_PER_ITERATION: usize = 1024;
 
+/// Capacity of the event scratch buffer kept between broadcasts.
+const SCRATCH_KEPT: usize = 64 * 1024;
+
 /// How many `seq` numbers one journal record reserves ahead.
 const SEQ_BLOCK: u64 = 1024;
 
@@ -107,6 +112,9 @@ pub struct SessionTable {
     order: BTreeMap<u64, String>,
     next_ordinal: u64,
     subscribers: HashMap<String, Vec<ConnId>>,
+    /// Where an event is serialized before it is copied into its session's
+    /// arena (reused: no allocation per event).
+    scratch: Vec<u8>,
     max_sessions: usize,
     retention: Retention,
     /// Changes not yet handed to the journal, in order.
@@ -141,6 +149,7 @@ impl SessionTable {
             order: BTreeMap::new(),
             next_ordinal: 0,
             subscribers: HashMap::new(),
+            scratch: Vec::new(),
             max_sessions,
             retention,
             pending: Vec::new(),
@@ -207,6 +216,7 @@ impl SessionTable {
             seq_reserved: 0,
             retained: VecDeque::new(),
             retained_bytes: 0,
+            arena: EventArena::default(),
             journal_bytes: 0,
             last_activity: now,
             running: None,
@@ -550,7 +560,8 @@ impl SessionTable {
             if op == "token" {
                 self.metrics.tokens += 1;
             }
-            let mut event = Event::new(op, data, Some(seq));
+            let mut event =
+                Event::new_in(&mut session.arena, &mut self.scratch, op, data, Some(seq));
             // A turn's end, and any `seq` beyond what the journal promised,
             // go out only once the journal has them (no `seq` is ever reused).
             if reserved || op == "done" || op == "error" {
@@ -569,6 +580,10 @@ impl SessionTable {
                 sink.deliver(conn, &event);
             }
             last = Some(seq);
+        }
+        if self.scratch.capacity() > SCRATCH_KEPT {
+            // One huge event must not pin its size for the life of the table.
+            self.scratch = Vec::new();
         }
         last
     }
