@@ -531,11 +531,14 @@ fn a_slow_disk_holds_acknowledgements_not_the_loop() {
     let mut chat = s.connect();
     send_routed_chat(&mut chat, "slow", "wait for the disk");
     // Meanwhile the loop serves everyone else: a health check, and the
-    // other session's tokens as they stream.
+    // other session's tokens as they stream. (A turn long enough to take
+    // more than one loop iteration: the last iteration's tokens go out
+    // with the `done`, which waits for the disk.)
     assert_eq!(s.get("/api/health").status, 200);
+    let long = "w ".repeat(400);
     send_json(
         &mut other,
-        json!({"op": "message", "data": {"content": "a b c"}}),
+        json!({"op": "message", "data": {"content": long}}),
     );
     assert_eq!(next_json(&mut other)["op"], "token");
     assert_eq!(s.get("/api/sessions").status, 200);
@@ -553,7 +556,34 @@ fn a_slow_disk_holds_acknowledgements_not_the_loop() {
     assert_eq!(r.json()["content"], "wait for the disk");
     // The other turn's `done` came once its record was durable too.
     let rest = until_done(&mut other);
-    assert_eq!(rest.last().unwrap()["data"]["content"], "a b c");
+    assert_eq!(rest.last().unwrap()["data"]["content"], long.as_str());
+}
+
+#[test]
+fn a_turn_that_ends_in_one_iteration_goes_out_whole_once_durable() {
+    let dir = temp_dir("one-write");
+    let s = serve_slow_disk(&dir, "1500");
+    let mut ws = s.ws("/api/ws/one");
+    send_json(
+        &mut ws,
+        json!({"op": "message", "data": {"content": "a b c"}}),
+    );
+    // Its tokens were queued in the iteration that queued its `done`:
+    // nothing is written before the record is durable...
+    ws.get_mut().set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let early = ws.get_mut().read(&mut byte);
+    assert!(
+        matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "output left before the turn's record was durable: {early:?}"
+    );
+    ws.get_mut().set_nonblocking(false).unwrap();
+    // ...then all of it, in order.
+    let frames = until_done(&mut ws);
+    let ops: Vec<&str> = frames.iter().map(|f| f["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["token", "token", "token", "done"]);
+    let seqs: Vec<u64> = frames.iter().map(|f| f["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
 }
 
 #[test]

@@ -118,14 +118,26 @@ impl Transport {
     }
 
     /// Writes queued bytes until the queue is empty (`Ok(true)`) or the
-    /// socket would block (`Ok(false)`).
-    pub fn flush_out(&mut self, durable_epoch: u64) -> io::Result<bool> {
+    /// socket would block or output is held (`Ok(false)`).
+    ///
+    /// `joins_from`: output ahead of an acknowledgement of this epoch or a
+    /// later one waits for it. Called with the epoch just closed, what a
+    /// loop iteration queued ahead of its own acknowledgement (an echo
+    /// turn's tokens before its `done`) goes out with it, in one write,
+    /// one group commit later — rather than in a write of its own now and
+    /// another for the acknowledgement. Output of earlier iterations is not
+    /// held back by later acknowledgements, and streams that end no turn in
+    /// an iteration never wait. `u64::MAX`: nothing joins.
+    pub fn flush_out(&mut self, durable_epoch: u64, joins_from: u64) -> io::Result<bool> {
         while self
             .barriers
             .front()
             .is_some_and(|&(_, e)| e <= durable_epoch)
         {
             self.barriers.pop_front();
+        }
+        if self.barriers.front().is_some_and(|&(_, e)| e >= joins_from) {
+            return Ok(false);
         }
         // Bytes that may go now: up to the first barrier still held.
         let mut allowed = self
@@ -302,7 +314,7 @@ pub struct ClosingConn {
 impl ClosingConn {
     /// Makes progress; returns true when the socket can be dropped.
     pub fn advance(&mut self, durable_epoch: u64) -> bool {
-        match self.io.flush_out(durable_epoch) {
+        match self.io.flush_out(durable_epoch, u64::MAX) {
             Ok(true) => {}
             Ok(false) => return false,
             Err(_) => return true,
