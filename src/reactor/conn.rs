@@ -39,6 +39,9 @@ pub struct Transport {
     /// what was pushed from that point on waits until the records of loop
     /// iteration `epoch` are durable (in order: what follows waits too).
     barriers: VecDeque<(u64, u64)>,
+    /// `pushed` when [`flush_out`](Self::flush_out) last ran: what came
+    /// after it is this iteration's output, not yet tried on the socket.
+    flushed_mark: u64,
     /// A read returned less than it asked for: the socket's receive queue
     /// was empty then, so no read is tried again until the next readiness
     /// event. epoll(7): for a stream socket a short read shows the input is
@@ -62,6 +65,7 @@ impl Transport {
             pushed: 0,
             written: 0,
             barriers: VecDeque::new(),
+            flushed_mark: 0,
             drained: false,
             short_reads_drain: true,
         }
@@ -102,13 +106,20 @@ impl Transport {
         }
     }
 
-    /// What is pushed from now on waits until loop iteration `epoch`'s
-    /// journal records are durable (an acknowledgement follows).
+    /// An acknowledgement follows: it waits until loop iteration `epoch`'s
+    /// journal records are durable, and so does what this iteration queued
+    /// ahead of it since the last flush (an echo turn's tokens before its
+    /// `done`), which then goes out with it in one write, one group commit
+    /// later, instead of in a write of its own. Output that was already
+    /// there at the last flush is not held back.
     pub fn barrier(&mut self, epoch: u64) {
         match self.barriers.back() {
             // Already held from an earlier point: that covers this too.
             Some(&(_, e)) if e >= epoch => {}
-            _ => self.barriers.push_back((self.pushed, epoch)),
+            _ => {
+                let from = self.flushed_mark.max(self.written);
+                self.barriers.push_back((from, epoch));
+            }
         }
     }
 
@@ -119,25 +130,14 @@ impl Transport {
 
     /// Writes queued bytes until the queue is empty (`Ok(true)`) or the
     /// socket would block or output is held (`Ok(false)`).
-    ///
-    /// `joins_from`: output ahead of an acknowledgement of this epoch or a
-    /// later one waits for it. Called with the epoch just closed, what a
-    /// loop iteration queued ahead of its own acknowledgement (an echo
-    /// turn's tokens before its `done`) goes out with it, in one write,
-    /// one group commit later — rather than in a write of its own now and
-    /// another for the acknowledgement. Output of earlier iterations is not
-    /// held back by later acknowledgements, and streams that end no turn in
-    /// an iteration never wait. `u64::MAX`: nothing joins.
-    pub fn flush_out(&mut self, durable_epoch: u64, joins_from: u64) -> io::Result<bool> {
+    pub fn flush_out(&mut self, durable_epoch: u64) -> io::Result<bool> {
+        self.flushed_mark = self.pushed;
         while self
             .barriers
             .front()
             .is_some_and(|&(_, e)| e <= durable_epoch)
         {
             self.barriers.pop_front();
-        }
-        if self.barriers.front().is_some_and(|&(_, e)| e >= joins_from) {
-            return Ok(false);
         }
         // Bytes that may go now: up to the first barrier still held.
         let mut allowed = self
@@ -203,6 +203,7 @@ impl Transport {
         // Nothing held is left to hold back.
         self.barriers.clear();
         self.pushed = self.written + self.queued as u64;
+        self.flushed_mark = self.pushed;
     }
 }
 
@@ -314,7 +315,7 @@ pub struct ClosingConn {
 impl ClosingConn {
     /// Makes progress; returns true when the socket can be dropped.
     pub fn advance(&mut self, durable_epoch: u64) -> bool {
-        match self.io.flush_out(durable_epoch, u64::MAX) {
+        match self.io.flush_out(durable_epoch) {
             Ok(true) => {}
             Ok(false) => return false,
             Err(_) => return true,

@@ -659,9 +659,6 @@ impl Server {
         // the helper's fsync; otherwise nothing).
         self.close_epoch();
         let durable = self.durability.durable_epoch;
-        // The epoch `close_epoch` just closed: what this iteration queued
-        // ahead of its own acknowledgements goes out with them.
-        let joins_from = self.durability.epoch.saturating_sub(1);
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();
@@ -680,14 +677,14 @@ impl Server {
                 }
                 State::Http(h) => {
                     let before = h.io.queued();
-                    let r = h.io.flush_out(durable, joins_from);
+                    let r = h.io.flush_out(durable);
                     if h.io.queued() < before {
                         h.last_progress = now;
                     }
                     r
                 }
-                State::Ws(w) => w.ws.get_mut().flush_out(durable, joins_from),
-                State::Sse(s) => s.io.flush_out(durable, joins_from),
+                State::Ws(w) => w.ws.get_mut().flush_out(durable),
+                State::Sse(s) => s.io.flush_out(durable),
                 State::Moving => continue,
             };
             match result {
