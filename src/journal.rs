@@ -345,14 +345,36 @@ impl JournalFile {
     /// failure the file is cut back to its last whole record and the
     /// journal refuses further writes; the error names the file and offset.
     pub fn append(&mut self, change: &Change, mirror: bool) -> Result<u64, String> {
+        self.append_all(&[(change, mirror)]).map(|sizes| sizes[0])
+    }
+
+    /// Appends records in one `write` (a turn's pending creation and `seq`
+    /// reservation with its messages): all of them or, on failure, none.
+    /// `mirror`: the record also goes to a compaction's new file. Returns
+    /// each record's size.
+    pub fn append_all(&mut self, changes: &[(&Change, bool)]) -> Result<Vec<u64>, String> {
         if let Some(why) = &self.failed {
             return Err(why.clone());
         }
-        let record = encode(change);
-        if mirror && self.shadow.is_some() {
+        let mut batch = Vec::new();
+        let mut mirrored = Vec::new();
+        let mut sizes = Vec::with_capacity(changes.len());
+        for &(change, mirror) in changes {
+            let record = encode(change);
+            sizes.push(record.len() as u64);
+            if mirror && self.shadow.is_some() {
+                mirrored.extend_from_slice(&record);
+            }
+            if batch.is_empty() {
+                batch = record;
+            } else {
+                batch.extend_from_slice(&record);
+            }
+        }
+        if !mirrored.is_empty() {
             let always = self.mode == FsyncMode::Always;
             let written = self
-                .shadow_write(&record)
+                .shadow_write(&mirrored)
                 .and_then(|()| match &self.shadow {
                     // `always` promises each record durable in the file that
                     // will be the journal, too.
@@ -367,7 +389,7 @@ impl JournalFile {
             }
         }
         let at = self.len;
-        let result = self.file.write_all(&record).and_then(|()| {
+        let result = self.file.write_all(&batch).and_then(|()| {
             if self.mode == FsyncMode::Always {
                 self.timed_sync()
             } else {
@@ -376,9 +398,9 @@ impl JournalFile {
         });
         match result {
             Ok(()) => {
-                self.len += record.len() as u64;
+                self.len += batch.len() as u64;
                 self.unsynced = self.mode == FsyncMode::Batch;
-                Ok(record.len() as u64)
+                Ok(sizes)
             }
             Err(e) => {
                 let why = format!(
@@ -657,6 +679,26 @@ mod tests {
             Some("/h/.local/state/autopoiesis".into())
         );
         assert_eq!(default_data_dir(env(&[])), None);
+    }
+
+    #[test]
+    fn records_appended_together_read_back_as_separate_records() {
+        let dir =
+            std::env::temp_dir().join(format!("autopoiesis-journal-batch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let changes = sample();
+        {
+            let (mut j, _) = JournalFile::open(&dir, FsyncMode::Never).unwrap();
+            let batch: Vec<(&Change, bool)> = changes.iter().map(|c| (c, false)).collect();
+            let sizes = j.append_all(&batch).unwrap();
+            let want: Vec<u64> = changes.iter().map(|c| encode(c).len() as u64).collect();
+            assert_eq!(sizes, want);
+            assert_eq!(j.len(), want.iter().sum::<u64>());
+        }
+        let (_, replayed) = JournalFile::open(&dir, FsyncMode::Never).unwrap();
+        let read: Vec<Change> = replayed.into_iter().map(|(c, _)| c).collect();
+        assert_eq!(read, changes);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

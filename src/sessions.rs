@@ -234,14 +234,21 @@ impl SessionTable {
         messages: Vec<String>,
         sink: &mut dyn Sink,
     ) -> Result<(), String> {
-        self.flush_changes(sink)?;
-        let change = Change::Messages {
+        // Pending changes (a creation, a `seq` reservation) go with the
+        // messages, in one write.
+        let mut changes = std::mem::take(&mut self.pending);
+        changes.push(Change::Messages {
             id: id.to_owned(),
             messages,
-        };
-        let bytes = sink.persist(&change, self.mirrored(&change))?;
-        self.account(&change, bytes);
-        if let (Change::Messages { messages, .. }, Some(s)) = (change, self.sessions.get_mut(id)) {
+        });
+        let batch: Vec<(&Change, bool)> = changes.iter().map(|c| (c, self.mirrored(c))).collect();
+        let sizes = sink.persist_all(&batch)?;
+        for (change, bytes) in changes.iter().zip(sizes) {
+            self.account(change, bytes);
+        }
+        if let (Some(Change::Messages { messages, .. }), Some(s)) =
+            (changes.pop(), self.sessions.get_mut(id))
+        {
             s.messages.extend(messages.into_iter().map(Bytes::from));
         }
         Ok(())

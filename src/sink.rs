@@ -46,6 +46,14 @@ pub trait Sink {
     /// `mirror`: a compaction under way needs it in its new file too.
     /// Returns the bytes written; Err says why it could not be saved.
     fn persist(&mut self, change: &Change, mirror: bool) -> Result<u64, String>;
+    /// [`persist`](Self::persist) of several changes at once, in one write
+    /// where there is a journal: all saved (each one's size) or none.
+    fn persist_all(&mut self, changes: &[(&Change, bool)]) -> Result<Vec<u64>, String> {
+        changes
+            .iter()
+            .map(|&(change, mirror)| self.persist(change, mirror))
+            .collect()
+    }
     /// Writes the transport's metrics for a scrape: connections, requests,
     /// events sent, closes, the journal, the process.
     fn write_metrics(&mut self, out: &mut Exposition);

@@ -207,6 +207,14 @@ impl Sink for ConnSink<'_> {
         }
     }
 
+    fn persist_all(&mut self, changes: &[(&Change, bool)]) -> Result<Vec<u64>, String> {
+        *self.records += changes.len() as u64;
+        match self.journal {
+            Some(j) => j.append_all(changes),
+            None => Ok(vec![0; changes.len()]),
+        }
+    }
+
     fn stop_agent(&mut self, turn: u64, graceful: bool) {
         self.agent_stops.push((turn, graceful));
     }
