@@ -60,13 +60,11 @@ fn main() {
                 seq: 1024,
             });
         }
-        write(Change::Messages {
-            id: id.clone(),
-            messages: vec![request_message(prompt, ts)],
-        });
+        // An echo turn that ends in the step that began it: request and
+        // answer in one record.
         write(Change::Messages {
             id,
-            messages: vec![response.clone()],
+            messages: vec![request_message(prompt, ts), response.clone()],
         });
     }
     drop(file);
