@@ -12,7 +12,9 @@
 //! - `compaction`: a journal with `COMPACT_MB` (100) of live history and as
 //!   much dead is compacted.
 //!
-//! It prints the probe's max, p99.9 and p99 (ms) per phase. Numbers, never
+//! It prints the probe's max, p99.9 and p99 (ms) per phase, and the
+//! server's own count of loop iterations over 5 and 10 ms in the phase
+//! (`autopoiesis_loop_iteration_seconds`). Numbers, never
 //! assertions. On two or more CPUs the server runs on CPU 0 and this
 //! process on CPU 1, the probe thread at real-time priority (as root), so
 //! a figure is the server's answer time rather than the probe's wait for a
@@ -65,24 +67,52 @@ fn probe(addr: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Dur
     })
 }
 
-/// Runs `load` while probing; prints the probe's figures for `phase`.
+/// The server's own count of loop iterations that took at most `le`
+/// seconds (`autopoiesis_loop_iteration_seconds_bucket`), for each bound.
+fn iterations_within(addr: &str, bounds: &[&str]) -> Vec<u64> {
+    let (_, body) = call(&mut connect(addr), "GET", "/metrics", "");
+    let text = String::from_utf8_lossy(&body);
+    bounds
+        .iter()
+        .map(|le| {
+            let key = format!("autopoiesis_loop_iteration_seconds_bucket{{le=\"{le}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(key.as_str()))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// Runs `load` while probing; prints the probe's figures for `phase`, and
+/// how many of the server's loop iterations took over 5 and over 10 ms
+/// meanwhile (its own clock: a probe maximum with no such iteration is
+/// the machine's scheduling, not the server).
 fn phase(name: &str, addr: &str, load: impl FnOnce()) {
+    const BOUNDS: [&str; 3] = ["0.005", "0.01", "+Inf"];
+    let before = iterations_within(addr, &BOUNDS);
     let stop = Arc::new(AtomicBool::new(false));
     let handle = probe(addr.to_owned(), stop.clone());
     let started = Instant::now();
     load();
     stop.store(true, Ordering::Relaxed);
     let mut rtts = handle.join().unwrap();
+    let after = iterations_within(addr, &BOUNDS);
+    let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     rtts.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let pct = |p: f64| ms(rtts[((rtts.len() - 1) as f64 * p) as usize]);
     println!(
-        "stall phase={name} seconds={:.1} probes={} max_ms={:.2} p999_ms={:.2} p99_ms={:.2}",
+        "stall phase={name} seconds={:.1} probes={} max_ms={:.2} p999_ms={:.2} p99_ms={:.2} \
+         iterations={} over_5ms={} over_10ms={}",
         started.elapsed().as_secs_f64(),
         rtts.len(),
         ms(*rtts.last().unwrap()),
         pct(0.999),
-        pct(0.99)
+        pct(0.99),
+        delta[2],
+        delta[2] - delta[0],
+        delta[2] - delta[1],
     );
 }
 

@@ -132,6 +132,13 @@ pub const FSYNC_BUCKETS: &[f64] = &[
     0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
+/// One loop iteration: tens of µs normally; anything in the upper buckets
+/// kept every other client waiting that long (what `benches/stall.rs`
+/// provokes).
+pub const LOOP_BUCKETS: &[f64] = &[
+    0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+];
+
 /// How a turn ended, as `autopoiesis_turns_total{outcome}` counts it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -279,6 +286,10 @@ pub struct TransportMetrics {
     closed: [u64; 5],
     pub journal_bytes: u64,
     pub fsync: Histogram,
+    /// Each loop iteration's time, from the readiness it woke for to its
+    /// last write, and the longest one since start (Redis' `LATENCY`).
+    iterations: Histogram,
+    longest_iteration: f64,
 }
 
 impl Default for TransportMetrics {
@@ -291,11 +302,19 @@ impl Default for TransportMetrics {
             closed: [0; 5],
             journal_bytes: 0,
             fsync: Histogram::new(FSYNC_BUCKETS),
+            iterations: Histogram::new(LOOP_BUCKETS),
+            longest_iteration: 0.0,
         }
     }
 }
 
 impl TransportMetrics {
+    /// A loop iteration that took `seconds`.
+    pub fn iteration(&mut self, seconds: f64) {
+        self.iterations.observe(seconds);
+        self.longest_iteration = self.longest_iteration.max(seconds);
+    }
+
     pub fn request(&mut self, route: &'static str, status: u16) {
         match self
             .http
@@ -390,6 +409,17 @@ impl TransportMetrics {
             "autopoiesis_journal_fsync_seconds",
             "Time the journal's fsyncs took.",
             &self.fsync,
+        );
+        e.histogram(
+            "autopoiesis_loop_iteration_seconds",
+            "Time each event-loop iteration took; every other client waits that long.",
+            &self.iterations,
+        );
+        e.single(
+            "autopoiesis_loop_iteration_max_seconds",
+            "gauge",
+            "The longest event-loop iteration since start.",
+            self.longest_iteration,
         );
     }
 }
@@ -495,6 +525,31 @@ fn max_fds() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loop_iterations_are_a_histogram_and_a_maximum() {
+        let mut m = TransportMetrics::default();
+        for seconds in [0.00005, 0.003, 0.0002] {
+            m.iteration(seconds);
+        }
+        let mut e = Exposition::new();
+        m.write(
+            Connections {
+                http: 0,
+                websocket: 0,
+                sse: 0,
+            },
+            &mut e,
+        );
+        let text = String::from_utf8(e.into_bytes()).unwrap();
+        assert!(
+            text.contains("autopoiesis_loop_iteration_seconds_count 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("autopoiesis_loop_iteration_seconds_bucket{le=\"0.001\"} 2\n"));
+        assert!(text.contains("autopoiesis_loop_iteration_seconds_bucket{le=\"0.005\"} 3\n"));
+        assert!(text.contains("autopoiesis_loop_iteration_max_seconds 0.003\n"));
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {

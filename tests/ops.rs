@@ -49,6 +49,8 @@ fn metrics_move_by_exactly_what_happened() {
         "autopoiesis_websocket_messages_received_total",
         "autopoiesis_journal_bytes",
         "autopoiesis_journal_fsync_seconds_count",
+        "autopoiesis_loop_iteration_seconds_count",
+        "autopoiesis_loop_iteration_max_seconds",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
         "process_open_fds",

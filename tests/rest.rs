@@ -360,3 +360,45 @@ fn stale_sessions_are_swept() {
     }
     assert_eq!(s.get(&format!("/api/sessions/{id}/history")).status, 404);
 }
+
+/// A response bigger than what one loop iteration writes to a socket
+/// (256 KiB) goes out over several iterations, whole and in order: on a
+/// kept-alive connection (the next answer follows it) and on one that
+/// closes after it.
+#[test]
+fn a_big_history_arrives_whole_over_several_iterations() {
+    use std::io::{Read, Write};
+    let s = Server::start(&[]);
+    let word = "word ".repeat(150_000); // 750 KB per message
+    let mut c = s.connect();
+    for _ in 0..2 {
+        send_routed_chat(&mut c, "big", &word);
+        assert_eq!(read_response(&mut c).unwrap().status, 200);
+    }
+    // Kept alive: the history, then a health check on the same connection.
+    c.write_all(&raw_request("GET", "/api/sessions/big/history", None, &[]))
+        .unwrap();
+    c.write_all(&raw_request("GET", "/api/health", None, &[]))
+        .unwrap();
+    let h = read_response(&mut c).unwrap();
+    assert_eq!(h.status, 200);
+    assert!(h.body.len() > 3_000_000, "{}", h.body.len());
+    let messages = h.json()["messages"].as_array().unwrap().clone();
+    assert_eq!(messages.len(), 4);
+    assert_eq!(messages[3]["parts"][0]["content"], word.as_str());
+    assert_eq!(read_response(&mut c).unwrap().status, 200);
+    // Closed after it: everything before the EOF.
+    let mut c = s.connect();
+    c.write_all(&raw_request(
+        "GET",
+        "/api/sessions/big/history",
+        None,
+        &[("Connection", "close")],
+    ))
+    .unwrap();
+    let mut all = Vec::new();
+    c.read_to_end(&mut all).unwrap();
+    let body_at = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(all.len() - body_at, h.body.len());
+    assert_eq!(&all[body_at..], &h.body[..]);
+}

@@ -19,6 +19,10 @@ use crate::ws::{self, close};
 
 /// Most buffers handed to one `writev`.
 const IOV_BATCH: usize = 64;
+/// Bytes written to one socket per loop iteration. A long history (8 MB)
+/// handed to a loopback socket in one go is milliseconds of copying while
+/// everyone else waits; the rest goes in the next iterations.
+pub const WRITE_BUDGET: u64 = 256 * 1024;
 
 /// A socket plus the bytes queued for it.
 ///
@@ -39,6 +43,9 @@ pub struct Transport {
     /// what was pushed from that point on waits until the records of loop
     /// iteration `epoch` are durable (in order: what follows waits too).
     barriers: VecDeque<(u64, u64)>,
+    /// The last flush stopped at [`WRITE_BUDGET`] with the socket still
+    /// writable: flush again next iteration (no event will say so).
+    pub budget_spent: bool,
     /// `pushed` when [`flush_out`](Self::flush_out) last ran: what came
     /// after it is this iteration's output, not yet tried on the socket.
     flushed_mark: u64,
@@ -65,6 +72,7 @@ impl Transport {
             pushed: 0,
             written: 0,
             barriers: VecDeque::new(),
+            budget_spent: false,
             flushed_mark: 0,
             drained: false,
             short_reads_drain: true,
@@ -129,9 +137,12 @@ impl Transport {
     }
 
     /// Writes queued bytes until the queue is empty (`Ok(true)`) or the
-    /// socket would block or output is held (`Ok(false)`).
+    /// socket would block, output is held, or this iteration's
+    /// [`WRITE_BUDGET`] is spent (`Ok(false)`; see `budget_spent`).
     pub fn flush_out(&mut self, durable_epoch: u64) -> io::Result<bool> {
         self.flushed_mark = self.pushed;
+        self.budget_spent = false;
+        let mut budget_left = WRITE_BUDGET;
         while self
             .barriers
             .front()
@@ -145,9 +156,13 @@ impl Transport {
             .front()
             .map_or(u64::MAX, |&(at, _)| at.saturating_sub(self.written));
         while !self.out.is_empty() && allowed > 0 {
+            if budget_left == 0 {
+                self.budget_spent = true;
+                return Ok(false);
+            }
             let mut slices = [IoSlice::new(&[]); IOV_BATCH];
             let mut n = 0;
-            let mut budget = allowed;
+            let mut budget = allowed.min(budget_left);
             for (slot, buf) in slices.iter_mut().zip(self.out.iter()) {
                 if budget == 0 {
                     break;
@@ -167,6 +182,7 @@ impl Transport {
             self.queued -= written;
             self.written += written as u64;
             allowed = allowed.saturating_sub(written as u64);
+            budget_left = budget_left.saturating_sub(written as u64);
             let mut left = written;
             while left > 0 {
                 let Some(front) = self.out.front_mut() else {

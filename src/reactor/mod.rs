@@ -361,6 +361,7 @@ impl Server {
                 }
             }
             self.flush_dirty(now);
+            self.metrics.iteration(now.elapsed().as_secs_f64());
             if let Some(deadline) = self.shutdown_deadline {
                 // Workers get their own bounded time (stdin closed, then killed).
                 if (self.conns.is_empty() || now >= deadline) && self.workers_gone() {
@@ -671,6 +672,9 @@ impl Server {
                     if c.advance(durable) {
                         self.drop_conn(slot, now);
                     } else {
+                        if c.io.budget_spent {
+                            self.dirty.push(slot);
+                        }
                         self.note_held(slot);
                     }
                     continue;
@@ -692,6 +696,15 @@ impl Server {
                 Ok(drained) => {
                     if !drained {
                         self.note_held(slot);
+                        let spent = self
+                            .conns
+                            .get_mut(slot)
+                            .and_then(Conn::transport_mut)
+                            .is_some_and(|io| io.budget_spent);
+                        if spent {
+                            // The rest of a big answer goes next iteration.
+                            self.dirty.push(slot);
+                        }
                     }
                     // An HTTP connection that stopped parsing because its
                     // output was backed up can go on now.
