@@ -210,26 +210,24 @@ fn spawn_switch(
         .ok()
         .and_then(|v| v.parse().ok())
         .map(std::time::Duration::from_millis);
-    let thread = std::thread::Builder::new()
-        .name("journal-compact".into())
-        .spawn(move || {
-            if let Some(d) = delay {
-                std::thread::sleep(d);
+    let thread = super::spawn_helper("journal-compact", move || {
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
+        let result = (|| -> std::io::Result<()> {
+            // SAFETY: fdatasync on a descriptor this thread owns.
+            if unsafe { libc::fdatasync(file.as_raw_fd()) } != 0 {
+                return Err(std::io::Error::last_os_error());
             }
-            let result = (|| -> std::io::Result<()> {
-                // SAFETY: fdatasync on a descriptor this thread owns.
-                if unsafe { libc::fdatasync(file.as_raw_fd()) } != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                std::fs::rename(&from, &to)?;
-                File::open(&dir)?.sync_all()
-            })();
-            let errno = match result {
-                Ok(()) => 0,
-                Err(e) => e.raw_os_error().unwrap_or(libc::EIO) as u64,
-            };
-            let _ = tx.write_all(&errno.to_le_bytes());
-        })
-        .map_err(|e| e.to_string())?;
+            std::fs::rename(&from, &to)?;
+            File::open(&dir)?.sync_all()
+        })();
+        let errno = match result {
+            Ok(()) => 0,
+            Err(e) => e.raw_os_error().unwrap_or(libc::EIO) as u64,
+        };
+        let _ = tx.write_all(&errno.to_le_bytes());
+    })
+    .map_err(|e| e.to_string())?;
     Ok((rx, thread))
 }

@@ -174,6 +174,29 @@ fn raise_nofile_limit(want: usize) {
     }
 }
 
+/// Starts a helper thread (the journal's fsync, a compaction's sync and
+/// rename) one step below the loop in the scheduler: nice 10 for it
+/// alone (Linux nice values are per thread). Where the two share a core
+/// (a one-core board, or the benchmarks' pinning), the loop — everyone's
+/// answers — is not preempted by a helper that woke from the disk; the
+/// helper runs while the loop waits in `poll`, and an acknowledgement
+/// waits a little longer instead of every client.
+fn spawn_helper<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<std::thread::JoinHandle<T>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            // SAFETY: setpriority on the calling thread (who = 0) only
+            // changes its scheduling; failure leaves it as it was.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+            }
+            work()
+        })
+}
+
 impl Server {
     /// The API server: the listener is bound, then the journal opened and
     /// replayed (unless `--in-memory`). Errors name what failed.

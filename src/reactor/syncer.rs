@@ -52,9 +52,9 @@ impl Syncer {
             .ok()
             .and_then(|v| v.parse().ok())
             .map(Duration::from_millis);
-        let thread = std::thread::Builder::new()
-            .name("journal-sync".into())
-            .spawn(move || helper(file, request_rx, reply_tx, delay))?;
+        let thread = super::spawn_helper("journal-sync", move || {
+            helper(file, request_rx, reply_tx, delay)
+        })?;
         Ok(Syncer {
             requests: Some(requests),
             replies,
