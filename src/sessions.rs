@@ -274,7 +274,7 @@ impl SessionTable {
     /// Drops a session that was never saved (its creation could not be
     /// journaled): no record of it is written.
     pub fn forget(&mut self, id: &str) {
-        if let Some(session) = self.sessions.remove(id, &self.order) {
+        if let Some(session) = self.sessions.remove(id) {
             self.order.remove(&session.ordinal);
         }
     }
@@ -304,7 +304,7 @@ impl SessionTable {
         for (change, bytes) in records {
             match change {
                 Change::Created { id, at } => {
-                    if let Some(old) = self.sessions.remove(&id, &self.order) {
+                    if let Some(old) = self.sessions.remove(&id) {
                         self.order.remove(&old.ordinal);
                     }
                     self.insert(&id, at, now);
@@ -328,7 +328,7 @@ impl SessionTable {
                     }
                 }
                 Change::Deleted { id } => {
-                    if let Some(old) = self.sessions.remove(&id, &self.order) {
+                    if let Some(old) = self.sessions.remove(&id) {
                         self.order.remove(&old.ordinal);
                     }
                 }
@@ -442,7 +442,7 @@ impl SessionTable {
 
     /// Removes the session; its subscribers stay attached to the id.
     pub fn remove(&mut self, id: &str) -> Option<Session> {
-        let session = self.sessions.remove(id, &self.order)?;
+        let session = self.sessions.remove(id)?;
         self.order.remove(&session.ordinal);
         self.journal_live = self.journal_live.saturating_sub(session.journal_bytes);
         self.pending.push(Change::Deleted { id: id.to_owned() });
