@@ -74,7 +74,7 @@ pub fn encode(change: &Change) -> Vec<u8> {
             out.extend_from_slice(br#"{"t":"m","id":"#);
             id_json(&mut out, id);
             out.extend_from_slice(br#","messages":"#);
-            crate::sessions::write_json_array(&mut out, messages);
+            crate::json::push_array(&mut out, messages);
         }
         Change::Seq { id, seq } => {
             out.extend_from_slice(br#"{"t":"s","id":"#);

@@ -35,6 +35,19 @@ pub fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
     buf.extend_from_slice(&digits[at..]);
 }
 
+/// `[a,b,...]` of JSON texts kept as they are (the history's
+/// `ModelMessage`s, a message's parts), without parsing them again.
+pub fn push_array<T: AsRef<[u8]>>(buf: &mut Vec<u8>, items: &[T]) {
+    buf.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        buf.extend_from_slice(item.as_ref());
+    }
+    buf.push(b']');
+}
+
 /// Whether a JSON string of `bytes` has anything serde_json escapes: a
 /// control character (below 0x20), `"` or `\`.
 fn needs_escape(bytes: &[u8]) -> bool {

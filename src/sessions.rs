@@ -662,19 +662,6 @@ fn info<'a>(id: &'a str, s: &'a Session) -> SessionInfo<'a> {
     }
 }
 
-/// Writes `[a,b,...]` from JSON texts kept as they are (the history's
-/// `ModelMessage`s), without parsing them again.
-pub fn write_json_array<T: AsRef<[u8]>>(out: &mut Vec<u8>, items: &[T]) {
-    out.push(b'[');
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(item.as_ref());
-    }
-    out.push(b']');
-}
-
 /// A stored message as text (they are stored from `String`s: always UTF-8).
 pub fn text_of(message: &Bytes) -> String {
     String::from_utf8_lossy(message).into_owned()

@@ -85,7 +85,7 @@ pub fn write_job_fields(out: &mut Vec<u8>, job: &AgentJob) {
     out.extend_from_slice(b",\"prompt\":");
     let _ = serde_json::to_writer(&mut *out, &job.prompt);
     out.extend_from_slice(b",\"history\":");
-    crate::sessions::write_json_array(out, &job.history);
+    crate::json::push_array(out, &job.history);
 }
 
 /// Reads one line of an `exec` agent's stdout:

@@ -171,14 +171,8 @@ fn message(kind: &str, parts: &[String], response: Option<(&str, &str)>) -> Stri
         out.extend_from_slice(b",\"model_name\":");
         push_str(&mut out, model_name);
     }
-    out.extend_from_slice(b",\"parts\":[");
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(part.as_bytes());
-    }
-    out.push(b']');
+    out.extend_from_slice(b",\"parts\":");
+    json::push_array(&mut out, parts);
     if let Some((_, timestamp)) = response {
         out.extend_from_slice(b",\"timestamp\":");
         push_str(&mut out, timestamp);
