@@ -19,7 +19,7 @@
 //! | [`sessions`] | the session table (grown a step at a time, swept a budget at a time), history, `seq`, subscribers, broadcast, retained events for resume | [`api`], [`turns`] |
 //! | [`turns`] | per-session turn queue, the echo agent's stepwise streaming, cancel | [`api`] |
 //! | [`echo`] | the echo agent's word tokenizer | [`turns`] |
-//! | [`events`] | server → client events, serialized once into one buffer holding the WebSocket frame and the SSE event | [`sessions`], [`api`] |
+//! | [`events`] | server → client events, serialized once into one buffer holding the WebSocket frame and the SSE event; a session's events cut from shared chunks (`EventArena`) | [`sessions`], [`api`] |
 //! | [`json`] | JSON strings and numbers written by hand on the hot paths, byte-for-byte what serde_json writes | [`events`], [`agent`] (history texts), [`journal`], [`http`] (status and length digits) |
 //! | [`sink`] | [`sink::ConnId`] and the [`sink::Sink`] trait the core answers through | [`api`], [`turns`], [`reactor`] |
 //! | [`journal`] | the append-only session journal: record framing, replay, fsync policy, the compaction's new file | [`sessions`] (records), [`reactor`] (the file) |
