@@ -346,7 +346,7 @@ impl SessionTable {
 
     /// The next sessions' records, about `budget` bytes of them; true when
     /// every session has been written. From then on, and for the sessions
-    /// already written, each new record is [`mirrored`](Self::mirrored):
+    /// already written, each new record is mirrored (`mirrored`):
     /// the new file gets it too.
     pub fn snapshot_step(&mut self, budget: usize) -> (Vec<u8>, bool) {
         let Some(cursor) = self.compaction_cursor else {
