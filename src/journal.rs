@@ -227,6 +227,8 @@ pub struct JournalFile {
     unsynced: bool,
     /// Set once a write failed: nothing more is accepted.
     failed: Option<String>,
+    /// A sync failed: what was written and not yet durable never will be.
+    sync_broken: bool,
     /// How long each fsync took (`autopoiesis_journal_fsync_seconds`).
     pub fsync_seconds: crate::metrics::Histogram,
     /// `batch` with a sync helper: the loop never syncs; [`commit`] is a
@@ -304,6 +306,7 @@ impl JournalFile {
             mode,
             unsynced: false,
             failed: None,
+            sync_broken: false,
             fsync_seconds: crate::metrics::Histogram::new(crate::metrics::FSYNC_BUCKETS),
             async_sync: false,
             synced: replayed.valid_len,
@@ -354,23 +357,6 @@ impl JournalFile {
                 batch.extend_from_slice(&record);
             }
         }
-        if !mirrored.is_empty() {
-            let always = self.mode == FsyncMode::Always;
-            let written = self
-                .shadow_write(&mirrored)
-                .and_then(|()| match &self.shadow {
-                    // `always` promises each record durable in the file that
-                    // will be the journal, too.
-                    Some((f, _)) if always => f
-                        .sync_data()
-                        .map_err(|e| format!("syncing the compaction's new file failed: {e}")),
-                    _ => Ok(()),
-                });
-            if let Err(e) = written {
-                crate::warn!("{e}");
-                self.abandon_shadow();
-            }
-        }
         let at = self.len;
         let result = self.file.write_all(&batch).and_then(|()| {
             if self.mode == FsyncMode::Always {
@@ -383,6 +369,25 @@ impl JournalFile {
             Ok(()) => {
                 self.len += batch.len() as u64;
                 self.unsynced = self.mode == FsyncMode::Batch;
+                // The compaction's new file gets the records only once the
+                // journal has them: a failed write must not live on there.
+                if !mirrored.is_empty() {
+                    let always = self.mode == FsyncMode::Always;
+                    let written = self
+                        .shadow_write(&mirrored)
+                        .and_then(|()| match &self.shadow {
+                            // `always` promises each record durable in the file that
+                            // will be the journal, too.
+                            Some((f, _)) if always => f.sync_data().map_err(|e| {
+                                format!("syncing the compaction's new file failed: {e}")
+                            }),
+                            _ => Ok(()),
+                        });
+                    if let Err(e) = written {
+                        crate::warn!("{e}");
+                        self.abandon_shadow();
+                    }
+                }
                 Ok(sizes)
             }
             Err(e) => {
@@ -434,6 +439,22 @@ impl JournalFile {
         let why = format!("cannot sync the journal {}: {why}", self.path.display());
         crate::error!("{why}; sessions can no longer be saved");
         self.failed.get_or_insert(why);
+        self.sync_broken = true;
+    }
+
+    /// Whether a sync failed. From then on no record is accepted, so no
+    /// later acknowledgement can claim a record is saved (a turn's end is
+    /// an error, a REST answer a 503): those need not wait for a sync that
+    /// will never come.
+    pub fn sync_has_failed(&self) -> bool {
+        self.sync_broken
+    }
+
+    /// The sync helper could not be (re)started: `batch` falls back to
+    /// syncing in [`commit`](Self::commit), on the loop — slower, never
+    /// wrong.
+    pub fn sync_on_the_loop(&mut self) {
+        self.async_sync = false;
     }
 
     /// The group commit of `batch`: one fsync for everything this loop
@@ -448,6 +469,7 @@ impl JournalFile {
                 let why = format!("cannot sync the journal {}: {e}", self.path.display());
                 crate::error!("{why}; sessions can no longer be saved");
                 self.failed = Some(why);
+                self.sync_broken = true;
             }
         }
     }

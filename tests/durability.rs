@@ -587,6 +587,36 @@ fn a_turn_that_ends_in_one_iteration_goes_out_whole_once_durable() {
 }
 
 #[test]
+fn after_a_failed_sync_later_answers_are_not_held_forever() {
+    let dir = temp_dir("sync-fails");
+    let d = dir.to_str().unwrap();
+    // Every sync fails (a disk gone bad).
+    let s = Server::start_with_env(
+        &["--data-dir", d, "--fsync", "batch"],
+        &[("AUTOPOIESIS_TEST_SYNC_FAIL_AFTER", "0")],
+    );
+    // This chat's records are written, but their sync fails: its answer
+    // must not claim they are saved, so its connection is cut off.
+    let mut c = s.connect();
+    send_routed_chat(&mut c, "lost", "not saved");
+    assert!(
+        read_response(&mut c).is_none_or(|r| r.status != 200),
+        "a chat was answered 200 although its sync failed"
+    );
+    // From then on nothing is accepted, and the refusals arrive: they do
+    // not wait for a sync that will never come.
+    for id in ["lost", "later"] {
+        let mut c = s.connect();
+        send_routed_chat(&mut c, id, "refused");
+        let r = read_response(&mut c).expect("an answer to the next chat");
+        assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let r = s.post("/api/sessions", "");
+    assert_eq!(r.status, 503);
+    assert_eq!(s.get("/api/health").status, 200);
+}
+
+#[test]
 fn kill_9_with_syncs_in_flight_loses_no_acknowledged_turn() {
     let dir = temp_dir("inflight");
     let mut s = serve_slow_disk(&dir, "150");

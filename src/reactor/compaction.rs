@@ -176,7 +176,10 @@ impl Server {
         }
         self.journal_swapped();
         if let Err(e) = self.start_syncer() {
-            crate::error!("{e}");
+            crate::error!("{e}; syncing on the loop from now on");
+            if let Some(j) = self.journal.as_mut() {
+                j.sync_on_the_loop();
+            }
         }
         self.request_sync();
         let _ = now;

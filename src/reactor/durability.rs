@@ -64,8 +64,13 @@ impl Server {
         let epoch = d.epoch;
         d.epoch += 1;
         match self.journal.as_ref() {
-            Some(j) if j.len() > j.durable_len() => d.waiting.push_back((epoch, j.len())),
-            // Everything written is durable: so is every epoch so far.
+            Some(j) if j.len() > j.durable_len() && !j.sync_has_failed() => {
+                d.waiting.push_back((epoch, j.len()))
+            }
+            // Everything written is durable: so is every epoch so far. Or a
+            // sync failed: the clients holding output then were cut off,
+            // and nothing since can have been saved, so what is queued now
+            // (errors, 503s) claims nothing and must not wait forever.
             _ => {
                 d.waiting.clear();
                 d.durable_epoch = epoch;

@@ -52,8 +52,12 @@ impl Syncer {
             .ok()
             .and_then(|v| v.parse().ok())
             .map(Duration::from_millis);
+        // Test-only: a disk that fails every sync after the first N.
+        let fail_after = std::env::var("AUTOPOIESIS_TEST_SYNC_FAIL_AFTER")
+            .ok()
+            .and_then(|v| v.parse().ok());
         let thread = super::spawn_helper("journal-sync", move || {
-            helper(file, request_rx, reply_tx, delay)
+            helper(file, request_rx, reply_tx, delay, fail_after)
         })?;
         Ok(Syncer {
             requests: Some(requests),
@@ -134,6 +138,7 @@ fn helper(
     mut requests: pipe::Receiver,
     mut replies: pipe::Sender,
     delay: Option<Duration>,
+    mut fail_after: Option<u64>,
 ) {
     let mut buf = [0u8; 8];
     while requests.read_exact(&mut buf).is_ok() {
@@ -142,9 +147,16 @@ fn helper(
             std::thread::sleep(d);
         }
         let started = Instant::now();
+        let failing = fail_after == Some(0);
+        fail_after = fail_after.map(|n| n.saturating_sub(1));
         // SAFETY: fdatasync on a descriptor this thread owns.
-        let rc = unsafe { libc::fdatasync(file.as_raw_fd()) };
-        let errno = if rc == 0 {
+        let rc = match failing {
+            true => -1,
+            false => unsafe { libc::fdatasync(file.as_raw_fd()) },
+        };
+        let errno = if failing {
+            libc::EIO as u64
+        } else if rc == 0 {
             0
         } else {
             io::Error::last_os_error()
