@@ -54,7 +54,7 @@ pub struct Transport {
     /// event. epoll(7): for a stream socket a short read shows the input is
     /// exhausted, and data arriving later raises a new edge. This saves the
     /// `read` that would only say WouldBlock: one syscall per request or
-    /// WebSocket message (what tokio does too).
+    /// WebSocket message (the same rule async runtimes apply to readiness).
     drained: bool,
     /// Cleared for good once poll reports the peer's half-close or an
     /// error: then EOF has to be read, and only reading until WouldBlock

@@ -149,6 +149,22 @@ impl<V> GrowingMap<V> {
 mod tests {
     use super::*;
 
+    /// Inserts `k{n}` for n from `first` on until the table starts growing;
+    /// returns the next n.
+    fn fill_until_growing(
+        map: &mut GrowingMap<u64>,
+        order: &mut BTreeMap<u64, String>,
+        first: u64,
+    ) -> u64 {
+        let mut i = first;
+        while !map.is_growing() {
+            order.insert(i, format!("k{i}"));
+            map.insert(format!("k{i}"), i, order);
+            i += 1;
+        }
+        i
+    }
+
     #[test]
     fn grows_a_step_at_a_time_and_finds_everything_meanwhile() {
         let mut order = BTreeMap::new();
@@ -179,13 +195,8 @@ mod tests {
     fn removes_and_mutates_in_either_table() {
         let mut order = BTreeMap::new();
         let mut map = GrowingMap::default();
-        let mut i = 0u64;
         // Fill until growing starts, so some entries sit in the old table.
-        while !map.is_growing() {
-            order.insert(i, format!("k{i}"));
-            map.insert(format!("k{i}"), i, &order);
-            i += 1;
-        }
+        let i = fill_until_growing(&mut map, &mut order, 0);
         let in_old = (0..i)
             .rev()
             .find(|n| !map.live.contains_key(&format!("k{n}")));
@@ -210,12 +221,7 @@ mod tests {
             order.insert(i, format!("gone{i}"));
         }
         let mut map = GrowingMap::default();
-        let mut i = 1000u64;
-        while !map.is_growing() {
-            order.insert(i, format!("k{i}"));
-            map.insert(format!("k{i}"), i, &order);
-            i += 1;
-        }
+        let i = fill_until_growing(&mut map, &mut order, 1000);
         // The insert that started growing stepped once from ordinal 0.
         let cursor = |m: &GrowingMap<u64>| m.old.as_ref().map_or(u64::MAX, |(_, c)| *c);
         assert!(cursor(&map) <= 4 * STEP as u64, "{}", cursor(&map));
@@ -238,12 +244,7 @@ mod tests {
     fn a_step_moves_at_most_its_budget() {
         let mut order = BTreeMap::new();
         let mut map = GrowingMap::default();
-        let mut i = 0u64;
-        while !map.is_growing() {
-            order.insert(i, format!("k{i}"));
-            map.insert(format!("k{i}"), i, &order);
-            i += 1;
-        }
+        fill_until_growing(&mut map, &mut order, 0);
         let before = map.live.len();
         map.step(&order, 3);
         assert!(map.live.len() <= before + 3);
