@@ -114,8 +114,9 @@ const MAX_CHUNK: usize = 16 * 1024;
 /// a sixth of a turn's time in `perf`. Cut from one chunk, a run of events
 /// shares one refcount and one free.
 ///
-/// A chunk lives while any event cut from it does, so a session pins at
-/// most one partly used chunk beyond its retained events; chunks start at
+/// A chunk lives while any event cut from it does; retained events are the
+/// newest ones, cut in order, so a session pins at most two partly used
+/// chunks beyond them (the oldest one's and the current one); chunks start at
 /// 1 KiB (a short turn) and double up to 16 KiB for sessions that stream
 /// more.
 #[derive(Debug, Default)]

@@ -327,18 +327,13 @@ impl JournalFile {
         self.len == 0
     }
 
-    /// Appends one record (written now; synced now with `always`). On
-    /// failure the file is cut back to its last whole record and the
-    /// journal refuses further writes; the error names the file and offset.
-    pub fn append(&mut self, change: &Change, mirror: bool) -> Result<u64, String> {
-        self.append_all(&[(change, mirror)]).map(|sizes| sizes[0])
-    }
-
     /// Appends records in one `write` (a turn's pending creation and `seq`
-    /// reservation with its messages): all of them or, on failure, none.
-    /// `mirror`: the record also goes to a compaction's new file. Returns
-    /// each record's size.
-    pub fn append_all(&mut self, changes: &[(&Change, bool)]) -> Result<Vec<u64>, String> {
+    /// reservation with its messages): all of them or, on failure, none
+    /// (synced now with `always`). On failure the file is cut back to its
+    /// last whole record and the journal refuses further writes; the error
+    /// names the file and offset. Each change's `bool`: the record also
+    /// goes to a compaction's new file. Returns each record's size.
+    pub fn append(&mut self, changes: &[(&Change, bool)]) -> Result<Vec<u64>, String> {
         if let Some(why) = &self.failed {
             return Err(why.clone());
         }
@@ -695,7 +690,7 @@ mod tests {
         {
             let (mut j, _) = JournalFile::open(&dir, FsyncMode::Never).unwrap();
             let batch: Vec<(&Change, bool)> = changes.iter().map(|c| (c, false)).collect();
-            let sizes = j.append_all(&batch).unwrap();
+            let sizes = j.append(&batch).unwrap();
             let want: Vec<u64> = changes.iter().map(|c| encode(c).len() as u64).collect();
             assert_eq!(sizes, want);
             assert_eq!(j.len(), want.iter().sum::<u64>());
@@ -715,7 +710,7 @@ mod tests {
             let (mut j, changes) = JournalFile::open(&dir, FsyncMode::Batch).unwrap();
             assert!(changes.is_empty());
             for c in sample() {
-                j.append(&c, false).unwrap();
+                j.append(&[(&c, false)]).unwrap();
             }
             j.commit();
             let second = JournalFile::open(&dir, FsyncMode::Batch)

@@ -236,18 +236,13 @@ impl SessionTable {
     ) -> Result<(), String> {
         // Pending changes (a creation, a `seq` reservation) go with the
         // messages, in one write.
-        let mut changes = std::mem::take(&mut self.pending);
-        changes.push(Change::Messages {
+        self.pending.push(Change::Messages {
             id: id.to_owned(),
             messages,
         });
-        let batch: Vec<(&Change, bool)> = changes.iter().map(|c| (c, self.mirrored(c))).collect();
-        let sizes = sink.persist_all(&batch)?;
-        for (change, bytes) in changes.iter().zip(sizes) {
-            self.account(change, bytes);
-        }
+        let mut saved = self.persist_pending(sink)?;
         if let (Some(Change::Messages { messages, .. }), Some(s)) =
-            (changes.pop(), self.sessions.get_mut(id))
+            (saved.pop(), self.sessions.get_mut(id))
         {
             s.messages.extend(messages.into_iter().map(Bytes::from));
         }
@@ -255,20 +250,24 @@ impl SessionTable {
     }
 
     /// Hands pending changes (creations, deletions, `seq` reservations) to
-    /// the journal. Err: the first reason one could not be saved (the
+    /// the journal, in one write. Err: why they could not be saved (the
     /// journal has logged it; the in-memory state stays as it is).
     pub fn flush_changes(&mut self, sink: &mut dyn Sink) -> Result<(), String> {
-        let mut failed = None;
-        for change in std::mem::take(&mut self.pending) {
-            let mirror = self.mirrored(&change);
-            match sink.persist(&change, mirror) {
-                Ok(bytes) => self.account(&change, bytes),
-                Err(why) => {
-                    failed.get_or_insert(why);
-                }
-            }
+        if self.pending.is_empty() {
+            return Ok(());
         }
-        failed.map_or(Ok(()), Err)
+        self.persist_pending(sink).map(drop)
+    }
+
+    /// Journals the pending changes, all or none; returns them.
+    fn persist_pending(&mut self, sink: &mut dyn Sink) -> Result<Vec<Change>, String> {
+        let changes = std::mem::take(&mut self.pending);
+        let batch: Vec<(&Change, bool)> = changes.iter().map(|c| (c, self.mirrored(c))).collect();
+        let sizes = sink.persist(&batch)?;
+        for (change, bytes) in changes.iter().zip(sizes) {
+            self.account(change, bytes);
+        }
+        Ok(changes)
     }
 
     /// Drops a session that was never saved (its creation could not be

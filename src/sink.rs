@@ -42,18 +42,11 @@ pub trait Sink {
     /// The turn has ended: stop its agent. `graceful`: it said `done`, so
     /// let it exit by itself (briefly); otherwise kill it now.
     fn stop_agent(&mut self, turn: u64, graceful: bool);
-    /// Write a state change to the journal (a no-op when in memory);
-    /// `mirror`: a compaction under way needs it in its new file too.
-    /// Returns the bytes written; Err says why it could not be saved.
-    fn persist(&mut self, change: &Change, mirror: bool) -> Result<u64, String>;
-    /// [`persist`](Self::persist) of several changes at once, in one write
-    /// where there is a journal: all saved (each one's size) or none.
-    fn persist_all(&mut self, changes: &[(&Change, bool)]) -> Result<Vec<u64>, String> {
-        changes
-            .iter()
-            .map(|&(change, mirror)| self.persist(change, mirror))
-            .collect()
-    }
+    /// Write state changes to the journal, in one write (a no-op when in
+    /// memory): all saved or none. Each change's `bool`: a compaction under
+    /// way needs it in its new file too. Returns each one's size in bytes;
+    /// Err says why they could not be saved.
+    fn persist(&mut self, changes: &[(&Change, bool)]) -> Result<Vec<u64>, String>;
     /// Writes the transport's metrics for a scrape: connections, requests,
     /// events sent, closes, the journal, the process.
     fn write_metrics(&mut self, out: &mut Exposition);
@@ -124,12 +117,13 @@ impl Sink for Recorder {
         self.agents_stopped.push((turn, graceful));
     }
     fn write_metrics(&mut self, _out: &mut Exposition) {}
-    fn persist(&mut self, change: &Change, _mirror: bool) -> Result<u64, String> {
+    fn persist(&mut self, changes: &[(&Change, bool)]) -> Result<Vec<u64>, String> {
         match &self.persist_error {
             Some(why) => Err(why.clone()),
             None => {
-                self.persisted.push(change.clone());
-                Ok(0)
+                self.persisted
+                    .extend(changes.iter().map(|&(c, _)| c.clone()));
+                Ok(vec![0; changes.len()])
             }
         }
     }

@@ -199,18 +199,10 @@ impl Sink for ConnSink<'_> {
         self.agent_starts.push(job);
     }
 
-    fn persist(&mut self, change: &Change, mirror: bool) -> Result<u64, String> {
-        *self.records += 1;
-        match self.journal {
-            Some(j) => j.append(change, mirror),
-            None => Ok(0),
-        }
-    }
-
-    fn persist_all(&mut self, changes: &[(&Change, bool)]) -> Result<Vec<u64>, String> {
+    fn persist(&mut self, changes: &[(&Change, bool)]) -> Result<Vec<u64>, String> {
         *self.records += changes.len() as u64;
         match self.journal {
-            Some(j) => j.append_all(changes),
+            Some(j) => j.append(changes),
             None => Ok(vec![0; changes.len()]),
         }
     }

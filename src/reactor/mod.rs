@@ -670,6 +670,22 @@ impl Server {
         }
     }
 
+    /// A flush left output queued: held for the journal (released by the
+    /// sync), or stopped at the write budget (no event will come: flush
+    /// again next iteration). A socket that would block waits for its
+    /// writable event.
+    fn note_unfinished(&mut self, slot: usize) {
+        self.note_held(slot);
+        let spent = self
+            .conns
+            .get_mut(slot)
+            .and_then(Conn::transport_mut)
+            .is_some_and(|io| io.budget_spent);
+        if spent {
+            self.dirty.push(slot);
+        }
+    }
+
     fn flush_dirty(&mut self, now: Instant) {
         // Group commit: this iteration's records reach the journal (and,
         // with `batch`, the disk) before any of its acknowledgements leave.
@@ -695,10 +711,7 @@ impl Server {
                     if c.advance(durable) {
                         self.drop_conn(slot, now);
                     } else {
-                        if c.io.budget_spent {
-                            self.dirty.push(slot);
-                        }
-                        self.note_held(slot);
+                        self.note_unfinished(slot);
                     }
                     continue;
                 }
@@ -718,16 +731,7 @@ impl Server {
                 Err(_) => self.drop_conn(slot, now),
                 Ok(drained) => {
                     if !drained {
-                        self.note_held(slot);
-                        let spent = self
-                            .conns
-                            .get_mut(slot)
-                            .and_then(Conn::transport_mut)
-                            .is_some_and(|io| io.budget_spent);
-                        if spent {
-                            // The rest of a big answer goes next iteration.
-                            self.dirty.push(slot);
-                        }
+                        self.note_unfinished(slot);
                     }
                     // An HTTP connection that stopped parsing because its
                     // output was backed up can go on now.
