@@ -166,23 +166,19 @@ fn message(kind: &str, parts: &[String], response: Option<(&str, &str)>) -> Stri
     let len: usize = parts.iter().map(|p| p.len() + 1).sum();
     let mut out = Vec::with_capacity(len + 96);
     out.extend_from_slice(b"{\"kind\":");
-    push_str(&mut out, kind);
+    json::push_str(&mut out, kind);
     if let Some((model_name, _)) = response {
         out.extend_from_slice(b",\"model_name\":");
-        push_str(&mut out, model_name);
+        json::push_str(&mut out, model_name);
     }
     out.extend_from_slice(b",\"parts\":");
     json::push_array(&mut out, parts);
     if let Some((_, timestamp)) = response {
         out.extend_from_slice(b",\"timestamp\":");
-        push_str(&mut out, timestamp);
+        json::push_str(&mut out, timestamp);
     }
     out.push(b'}');
     into_text(out)
-}
-
-fn push_str(out: &mut Vec<u8>, s: &str) {
-    json::push_str(out, s);
 }
 
 /// JSON built here from UTF-8 pieces is UTF-8.
