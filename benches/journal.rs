@@ -65,6 +65,7 @@ fn main() {
         write(Change::Messages {
             id,
             messages: vec![request_message(prompt, ts), response.clone()],
+            replace_from: None,
         });
     }
     drop(file);

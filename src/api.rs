@@ -13,13 +13,14 @@ use serde_json::json;
 use crate::agent::AgentEvent;
 use crate::config::AgentChoice;
 use crate::config::Config;
-use crate::events::{self, ErrorData};
+use crate::events;
 use crate::http::{Head, Request, Response};
 use crate::sessions::{valid_session_id, SessionTable};
 use crate::sink::{ConnId, Sink};
-use crate::turns::{self, Engine, StepOutcome, Turn};
+use crate::turns::{self, Engine, Refused, StepOutcome, Turn};
 use crate::ws::{self, ClientOp};
 
+mod approvals;
 mod as_service;
 mod auth;
 mod chat_body;
@@ -224,6 +225,9 @@ impl App {
             Route::SessionChat(id) if !valid_session_id(id) => invalid_id(),
             Route::SessionChat(id) => return self.chat(&req, Some(id), from, now, sink),
             Route::Events(id) => return self.event_stream(&req.head, id, now),
+            Route::Approvals(id) if !valid_session_id(id) => invalid_id(),
+            Route::Approvals(id) if req.head.method == "GET" => self.list_approvals(id, now),
+            Route::Approvals(id) => return self.decide(&req, id, from, now, sink),
         };
         HttpOutcome::Respond(response)
     }
@@ -280,13 +284,16 @@ impl App {
         let turn = Turn::new(self.new_turn_id(), content, Some(from));
         match self.submit(&id, turn, now) {
             Ok(()) => HttpOutcome::Pending,
-            Err(turns::Busy) => {
+            Err(Refused::Busy) => {
                 HttpOutcome::Respond(turns::coded_error(429, "busy", turns::BUSY_MESSAGE))
+            }
+            Err(Refused::ApprovalPending) => {
+                HttpOutcome::Respond(turns::pending_response(self.pending_calls(&id)))
             }
         }
     }
 
-    fn submit(&mut self, id: &str, turn: Turn, now: Instant) -> Result<(), turns::Busy> {
+    fn submit(&mut self, id: &str, turn: Turn, now: Instant) -> Result<(), Refused> {
         if turns::submit(
             &mut self.sessions,
             id,
@@ -549,23 +556,25 @@ impl App {
                 if let Err(why) = self.ensure_session(Some(session_id), now, sink) {
                     return reply(sink, Some("unavailable"), &why);
                 }
-                let turn = Turn::new(self.new_turn_id(), content, None);
-                if self.submit(session_id, turn, now).is_err() {
-                    reply(sink, Some("busy"), turns::BUSY_MESSAGE);
+                let turn = Turn::new(self.new_turn_id(), content, None).from_client(conn);
+                match self.submit(session_id, turn, now) {
+                    Ok(()) => {}
+                    Err(Refused::Busy) => reply(sink, Some("busy"), turns::BUSY_MESSAGE),
+                    Err(Refused::ApprovalPending) => {
+                        let frame =
+                            crate::approvals::pending_error_frame(self.pending_calls(session_id));
+                        sink.send(conn, &frame);
+                    }
                 }
             }
             ClientOp::EmptyMessage => reply(sink, None, "Empty message"),
             ClientOp::Invalid => reply(sink, None, "Invalid message format"),
             ClientOp::Unknown(op) => reply(sink, None, &format!("Unknown op: {op}")),
-            ClientOp::Approve => {
+            ClientOp::Approve(approvals) => {
                 if let Err(why) = self.ensure_session(Some(session_id), now, sink) {
                     return reply(sink, Some("unavailable"), &why);
                 }
-                let data = ErrorData {
-                    code: Some("approval_unsupported"),
-                    message: turns::APPROVAL_UNSUPPORTED,
-                };
-                self.sessions.broadcast(session_id, "error", data, sink);
+                self.ws_approve(conn, session_id, approvals, now, sink);
             }
             ClientOp::Cancel => {
                 if !turns::cancel(&mut self.sessions, session_id, sink, &self.engine) {
@@ -685,5 +694,7 @@ fn session_not_found() -> Response {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_approvals;
 #[cfg(test)]
 mod tests_stream;

@@ -253,6 +253,7 @@ pub fn worker_lines(data: &[u8]) {
         session_id: text.clone(),
         prompt: text.clone(),
         history: Vec::new(),
+        approvals: None,
     };
     let line = crate::agent::worker::turn_line(&job);
     assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);

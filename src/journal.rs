@@ -8,9 +8,10 @@
 //! | `t` | meaning |
 //! |---|---|
 //! | `c` | session `id` created at `at` |
-//! | `m` | `messages` appended to session `id`'s history |
+//! | `m` | `messages` appended to session `id`'s history (after cutting it to `from` messages, when `from` is given) |
 //! | `s` | session `id`'s `seq` counter is at least `seq` |
 //! | `d` | session `id` deleted |
+//! | `a` | session `id`'s tool calls waiting for approval are `calls` (`[]`: none) |
 //!
 //! Encoding and replay are plain functions over bytes; [`JournalFile`] is
 //! the file, written from the loop (regular files cannot be polled), with
@@ -23,6 +24,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::approvals::PendingCall;
+
 /// A state change, as the session table reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
@@ -30,10 +33,14 @@ pub enum Change {
         id: String,
         at: String,
     },
-    /// `ModelMessage` JSON texts appended to the history.
+    /// `ModelMessage` JSON texts appended to the history; with
+    /// `replace_from`, after the history is cut to that many messages (a
+    /// turn whose agent gave its own account replaces what the server
+    /// recorded of it).
     Messages {
         id: String,
         messages: Vec<String>,
+        replace_from: Option<u64>,
     },
     /// The `seq` counter is at least this (reserved ahead, or exact).
     Seq {
@@ -43,6 +50,11 @@ pub enum Change {
     Deleted {
         id: String,
     },
+    /// The tool calls waiting for a person's decision (empty: none).
+    Approvals {
+        id: String,
+        calls: Vec<PendingCall>,
+    },
 }
 
 impl Change {
@@ -51,7 +63,8 @@ impl Change {
             Change::Created { id, .. }
             | Change::Messages { id, .. }
             | Change::Seq { id, .. }
-            | Change::Deleted { id } => id,
+            | Change::Deleted { id }
+            | Change::Approvals { id, .. } => id,
         }
     }
 }
@@ -70,9 +83,17 @@ pub fn encode(change: &Change) -> Vec<u8> {
             out.extend_from_slice(br#","at":"#);
             crate::json::push_str(&mut out, at);
         }
-        Change::Messages { id, messages } => {
+        Change::Messages {
+            id,
+            messages,
+            replace_from,
+        } => {
             out.extend_from_slice(br#"{"t":"m","id":"#);
             id_json(&mut out, id);
+            if let Some(from) = replace_from {
+                out.extend_from_slice(br#","from":"#);
+                crate::json::push_u64(&mut out, *from);
+            }
             out.extend_from_slice(br#","messages":"#);
             crate::json::push_array(&mut out, messages);
         }
@@ -85,6 +106,13 @@ pub fn encode(change: &Change) -> Vec<u8> {
         Change::Deleted { id } => {
             out.extend_from_slice(br#"{"t":"d","id":"#);
             id_json(&mut out, id);
+        }
+        Change::Approvals { id, calls } => {
+            out.extend_from_slice(br#"{"t":"a","id":"#);
+            id_json(&mut out, id);
+            out.extend_from_slice(br#","calls":"#);
+            // Plain structs of strings and JSON values: cannot fail.
+            let _ = serde_json::to_writer(&mut out, calls);
         }
     }
     out.push(b'}');
@@ -103,6 +131,8 @@ struct Wire<'a> {
     #[serde(borrow)]
     messages: Option<Vec<&'a RawValue>>,
     seq: Option<u64>,
+    from: Option<u64>,
+    calls: Option<Vec<PendingCall>>,
 }
 
 fn decode_payload(payload: &[u8]) -> Option<Change> {
@@ -115,12 +145,17 @@ fn decode_payload(payload: &[u8]) -> Option<Change> {
         "m" => Change::Messages {
             id: w.id,
             messages: w.messages?.iter().map(|m| m.get().to_owned()).collect(),
+            replace_from: w.from,
         },
         "s" => Change::Seq {
             id: w.id,
             seq: w.seq?,
         },
         "d" => Change::Deleted { id: w.id },
+        "a" => Change::Approvals {
+            id: w.id,
+            calls: w.calls?,
+        },
         _ => return None,
     })
 }
@@ -597,6 +632,24 @@ mod tests {
                     r#"{"kind":"request","parts":[]}"#.into(),
                     r#"{"kind":"response"}"#.into(),
                 ],
+                replace_from: None,
+            },
+            Change::Approvals {
+                id: "a".into(),
+                calls: vec![PendingCall {
+                    tool_call_id: "c1".into(),
+                    name: "rm".into(),
+                    args: serde_json::json!({"path": "x"}),
+                }],
+            },
+            Change::Messages {
+                id: "a".into(),
+                messages: vec![r#"{"kind":"request","parts":[]}"#.into()],
+                replace_from: Some(1),
+            },
+            Change::Approvals {
+                id: "a".into(),
+                calls: Vec::new(),
             },
             Change::Seq {
                 id: "a".into(),
@@ -643,7 +696,7 @@ mod tests {
         let mut garbled = bytes.clone();
         let last = garbled.len() - 3;
         garbled[last] ^= 0xFF;
-        assert_eq!(replay(&garbled).unwrap().changes.len(), 3);
+        assert_eq!(replay(&garbled).unwrap().changes.len(), sample().len() - 1);
     }
 
     #[test]

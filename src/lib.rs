@@ -46,6 +46,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod approvals;
 pub mod clock;
 pub mod config;
 pub mod docs;

@@ -145,6 +145,8 @@ pub enum Outcome {
     Done,
     Error,
     Cancelled,
+    /// Ended asking a person to approve tool calls.
+    ApprovalRequired,
 }
 
 /// What the session table counts.
@@ -156,6 +158,7 @@ pub struct TurnMetrics {
     pub done: u64,
     pub error: u64,
     pub cancelled: u64,
+    pub approval_required: u64,
     /// From a turn's start to its end (turns that ran).
     pub duration: Histogram,
     /// `token` events broadcast.
@@ -170,6 +173,7 @@ impl Default for TurnMetrics {
             done: 0,
             error: 0,
             cancelled: 0,
+            approval_required: 0,
             duration: Histogram::new(TURN_BUCKETS),
             tokens: 0,
         }
@@ -182,6 +186,7 @@ impl TurnMetrics {
             Outcome::Done => self.done += 1,
             Outcome::Error => self.error += 1,
             Outcome::Cancelled => self.cancelled += 1,
+            Outcome::ApprovalRequired => self.approval_required += 1,
         }
     }
 
@@ -196,6 +201,7 @@ impl TurnMetrics {
             ("done", self.done),
             ("error", self.error),
             ("cancelled", self.cancelled),
+            ("approval_required", self.approval_required),
         ] {
             e.sample("autopoiesis_turns_total", &[("outcome", outcome)], n);
         }

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use bytes::Bytes;
 
+use crate::approvals::PendingCall;
 use crate::clock;
 use crate::events::{Event, EventArena, EventData};
 use crate::journal::{self, Change};
@@ -49,6 +50,9 @@ pub struct Session {
     pub running: Option<Turn>,
     /// Turns waiting for `running` to finish, in arrival order.
     pub queue: VecDeque<Turn>,
+    /// Tool calls waiting for a person's decision (empty: none). While
+    /// there are any, no new message is taken.
+    approvals: Vec<PendingCall>,
 }
 
 impl Session {
@@ -59,6 +63,11 @@ impl Session {
 
     pub fn message_count(&self) -> usize {
         self.messages.len()
+    }
+
+    /// The tool calls waiting for approval (empty: none).
+    pub fn pending_approvals(&self) -> &[PendingCall] {
+        &self.approvals
     }
 
     /// The events after `since`, or None when the client must resync:
@@ -221,6 +230,7 @@ impl SessionTable {
             last_activity: now,
             running: None,
             queue: VecDeque::new(),
+            approvals: Vec::new(),
         };
         self.sessions.insert(id.to_owned(), session, &self.order);
     }
@@ -234,19 +244,85 @@ impl SessionTable {
         messages: Vec<String>,
         sink: &mut dyn Sink,
     ) -> Result<(), String> {
+        self.end_turn(id, messages, None, None, sink)
+    }
+
+    /// What a turn leaves in session `id`, journaled in one write (with
+    /// every change before it), all or nothing: `messages` appended, after
+    /// the history is cut to `replace_from` messages when given (the
+    /// agent's own account replaces what was recorded of the turn), and
+    /// the tool calls it leaves waiting for approval. Err: the journal
+    /// cannot take them, and the session is unchanged.
+    pub fn end_turn(
+        &mut self,
+        id: &str,
+        messages: Vec<String>,
+        replace_from: Option<usize>,
+        approvals: Option<Vec<PendingCall>>,
+        sink: &mut dyn Sink,
+    ) -> Result<(), String> {
         // Pending changes (a creation, a `seq` reservation) go with the
         // messages, in one write.
         self.pending.push(Change::Messages {
             id: id.to_owned(),
             messages,
+            replace_from: replace_from.map(|n| n as u64),
         });
-        let mut saved = self.persist_pending(sink)?;
-        if let (Some(Change::Messages { messages, .. }), Some(s)) =
-            (saved.pop(), self.sessions.get_mut(id))
-        {
-            s.messages.extend(messages.into_iter().map(Bytes::from));
+        if let Some(calls) = approvals {
+            self.pending.push(Change::Approvals {
+                id: id.to_owned(),
+                calls,
+            });
+        }
+        let saved = self.persist_pending(sink)?;
+        for change in saved {
+            match change {
+                Change::Messages {
+                    id: of,
+                    messages,
+                    replace_from,
+                } if of == id => self.apply_messages(id, messages, replace_from),
+                Change::Approvals { id: of, calls } if of == id => {
+                    if let Some(s) = self.sessions.get_mut(id) {
+                        s.approvals = calls;
+                    }
+                }
+                _ => {}
+            }
         }
         Ok(())
+    }
+
+    fn apply_messages(&mut self, id: &str, messages: Vec<String>, replace_from: Option<u64>) {
+        let Some(s) = self.sessions.get_mut(id) else {
+            return;
+        };
+        if let Some(from) = replace_from {
+            let from = usize::try_from(from).unwrap_or(usize::MAX);
+            s.messages.truncate(from);
+            // A compaction that had copied this session past the cut got
+            // this record too (see `mirrored`): it has the whole history now.
+            if let Some((ordinal, done)) = self.compaction_partial {
+                if ordinal == s.ordinal && done > from {
+                    self.compaction_partial = Some((ordinal, from + messages.len()));
+                }
+            }
+        }
+        s.messages.extend(messages.into_iter().map(Bytes::from));
+    }
+
+    /// Clears session `id`'s pending approvals (a person decided): journaled
+    /// with the next write, like a creation.
+    pub fn clear_approvals(&mut self, id: &str) {
+        if let Some(s) = self.sessions.get_mut(id) {
+            if !s.approvals.is_empty() {
+                s.approvals.clear();
+                self.pending.push(Change::Approvals {
+                    id: id.to_owned(),
+                    calls: Vec::new(),
+                });
+            }
+        }
     }
 
     /// Hands pending changes (creations, deletions, `seq` reservations) to
@@ -311,9 +387,19 @@ impl SessionTable {
                         s.journal_bytes = bytes;
                     }
                 }
-                Change::Messages { id, messages } => {
+                Change::Messages {
+                    id,
+                    messages,
+                    replace_from,
+                } => {
+                    self.apply_messages(&id, messages, replace_from);
                     if let Some(s) = self.sessions.get_mut(&id) {
-                        s.messages.extend(messages.into_iter().map(Bytes::from));
+                        s.journal_bytes += bytes;
+                    }
+                }
+                Change::Approvals { id, calls } => {
+                    if let Some(s) = self.sessions.get_mut(&id) {
+                        s.approvals = calls;
                         s.journal_bytes += bytes;
                     }
                 }
@@ -386,6 +472,7 @@ impl SessionTable {
                 out.extend(journal::encode(&Change::Messages {
                     id: id.clone(),
                     messages: s.messages[start..end].iter().map(text_of).collect(),
+                    replace_from: None,
                 }));
             }
             if end < s.messages.len() {
@@ -398,6 +485,12 @@ impl SessionTable {
                 out.extend(journal::encode(&Change::Seq {
                     id: id.clone(),
                     seq: s.seq_reserved,
+                }));
+            }
+            if !s.approvals.is_empty() {
+                out.extend(journal::encode(&Change::Approvals {
+                    id: id.clone(),
+                    calls: s.approvals.clone(),
                 }));
             }
         }
@@ -419,9 +512,24 @@ impl SessionTable {
         let Some(cursor) = self.compaction_cursor else {
             return false;
         };
-        self.sessions
-            .get(change.id())
-            .is_none_or(|s| s.ordinal < cursor)
+        let Some(s) = self.sessions.get(change.id()) else {
+            return true;
+        };
+        // A cut into the part of a history the new file already holds
+        // must reach it too (`apply_messages` then moves the copy on).
+        if let (
+            Change::Messages {
+                replace_from: Some(from),
+                ..
+            },
+            Some((ordinal, done)),
+        ) = (change, self.compaction_partial)
+        {
+            if ordinal == s.ordinal && (done as u64) > *from {
+                return true;
+            }
+        }
+        s.ordinal < cursor
     }
 
     /// Records every session's exact `seq`, so a clean restart continues
@@ -568,9 +676,15 @@ impl SessionTable {
             }
             let mut event =
                 Event::new_in(&mut session.arena, &mut self.scratch, op, data, Some(seq));
-            // A turn's end, and any `seq` beyond what the journal promised,
-            // go out only once the journal has them (no `seq` is ever reused).
-            if reserved || op == "done" || op == "error" {
+            // A turn's end, a decision on approvals, and any `seq` beyond
+            // what the journal promised, go out only once the journal has
+            // them (no `seq` is ever reused).
+            if reserved
+                || matches!(
+                    op,
+                    "done" | "error" | "approval_required" | "approval_resolved"
+                )
+            {
                 event = event.acknowledging();
             }
             session.retained_bytes += event.size();
@@ -846,6 +960,74 @@ mod tests {
             restored.get("s1").unwrap().seq,
             t.get("s1").unwrap().seq_reserved
         );
+    }
+
+    #[test]
+    fn a_turn_replacing_history_a_compaction_already_copied_reaches_the_new_file() {
+        let now = Instant::now();
+        let mut t = SessionTable::new(100);
+        let mut sink = Recorder::default();
+        t.get_or_create("s", now).unwrap();
+        let messages = (0..4).map(|m| format!("{{\"m\":{m}}}")).collect();
+        t.append("s", messages, &mut sink).unwrap();
+        t.begin_snapshot();
+        let mut file = Vec::new();
+        // One byte of budget: the creation and a message, then one message
+        // per step.
+        for _ in 0..2 {
+            file.extend(t.snapshot_step(1).0);
+        }
+        assert_eq!(t.compaction_partial.map(|(_, done)| done), Some(2));
+        // The turn that began at message 1 ends with the agent's account,
+        // and leaves calls pending.
+        let calls = vec![PendingCall {
+            tool_call_id: "c".into(),
+            name: "rm".into(),
+            args: serde_json::json!({}),
+        }];
+        let own = vec![r#"{"m":"own"}"#.to_string()];
+        t.end_turn("s", own, Some(1), Some(calls.clone()), &mut sink)
+            .unwrap();
+        for change in sink.mirrored.drain(..) {
+            file.extend(journal::encode(&change));
+        }
+        loop {
+            let (bytes, done) = t.snapshot_step(1);
+            file.extend(bytes);
+            if done {
+                break;
+            }
+        }
+        t.end_snapshot();
+        let mut restored = SessionTable::new(100);
+        restored.restore(journal::replay(&file).unwrap().changes, now);
+        assert_eq!(restored.history_json("s"), t.history_json("s"));
+        assert_eq!(t.get("s").unwrap().message_count(), 2);
+        assert_eq!(restored.get("s").unwrap().pending_approvals(), &calls[..]);
+    }
+
+    #[test]
+    fn pending_approvals_survive_a_restart_and_a_decision_clears_them() {
+        let now = Instant::now();
+        let mut t = SessionTable::new(100);
+        let mut sink = Recorder::default();
+        t.get_or_create("s", now).unwrap();
+        let calls = vec![PendingCall {
+            tool_call_id: "c".into(),
+            name: "rm".into(),
+            args: serde_json::json!({"p": 1}),
+        }];
+        t.end_turn("s", vec!["{}".into()], None, Some(calls.clone()), &mut sink)
+            .unwrap();
+        let journal: Vec<Change> = sink.persisted.clone();
+        let mut restored = SessionTable::new(100);
+        restored.restore(journal.iter().map(|c| (c.clone(), 1)).collect(), now);
+        assert_eq!(restored.get("s").unwrap().pending_approvals(), &calls[..]);
+        t.clear_approvals("s");
+        t.flush_changes(&mut sink).unwrap();
+        let mut restored = SessionTable::new(100);
+        restored.restore(sink.persisted.iter().map(|c| (c.clone(), 1)).collect(), now);
+        assert!(restored.get("s").unwrap().pending_approvals().is_empty());
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub struct Recorder {
     pub agents_started: Vec<AgentJob>,
     pub agents_stopped: Vec<(u64, bool)>,
     pub persisted: Vec<Change>,
+    /// The changes persisted that a compaction's new file gets too.
+    pub mirrored: Vec<Change>,
     /// When set, `persist` fails with this reason.
     pub persist_error: Option<String>,
 }
@@ -123,6 +125,12 @@ impl Sink for Recorder {
             None => {
                 self.persisted
                     .extend(changes.iter().map(|&(c, _)| c.clone()));
+                self.mirrored.extend(
+                    changes
+                        .iter()
+                        .filter(|&&(_, mirrored)| mirrored)
+                        .map(|&(c, _)| c.clone()),
+                );
                 Ok(vec![0; changes.len()])
             }
         }

@@ -1,7 +1,8 @@
 //! Agent turns: one at a time per session, in arrival order.
 //!
-//! A turn starts from a user message and ends with `done`, an `error`, or
-//! a cancel. [`step`] starts the session's running turn and, for the
+//! A turn starts from a user message (or, resumed, from a person's
+//! decisions on the tool calls the turn before asked about) and ends with
+//! `done`, an `error`, `approval_required`, or a cancel. [`step`] starts the session's running turn and, for the
 //! built-in echo agent, streams it: at most [`TOKENS_PER_STEP`] tokens per
 //! loop iteration (or one token per `--echo-delay-ms`), so a long turn
 //! never stalls the loop. Other agents stream from the reactor: it hands
@@ -19,6 +20,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::agent::{self, AgentEvent, AgentJob, Transcript};
+use crate::approvals::{self, PendingCall};
 use crate::clock;
 use crate::echo;
 use crate::events::{Content, ErrorData};
@@ -57,6 +59,14 @@ pub struct Turn {
     pub prompt: String,
     /// The `POST /api/chat` request waiting for this turn's reply, if any.
     pub waiter: Option<ConnId>,
+    /// The WebSocket client that sent it: told if the turn is dropped
+    /// unrun because the turn before it asked for approvals.
+    client: Option<ConnId>,
+    /// A resumed turn: what a person decided on the pending tool calls.
+    resume: Option<Resume>,
+    /// The history's length before this turn: the agent's own account of
+    /// the turn (`messages`) replaces everything after it.
+    history_start: usize,
     /// Set when the turn starts running.
     transcript: Option<Transcript>,
     /// Echo: bytes of the prompt streamed so far.
@@ -74,12 +84,23 @@ pub struct Turn {
     unsaved_request: Option<String>,
 }
 
+/// What a resumed turn carries: the decisions, and the calls decided on
+/// (id and tool name, to label their returns in the history).
+#[derive(Debug)]
+struct Resume {
+    approvals: String,
+    calls: Vec<(String, String)>,
+}
+
 impl Turn {
     pub fn new(id: u64, prompt: String, waiter: Option<ConnId>) -> Self {
         Turn {
             id,
             prompt,
             waiter,
+            client: None,
+            resume: None,
+            history_start: 0,
             transcript: None,
             echo_streamed: 0,
             next_token_at: None,
@@ -87,6 +108,32 @@ impl Turn {
             started: None,
             unsaved_request: None,
         }
+    }
+
+    /// The turn that follows a person's decisions (`approvals`, a JSON
+    /// object text) on `calls`: its prompt is `null` to the agent, and it
+    /// adds no user request to the history.
+    pub fn resumed(
+        id: u64,
+        approvals: String,
+        calls: &[PendingCall],
+        waiter: Option<ConnId>,
+    ) -> Self {
+        let mut turn = Turn::new(id, String::new(), waiter);
+        turn.resume = Some(Resume {
+            approvals,
+            calls: calls
+                .iter()
+                .map(|c| (c.tool_call_id.clone(), c.name.clone()))
+                .collect(),
+        });
+        turn
+    }
+
+    /// Marks the turn as sent by WebSocket client `conn`.
+    pub fn from_client(mut self, conn: ConnId) -> Self {
+        self.client = Some(conn);
+        self
     }
 }
 
@@ -97,9 +144,14 @@ struct ChatReply<'a> {
     content: &'a str,
 }
 
-/// The session's queue is full.
+/// Why a turn was not taken.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Busy;
+pub enum Refused {
+    /// The session's queue is full (or the session is gone).
+    Busy,
+    /// Tool calls wait for a person's decision: no new message until then.
+    ApprovalPending,
+}
 
 /// Makes `turn` the running turn if session `id` is idle, else queues it
 /// (at most `max_queued` waiting). `Ok(true)`: it is the running turn now,
@@ -110,11 +162,14 @@ pub fn submit(
     turn: Turn,
     max_queued: usize,
     now: Instant,
-) -> Result<bool, Busy> {
+) -> Result<bool, Refused> {
     let Some(session) = table.get_mut(id) else {
-        return Err(Busy);
+        return Err(Refused::Busy);
     };
     session.last_activity = now;
+    if turn.resume.is_none() && !session.pending_approvals().is_empty() {
+        return Err(Refused::ApprovalPending);
+    }
     if session.running.is_none() {
         session.running = Some(turn);
         table.metrics.running += 1;
@@ -124,7 +179,7 @@ pub fn submit(
         table.metrics.queued += 1;
         Ok(false)
     } else {
-        Err(Busy)
+        Err(Refused::Busy)
     }
 }
 
@@ -144,9 +199,12 @@ pub enum StepOutcome {
 
 /// How a turn ended.
 enum Finish {
-    Done(Option<String>),
+    /// With the agent's reply and its own account of the turn, if given.
+    Done(Option<String>, Option<Vec<String>>),
     Failed(String),
-    Approval,
+    /// Asking for approval of `calls` (None: an older agent that names
+    /// none, refused as the original server refused it).
+    Approval(Option<Vec<PendingCall>>, Option<Vec<String>>),
     Cancelled,
 }
 
@@ -180,6 +238,7 @@ pub fn step(
                 session_id: id.to_owned(),
                 prompt: turn.prompt.clone(),
                 history,
+                approvals: turn.resume.as_ref().map(|r| r.approvals.clone()),
             });
         }
     }
@@ -242,7 +301,7 @@ pub fn step(
         };
         return keep_running(table, id, turn, next, sink, now);
     }
-    finish(table, id, turn, Finish::Done(None), sink);
+    finish(table, id, turn, Finish::Done(None, None), sink);
     start_next(table, id, now)
 }
 
@@ -286,15 +345,15 @@ pub fn agent_event(
         return false;
     }
     session.last_activity = now;
-    let ending = match &event {
-        AgentEvent::Done(content) => Some(Finish::Done(content.clone())),
-        AgentEvent::Error(reason) => Some(Finish::Failed(reason.clone())),
-        AgentEvent::ApprovalRequired => Some(Finish::Approval),
-        _ => None,
-    };
-    if let Some(how) = ending {
+    if event.ends_turn() {
         let Some(turn) = session.running.take() else {
             return false;
+        };
+        let how = match event {
+            AgentEvent::Done { content, messages } => Finish::Done(content, messages),
+            AgentEvent::ApprovalRequired { calls, messages } => Finish::Approval(calls, messages),
+            AgentEvent::Error(reason) => Finish::Failed(reason),
+            _ => Finish::Failed("the agent ended its turn oddly".into()),
         };
         finish(table, id, turn, how, sink);
         return start_next(table, id, now) == StepOutcome::Progress;
@@ -302,6 +361,8 @@ pub fn agent_event(
     if let Some(t) = session.running.as_mut().and_then(|t| t.transcript.as_mut()) {
         match &event {
             AgentEvent::Token(text) => t.token(text),
+            AgentEvent::Thinking(text) => t.thinking(text),
+            AgentEvent::ThinkingDone => t.thinking_done(),
             AgentEvent::ToolCall { id, name, details } => t.tool_call(id, name, details),
             AgentEvent::ToolResult { id, details, .. } => t.tool_result(id, details),
             _ => {}
@@ -315,8 +376,8 @@ pub fn agent_event(
 
 /// Starts `turn`: its request goes into the history (and the journal) now,
 /// so a crash mid-turn keeps the prompt, or with `hold`, at the end of
-/// this step (see [`Turn`]'s `unsaved_request`). Err: it could not be
-/// saved.
+/// this step (see [`Turn`]'s `unsaved_request`). A resumed turn adds no
+/// request. Err: it could not be saved.
 fn begin(
     table: &mut SessionTable,
     id: &str,
@@ -325,8 +386,13 @@ fn begin(
     hold: bool,
     sink: &mut dyn Sink,
 ) -> Result<(), String> {
-    turn.transcript = Some(Transcript::new(model_name));
     turn.started = Some(Instant::now());
+    turn.history_start = table.get(id).map_or(0, |s| s.message_count());
+    if let Some(resume) = &turn.resume {
+        turn.transcript = Some(Transcript::resuming(model_name, &resume.calls));
+        return Ok(());
+    }
+    turn.transcript = Some(Transcript::new(model_name));
     let request = agent::request_message(&turn.prompt, &clock::now_rfc3339());
     if hold {
         turn.unsaved_request = Some(request);
@@ -363,21 +429,15 @@ fn start_next(table: &mut SessionTable, id: &str, now: Instant) -> StepOutcome {
 /// client that sees the last event and refetches finds them), then the
 /// broadcast, then the REST caller's answer.
 fn finish(table: &mut SessionTable, id: &str, mut turn: Turn, how: Finish, sink: &mut dyn Sink) {
-    let (final_text, graceful) = match &how {
-        Finish::Done(content) => (content.clone(), true),
-        _ => (None, false),
-    };
+    let graceful = matches!(how, Finish::Done(..));
     let mut how = how;
     let mut reply = String::new();
-    if let Some(mut transcript) = turn.transcript {
+    if let Some(mut transcript) = turn.transcript.take() {
         reply = std::mem::take(&mut transcript.reply);
-        let mut messages = transcript.finish(final_text.as_deref());
-        if let Some(request) = turn.unsaved_request.take() {
-            messages.insert(0, request);
-        }
-        if let Err(why) = table.append(id, messages, sink) {
-            // A `done` must not go out for a turn that was not saved.
-            if matches!(how, Finish::Done(_)) {
+        if let Err(why) = save(table, id, &mut turn, transcript, &mut how, sink) {
+            // A `done` (or a request for approvals) must not go out for a
+            // turn that was not saved.
+            if matches!(how, Finish::Done(..) | Finish::Approval(Some(_), _)) {
                 how = Finish::Failed(format!("the turn could not be saved: {why}"));
             }
         }
@@ -386,8 +446,9 @@ fn finish(table: &mut SessionTable, id: &str, mut turn: Turn, how: Finish, sink:
     let waiter = turn.waiter;
     table.metrics.running = table.metrics.running.saturating_sub(1);
     table.metrics.ended(match how {
-        Finish::Done(_) => Outcome::Done,
-        Finish::Failed(_) | Finish::Approval => Outcome::Error,
+        Finish::Done(..) => Outcome::Done,
+        Finish::Approval(Some(_), _) => Outcome::ApprovalRequired,
+        Finish::Failed(_) | Finish::Approval(None, _) => Outcome::Error,
         Finish::Cancelled => Outcome::Cancelled,
     });
     if let Some(started) = turn.started {
@@ -397,7 +458,7 @@ fn finish(table: &mut SessionTable, id: &str, mut turn: Turn, how: Finish, sink:
             .observe(started.elapsed().as_secs_f64());
     }
     match how {
-        Finish::Done(content) => {
+        Finish::Done(content, _) => {
             let content = content.unwrap_or(reply);
             table.broadcast(id, "done", Content { content: &content }, sink);
             if let Some(w) = waiter {
@@ -425,7 +486,23 @@ fn finish(table: &mut SessionTable, id: &str, mut turn: Turn, how: Finish, sink:
                 sink.respond(w, Response::detail(503, &reason));
             }
         }
-        Finish::Approval => {
+        Finish::Approval(Some(calls), _) => {
+            let data = approvals::RequiredData { tool_calls: &calls };
+            table.broadcast(id, "approval_required", data, sink);
+            if let Some(w) = waiter {
+                sink.respond(
+                    w,
+                    approvals::coded_with_calls(
+                        409,
+                        "approval_required",
+                        approvals::APPROVAL_REQUIRED_MESSAGE,
+                        &calls,
+                    ),
+                );
+            }
+            drop_queued_for_approvals(table, id, &calls, sink);
+        }
+        Finish::Approval(None, _) => {
             let data = ErrorData {
                 code: Some("approval_unsupported"),
                 message: APPROVAL_UNSUPPORTED,
@@ -440,6 +517,72 @@ fn finish(table: &mut SessionTable, id: &str, mut turn: Turn, how: Finish, sink:
         }
         Finish::Cancelled => end_cancelled(table, id, waiter, sink),
     }
+}
+
+/// Saves what the ending turn leaves in the history: the agent's own
+/// `messages` in place of what was recorded of the turn when it gave them
+/// (and the turn ends well), else the server's transcript; and the calls
+/// left waiting for approval, in the same write.
+fn save(
+    table: &mut SessionTable,
+    id: &str,
+    turn: &mut Turn,
+    mut transcript: Transcript,
+    how: &mut Finish,
+    sink: &mut dyn Sink,
+) -> Result<(), String> {
+    let (final_text, own, calls) = match how {
+        Finish::Done(content, messages) => (content.clone(), messages.take(), None),
+        Finish::Approval(Some(calls), messages) => (None, messages.take(), Some(calls.clone())),
+        _ => (None, None, None),
+    };
+    if let Some(messages) = own {
+        return table.end_turn(id, messages, Some(turn.history_start), calls, sink);
+    }
+    // Without the agent's account, a request for approvals is recorded as
+    // the response holding one tool call per pending call.
+    for call in calls.iter().flatten() {
+        transcript.tool_call(&call.tool_call_id, &call.name, &call.args);
+    }
+    let mut messages = transcript.finish(final_text.as_deref());
+    if let Some(request) = turn.unsaved_request.take() {
+        messages.insert(0, request);
+    }
+    table.end_turn(id, messages, None, calls, sink)
+}
+
+/// Turns queued behind one that asked for approvals never run: each ends
+/// with `approval_pending` (REST: 409) to the one who sent it.
+fn drop_queued_for_approvals(
+    table: &mut SessionTable,
+    id: &str,
+    calls: &[PendingCall],
+    sink: &mut dyn Sink,
+) {
+    let Some(session) = table.get_mut(id) else {
+        return;
+    };
+    let queued: Vec<Turn> = session.queue.drain(..).collect();
+    for turn in queued {
+        table.metrics.queued = table.metrics.queued.saturating_sub(1);
+        table.metrics.ended(Outcome::Error);
+        if let Some(w) = turn.waiter {
+            sink.respond(w, pending_response(calls));
+        }
+        if let Some(c) = turn.client {
+            sink.send(c, &approvals::pending_error_frame(calls));
+        }
+    }
+}
+
+/// The REST answer to a message that came while approvals are pending.
+pub fn pending_response(calls: &[PendingCall]) -> Response {
+    approvals::coded_with_calls(
+        409,
+        "approval_pending",
+        approvals::APPROVAL_PENDING_MESSAGE,
+        calls,
+    )
 }
 
 fn end_cancelled(table: &mut SessionTable, id: &str, waiter: Option<ConnId>, sink: &mut dyn Sink) {
@@ -500,256 +643,4 @@ pub fn coded_error(status: u16, code: &str, message: &str) -> Response {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sink::Recorder;
-
-    const A: ConnId = ConnId { slot: 1, serial: 1 };
-    const B: ConnId = ConnId { slot: 2, serial: 2 };
-    const REST: ConnId = ConnId { slot: 3, serial: 3 };
-
-    fn echo_engine(high_water: usize) -> Engine {
-        Engine {
-            echo: true,
-            model_name: "echo".into(),
-            echo_delay: None,
-            high_water,
-        }
-    }
-
-    fn setup() -> (SessionTable, Instant) {
-        let now = Instant::now();
-        let mut t = SessionTable::new(10);
-        t.get_or_create("s", now).unwrap();
-        t.subscribe("s", A);
-        t.subscribe("s", B);
-        (t, now)
-    }
-
-    fn run_to_idle(t: &mut SessionTable, sink: &mut Recorder, now: Instant) -> usize {
-        // Counts every call, the one that finishes the turn included.
-        let mut steps = 1;
-        while step(t, "s", sink, now, &echo_engine(1 << 20)) != StepOutcome::Idle {
-            steps += 1;
-            assert!(steps < 100_000);
-        }
-        steps
-    }
-
-    /// The messages of every `Messages` record persisted, one list each.
-    fn message_records(sink: &Recorder) -> Vec<Vec<String>> {
-        sink.persisted
-            .iter()
-            .filter_map(|c| match c {
-                crate::journal::Change::Messages { messages, .. } => Some(messages.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_turn_ending_in_the_step_that_began_it_is_one_record() {
-        let (mut t, now) = setup();
-        submit(&mut t, "s", Turn::new(0, "a b c".into(), None), 8, now).unwrap();
-        let mut sink = Recorder::default();
-        assert_eq!(run_to_idle(&mut t, &mut sink, now), 1);
-        let records = message_records(&sink);
-        assert_eq!(records.len(), 1, "{records:?}");
-        assert!(records[0][0].contains("user-prompt"));
-        assert!(records[0][1].contains(r#""kind":"response""#));
-        assert_eq!(t.get("s").unwrap().messages().len(), 2);
-    }
-
-    #[test]
-    fn a_longer_turn_saves_its_request_at_the_end_of_its_first_step() {
-        let (mut t, now) = setup();
-        let prompt = "w ".repeat(TOKENS_PER_STEP + 10);
-        submit(&mut t, "s", Turn::new(0, prompt, None), 8, now).unwrap();
-        let mut sink = Recorder::default();
-        let engine = echo_engine(1 << 20);
-        assert_eq!(
-            step(&mut t, "s", &mut sink, now, &engine),
-            StepOutcome::Progress
-        );
-        let records = message_records(&sink);
-        assert_eq!(records.len(), 1);
-        assert!(records[0][0].contains("user-prompt"));
-        assert_eq!(t.get("s").unwrap().messages().len(), 1);
-        run_to_idle(&mut t, &mut sink, now);
-        let records = message_records(&sink);
-        assert_eq!(records.len(), 2);
-        assert!(records[1][0].contains(r#""kind":"response""#));
-    }
-
-    #[test]
-    fn a_one_step_turn_that_cannot_be_saved_ends_in_an_error_and_leaves_no_history() {
-        let (mut t, now) = setup();
-        submit(&mut t, "s", Turn::new(0, "a b".into(), Some(REST)), 8, now).unwrap();
-        let mut sink = Recorder {
-            persist_error: Some("disk full".into()),
-            ..Recorder::default()
-        };
-        run_to_idle(&mut t, &mut sink, now);
-        let last = sink.texts_to(A).pop().unwrap();
-        assert!(
-            last.contains(r#""op":"error""#) && last.contains("disk full"),
-            "{last}"
-        );
-        assert_eq!(sink.responses[0].1.status, 503);
-        assert!(t.get("s").unwrap().messages().is_empty());
-    }
-
-    #[test]
-    fn echo_turn_streams_tokens_then_done_to_every_client() {
-        let (mut t, now) = setup();
-        assert_eq!(
-            submit(
-                &mut t,
-                "s",
-                Turn::new(0, "hello big world".into(), Some(REST)),
-                8,
-                now
-            ),
-            Ok(true)
-        );
-        let mut sink = Recorder::default();
-        run_to_idle(&mut t, &mut sink, now);
-        let a = sink.texts_to(A);
-        assert_eq!(a, sink.texts_to(B));
-        assert_eq!(
-            a,
-            [
-                r#"{"op":"token","data":{"content":"hello "},"seq":1}"#,
-                r#"{"op":"token","data":{"content":"big "},"seq":2}"#,
-                r#"{"op":"token","data":{"content":"world"},"seq":3}"#,
-                r#"{"op":"done","data":{"content":"hello big world"},"seq":4}"#,
-            ]
-        );
-        assert_eq!(sink.responses.len(), 1);
-        let (to, resp) = &sink.responses[0];
-        assert_eq!((*to, resp.status), (REST, 200));
-        let body: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
-        assert_eq!(
-            body,
-            json!({"session_id": "s", "content": "hello big world"})
-        );
-        let history: serde_json::Value =
-            serde_json::from_slice(&t.history_json("s").unwrap()).unwrap();
-        let msgs = history["messages"].as_array().unwrap();
-        assert_eq!(msgs.len(), 2);
-        assert_eq!(msgs[0]["kind"], "request");
-        assert_eq!(msgs[0]["parts"][0]["part_kind"], "user-prompt");
-        assert_eq!(msgs[0]["parts"][0]["content"], "hello big world");
-        assert_eq!(msgs[1]["kind"], "response");
-        assert_eq!(msgs[1]["parts"][0]["content"], "hello big world");
-        assert_eq!(msgs[1]["model_name"], "echo");
-    }
-
-    #[test]
-    fn long_turns_are_streamed_in_steps() {
-        let (mut t, now) = setup();
-        let prompt = "w ".repeat(TOKENS_PER_STEP * 3);
-        submit(&mut t, "s", Turn::new(0, prompt, None), 8, now).unwrap();
-        let mut sink = Recorder::default();
-        assert_eq!(
-            step(&mut t, "s", &mut sink, now, &echo_engine(1 << 20)),
-            StepOutcome::Progress
-        );
-        assert_eq!(sink.texts_to(A).len(), TOKENS_PER_STEP);
-        assert_eq!(run_to_idle(&mut t, &mut sink, now), 2);
-        assert_eq!(sink.texts_to(A).len(), TOKENS_PER_STEP * 3 + 1);
-    }
-
-    #[test]
-    fn turns_queue_in_order_and_busy_past_the_limit() {
-        let (mut t, now) = setup();
-        assert_eq!(
-            submit(&mut t, "s", Turn::new(0, "one".into(), None), 2, now),
-            Ok(true)
-        );
-        assert_eq!(
-            submit(&mut t, "s", Turn::new(0, "two".into(), None), 2, now),
-            Ok(false)
-        );
-        assert_eq!(
-            submit(&mut t, "s", Turn::new(0, "three".into(), None), 2, now),
-            Ok(false)
-        );
-        assert_eq!(
-            submit(&mut t, "s", Turn::new(0, "four".into(), None), 2, now),
-            Err(Busy)
-        );
-        let mut sink = Recorder::default();
-        run_to_idle(&mut t, &mut sink, now);
-        let dones: Vec<String> = sink
-            .texts_to(A)
-            .into_iter()
-            .filter(|f| f.contains("\"done\""))
-            .collect();
-        assert_eq!(dones.len(), 3);
-        assert!(dones[0].contains("one") && dones[1].contains("two") && dones[2].contains("three"));
-        assert_eq!(t.get("s").unwrap().message_count(), 6);
-    }
-
-    #[test]
-    fn cancel_keeps_partial_reply_and_ends_every_turn() {
-        let (mut t, now) = setup();
-        let prompt = "x ".repeat(TOKENS_PER_STEP * 2);
-        submit(
-            &mut t,
-            "s",
-            Turn::new(0, prompt.clone(), Some(REST)),
-            8,
-            now,
-        )
-        .unwrap();
-        submit(&mut t, "s", Turn::new(0, "queued".into(), None), 8, now).unwrap();
-        let mut sink = Recorder::default();
-        step(&mut t, "s", &mut sink, now, &echo_engine(1 << 20));
-        assert!(cancel(&mut t, "s", &mut sink, &echo_engine(1 << 20)));
-        assert!(
-            !cancel(&mut t, "s", &mut sink, &echo_engine(1 << 20)),
-            "nothing runs any more"
-        );
-        let texts = sink.texts_to(A);
-        let cancels = texts.iter().filter(|f| f.contains("\"cancelled\"")).count();
-        assert_eq!(cancels, 2, "running and queued turn both end");
-        assert_eq!(sink.responses[0].1.status, 409);
-        let history: serde_json::Value =
-            serde_json::from_slice(&t.history_json("s").unwrap()).unwrap();
-        let reply = history["messages"][1]["parts"][0]["content"]
-            .as_str()
-            .unwrap();
-        assert_eq!(reply, &prompt[..TOKENS_PER_STEP * 2]);
-        assert_eq!(history["messages"].as_array().unwrap().len(), 2);
-        assert_eq!(
-            step(&mut t, "s", &mut sink, now, &echo_engine(1 << 20)),
-            StepOutcome::Idle
-        );
-    }
-
-    #[test]
-    fn a_lagging_client_pauses_the_stream_then_is_closed() {
-        let (mut t, now) = setup();
-        submit(&mut t, "s", Turn::new(0, "a b c".into(), None), 8, now).unwrap();
-        let mut sink = Recorder {
-            backlogs: vec![(B, 1000)],
-            ..Recorder::default()
-        };
-        assert_eq!(
-            step(&mut t, "s", &mut sink, now, &echo_engine(500)),
-            StepOutcome::Paused
-        );
-        assert!(sink.sent.is_empty());
-        let later = now + STALL_LIMIT;
-        assert_eq!(
-            step(&mut t, "s", &mut sink, later, &echo_engine(500)),
-            StepOutcome::Idle
-        );
-        assert_eq!(
-            sink.closed,
-            [(B, close::POLICY, "Client too slow".to_string())]
-        );
-        assert_eq!(sink.texts_to(A).len(), 4);
-    }
-}
+mod tests;

@@ -153,7 +153,8 @@ pub enum ClientOp {
     Message(String),
     /// `message` with `""` or no content.
     EmptyMessage,
-    Approve,
+    /// `approve`: the decisions (`data.approvals`) as sent, if any.
+    Approve(Option<serde_json::Value>),
     Cancel,
     Unknown(String),
     /// Not `{"op": str, "data": {...}}`, or content not a string.
@@ -180,7 +181,7 @@ pub fn parse_client_op(text: &str) -> ClientOp {
             Some(serde_json::Value::String(s)) => ClientOp::Message(s),
             Some(_) => ClientOp::Invalid,
         },
-        "approve" => ClientOp::Approve,
+        "approve" => ClientOp::Approve(data.remove("approvals")),
         "cancel" => ClientOp::Cancel,
         _ => ClientOp::Unknown(op),
     }
@@ -297,7 +298,14 @@ mod tests {
             parse_client_op(r#"{"op":"message","data":{"content":5}}"#),
             Invalid
         );
-        assert_eq!(parse_client_op(r#"{"op":"approve","data":{}}"#), Approve);
+        assert_eq!(
+            parse_client_op(r#"{"op":"approve","data":{}}"#),
+            Approve(None)
+        );
+        assert_eq!(
+            parse_client_op(r#"{"op":"approve","data":{"approvals":{"c1":true}}}"#),
+            Approve(Some(serde_json::json!({"c1": true})))
+        );
         assert_eq!(parse_client_op(r#"{"op":"cancel"}"#), Cancel);
         assert_eq!(
             parse_client_op(r#"{"op":"dance"}"#),

@@ -101,7 +101,12 @@ fn messages(config: &UpstreamConfig, job: &AgentJob) -> Vec<Value> {
             out.push(json!({"role": role, "content": text}));
         }
     }
-    out.push(json!({"role": "user", "content": job.prompt}));
+    // A resumed turn (after tool approvals) has no new user message; this
+    // agent never asks for approvals, so only a journal from another agent
+    // can bring one here.
+    if job.approvals.is_none() {
+        out.push(json!({"role": "user", "content": job.prompt}));
+    }
     out
 }
 
@@ -341,7 +346,7 @@ impl UpstreamDecoder {
         if data.trim() == "[DONE]" {
             self.close_thinking(events);
             self.flush_tool_calls(events);
-            events.push(AgentEvent::Done(None));
+            events.push(AgentEvent::done(None));
             self.phase = Phase::Finished;
             return Ok(());
         }
@@ -536,7 +541,7 @@ mod tests {
                 name: "ls".into(),
                 details: json!({"p": 1}),
             },
-            AgentEvent::Done(None),
+            AgentEvent::done(None),
         ];
         for chunk in [1, 7, 64, 4096] {
             let bytes = chunked(STREAM, chunk);
@@ -560,7 +565,7 @@ mod tests {
         assert_eq!(
             decode(eof.as_bytes(), 5),
             (
-                vec![AgentEvent::Token("x".into()), AgentEvent::Done(None)],
+                vec![AgentEvent::Token("x".into()), AgentEvent::done(None)],
                 Ok(())
             )
         );
@@ -642,6 +647,7 @@ mod tests {
                     .into(),
                 r#"{"kind":"response","parts":[{"part_kind":"text","content":"reply"}]}"#.into(),
             ],
+            approvals: None,
         };
         let bytes = request(&config, &job);
         let text = String::from_utf8(bytes).unwrap();

@@ -39,6 +39,8 @@ pub struct Transcript {
     /// Parts of the tool-return request being built, as JSON texts.
     return_parts: Vec<String>,
     text: String,
+    /// The thinking being streamed (a `thinking` part once it ends).
+    thinking: String,
     /// Names of the calls made, to label their returns.
     call_names: Vec<(String, String)>,
     /// All text streamed, across tool rounds (the reply of a REST turn).
@@ -53,15 +55,36 @@ impl Transcript {
             response_parts: Vec::new(),
             return_parts: Vec::new(),
             text: String::new(),
+            thinking: String::new(),
             call_names: Vec::new(),
             reply: String::new(),
         }
     }
 
+    /// A resumed turn's transcript knows the calls the turn before made
+    /// (and a person decided on), to label their returns.
+    pub fn resuming(model_name: &str, calls: &[(String, String)]) -> Self {
+        let mut t = Transcript::new(model_name);
+        t.call_names = calls.to_vec();
+        t
+    }
+
     pub fn token(&mut self, t: &str) {
         self.flush_returns();
+        self.flush_thinking();
         self.text.push_str(t);
         self.reply.push_str(t);
+    }
+
+    pub fn thinking(&mut self, t: &str) {
+        self.flush_returns();
+        self.flush_text();
+        self.thinking.push_str(t);
+    }
+
+    /// The end of a thinking run: it becomes a part of the response.
+    pub fn thinking_done(&mut self) {
+        self.flush_thinking();
     }
 
     pub fn tool_call(&mut self, id: &str, name: &str, args: &Value) {
@@ -73,6 +96,7 @@ impl Transcript {
             tool_name: &'a str,
         }
         self.flush_returns();
+        self.flush_thinking();
         self.flush_text();
         self.call_names.push((id.to_owned(), name.to_owned()));
         self.response_parts.push(to_json(&ToolCall {
@@ -92,6 +116,7 @@ impl Transcript {
             tool_call_id: &'a str,
             tool_name: &'a str,
         }
+        self.flush_thinking();
         self.flush_text();
         self.flush_response();
         let name = self
@@ -118,6 +143,7 @@ impl Transcript {
                 self.text = text.to_owned();
             }
         }
+        self.flush_thinking();
         self.flush_text();
         if self.response_parts.is_empty() {
             // A turn always ends in a response, if only an empty one.
@@ -125,6 +151,17 @@ impl Transcript {
         }
         self.flush_response();
         self.messages
+    }
+
+    fn flush_thinking(&mut self) {
+        if !self.thinking.is_empty() {
+            let mut part = Vec::with_capacity(self.thinking.len() + 40);
+            part.extend_from_slice(b"{\"content\":");
+            json::push_str(&mut part, &self.thinking);
+            part.extend_from_slice(b",\"part_kind\":\"thinking\"}");
+            self.thinking.clear();
+            self.response_parts.push(into_text(part));
+        }
     }
 
     fn flush_text(&mut self) {
@@ -261,6 +298,39 @@ mod tests {
             "timestamp": "T",
         });
         assert_eq!(response, old.to_string());
+    }
+
+    #[test]
+    fn thinking_is_stored_as_a_part_before_the_text() {
+        let mut t = Transcript::new("m");
+        t.thinking("Let me ");
+        t.thinking("think.");
+        t.thinking_done();
+        t.token("Done.");
+        let msgs = parse(&t.finish(None));
+        assert_eq!(
+            msgs[0]["parts"],
+            json!([{"part_kind": "thinking", "content": "Let me think."}, {"part_kind": "text", "content": "Done."}])
+        );
+        // A thinking run the agent never closed is kept too.
+        let mut t = Transcript::new("m");
+        t.thinking("hmm");
+        let msgs = parse(&t.finish(None));
+        assert_eq!(
+            msgs[0]["parts"],
+            json!([{"part_kind": "thinking", "content": "hmm"}])
+        );
+    }
+
+    #[test]
+    fn a_resumed_turn_labels_the_returns_of_the_calls_before_it() {
+        let mut t = Transcript::resuming("m", &[("c1".into(), "rm".into())]);
+        t.tool_result("c1", &json!("removed"));
+        t.token("Removed.");
+        let msgs = parse(&t.finish(None));
+        let kinds: Vec<&str> = msgs.iter().map(|m| m["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["request", "response"]);
+        assert_eq!(msgs[0]["parts"][0]["tool_name"], "rm");
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub fn parse_worker_line(line: &[u8]) -> Result<(u64, AgentEvent), String> {
             .filter(|&t| t > 0)
             .ok_or("\"turn\" is not a positive integer")?,
     };
-    Ok((turn, parse_event(&value)?))
+    Ok((turn, parse_event(line, &value)?))
 }
 
 /// One event a worker printed, with the bytes of its line (for the
@@ -159,6 +159,7 @@ mod tests {
             session_id: "s".into(),
             prompt: "hi \"there\"\n".into(),
             history: vec![r#"{"kind":"request","parts":[]}"#.into()],
+            approvals: None,
         };
         let line = turn_line(&job);
         assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
@@ -181,7 +182,7 @@ mod tests {
         );
         assert_eq!(
             parse_worker_line(br#"{"op":"done","turn":1}"#),
-            Ok((1, AgentEvent::Done(None)))
+            Ok((1, AgentEvent::done(None)))
         );
         for (bad, why) in [
             (&br#"{"op":"done"}"#[..], "no \"turn\""),
@@ -224,7 +225,7 @@ mod tests {
             [
                 (1, &AgentEvent::Token("a".into())),
                 (2, &AgentEvent::Token("b".into())),
-                (1, &AgentEvent::Done(None)),
+                (1, &AgentEvent::done(None)),
                 (2, &AgentEvent::Error("no".into())),
             ]
         );

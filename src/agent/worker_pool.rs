@@ -393,10 +393,7 @@ impl Pool {
             return None;
         }
         let session = info.session.clone();
-        if matches!(
-            event,
-            AgentEvent::Done(_) | AgentEvent::Error(_) | AgentEvent::ApprovalRequired
-        ) {
+        if event.ends_turn() {
             self.remove(turn);
             self.dispatch(slot);
         }

@@ -17,6 +17,7 @@ fn job(turn: u64, session: &str) -> AgentJob {
         session_id: session.into(),
         prompt: format!("p{turn}"),
         history: Vec::new(),
+        approvals: None,
     }
 }
 
@@ -77,7 +78,7 @@ fn turns_go_out_up_to_the_concurrency_then_wait() {
     assert_eq!(writes, [w(0, "turn", 1), w(0, "turn", 2)]);
     // Turn 2 ends: turn 3 goes out.
     assert_eq!(
-        p.event(0, 2, &AgentEvent::Done(None), 10).as_deref(),
+        p.event(0, 2, &AgentEvent::done(None), 10).as_deref(),
         Some("s2")
     );
     let (writes, _) = sorted(p.take_actions());
@@ -104,7 +105,7 @@ fn sessions_bind_to_the_least_loaded_slot_and_stay() {
         p.event(
             p.binding(["a", "b", "c"][t as usize - 1]).unwrap(),
             t,
-            &AgentEvent::Done(None),
+            &AgentEvent::done(None),
             1,
         );
     }
@@ -136,7 +137,7 @@ fn stop_sends_a_cancel_only_for_turns_the_worker_has() {
     assert!(fails.is_empty(), "the core already ended it");
     assert_eq!(p.event(0, 1, &AgentEvent::Token("late".into()), 5), None);
     // A turn never sent to this worker is ignored too.
-    assert_eq!(p.event(0, 99, &AgentEvent::Done(None), 5), None);
+    assert_eq!(p.event(0, 99, &AgentEvent::done(None), 5), None);
 }
 
 #[test]
@@ -305,7 +306,7 @@ fn a_leaving_worker_gets_nothing_new_but_its_last_lines_count() {
     p.leaving(0);
     // Its last words finish turn 1; turn 2 is not sent to a dying worker.
     assert_eq!(
-        p.event(0, 1, &AgentEvent::Done(None), 5).as_deref(),
+        p.event(0, 1, &AgentEvent::done(None), 5).as_deref(),
         Some("a")
     );
     assert!(p.take_actions().is_empty());
@@ -336,7 +337,7 @@ fn turns_removed_while_waiting_are_skipped_and_the_rest_keep_their_order() {
     let mut sent = Vec::new();
     let mut current = 1;
     loop {
-        p.event(0, current, &AgentEvent::Done(None), 1);
+        p.event(0, current, &AgentEvent::done(None), 1);
         let (writes, _) = sorted(p.take_actions());
         match writes.as_slice() {
             [(0, kind, next)] if kind == "turn" => {
@@ -359,7 +360,7 @@ fn bindings_are_pruned_a_budget_at_a_time() {
         p.event(
             p.binding(&format!("s{t}")).unwrap(),
             t,
-            &AgentEvent::Done(None),
+            &AgentEvent::done(None),
             1,
         );
     }

@@ -1,12 +1,57 @@
-//! The body of `POST /api/chat`, validated as pydantic would, with
-//! FastAPI's 422 error list when it fails.
+//! Request bodies validated as pydantic would, with FastAPI's 422 error
+//! list when they fail: any JSON object body ([`json_object`]), and the
+//! body of `POST /api/chat`.
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
+
+/// The body as a JSON object, or FastAPI's errors for a missing body,
+/// one that is not JSON, or one that is not an object.
+pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, Vec<Value>> {
+    match json_value(body)? {
+        Value::Object(map) => Ok(map),
+        value => Err(vec![json!({
+            "type": "model_attributes_type",
+            "loc": ["body"],
+            "msg": "Input should be a valid dictionary or object to extract fields from",
+            "input": value,
+        })]),
+    }
+}
 
 /// pydantic's validation of `{"content": str, "session_id": str | null}`,
 /// with FastAPI's 422 error list when it fails. An empty `session_id` means
 /// none, as in the original.
 pub fn validate_chat_body(body: &[u8]) -> Result<(String, Option<String>), Vec<Value>> {
+    let map = json_object(body)?;
+    let mut errors = Vec::new();
+    let content = match map.get("content") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            errors.push(string_type(&["body", "content"], other));
+            None
+        }
+        None => {
+            errors.push(json!({"type": "missing", "loc": ["body", "content"], "msg": "Field required", "input": map}));
+            None
+        }
+    };
+    let session_id = match map.get("session_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            errors.push(string_type(&["body", "session_id"], other));
+            None
+        }
+    };
+    match content {
+        Some(content) if errors.is_empty() => Ok((content, session_id)),
+        _ => Err(errors),
+    }
+}
+
+/// The body as JSON, or FastAPI's error for a missing or undecodable body.
+fn json_value(body: &[u8]) -> Result<Value, Vec<Value>> {
     if body.is_empty() {
         return Err(vec![
             json!({"type": "missing", "loc": ["body"], "msg": "Field required", "input": null}),
@@ -35,39 +80,7 @@ pub fn validate_chat_body(body: &[u8]) -> Result<(String, Option<String>), Vec<V
             })]);
         }
     };
-    let Value::Object(map) = &value else {
-        return Err(vec![json!({
-            "type": "model_attributes_type",
-            "loc": ["body"],
-            "msg": "Input should be a valid dictionary or object to extract fields from",
-            "input": value,
-        })]);
-    };
-    let mut errors = Vec::new();
-    let content = match map.get("content") {
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(other) => {
-            errors.push(string_type(&["body", "content"], other));
-            None
-        }
-        None => {
-            errors.push(json!({"type": "missing", "loc": ["body", "content"], "msg": "Field required", "input": value}));
-            None
-        }
-    };
-    let session_id = match map.get("session_id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.is_empty() => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(other) => {
-            errors.push(string_type(&["body", "session_id"], other));
-            None
-        }
-    };
-    match content {
-        Some(content) if errors.is_empty() => Ok((content, session_id)),
-        _ => Err(errors),
-    }
+    Ok(value)
 }
 
 fn string_type(loc: &[&str], input: &Value) -> Value {

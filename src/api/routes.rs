@@ -17,6 +17,8 @@ pub(super) enum Route<'a> {
     SessionChat(&'a str),
     /// `/api/sessions/{id}/events`: Server-Sent Events.
     Events(&'a str),
+    /// `/api/sessions/{id}/approvals`: tool calls waiting for a decision.
+    Approvals(&'a str),
     /// `/openapi.json`, `/asyncapi.json`, `/docs`: the API's documents.
     OpenApi,
     AsyncApi,
@@ -36,6 +38,7 @@ pub(crate) const ROUTES: &[(&str, &[&str])] = &[
     ("/api/chat", &["POST"]),
     ("/api/sessions/{id}/chat", &["POST"]),
     ("/api/sessions/{id}/events", &["GET"]),
+    ("/api/sessions/{id}/approvals", &["GET", "POST"]),
     ("/api/ws/{id}", &["GET"]),
     ("/openapi.json", &["GET"]),
     ("/asyncapi.json", &["GET"]),
@@ -81,6 +84,7 @@ impl Route<'_> {
             Route::Chat => "/api/chat",
             Route::SessionChat(_) => "/api/sessions/{id}/chat",
             Route::Events(_) => "/api/sessions/{id}/events",
+            Route::Approvals(_) => "/api/sessions/{id}/approvals",
             Route::OpenApi => "/openapi.json",
             Route::AsyncApi => "/asyncapi.json",
             Route::Docs => "/docs",
@@ -125,6 +129,9 @@ pub(super) fn route(path: &str) -> Option<Target<'_>> {
             Route::SessionChat(id)
         }
         (Some("sessions"), Some(id), Some("events"), None) if !id.is_empty() => Route::Events(id),
+        (Some("sessions"), Some(id), Some("approvals"), None) if !id.is_empty() => {
+            Route::Approvals(id)
+        }
         (Some("ws"), Some(id), None, _) if !id.is_empty() => return Some(Target::WebSocket(id)),
         _ => return None,
     };

@@ -125,7 +125,13 @@ fn asyncapi_messages_are_the_wire_ops() {
     };
     for (op, want) in [
         ("message", ClientOp::Message("hello big world".into())),
-        ("approve", ClientOp::Approve),
+        (
+            "approve",
+            ClientOp::Approve(Some(serde_json::json!({
+                "call_1": true,
+                "call_2": {"approved": false, "message": "Not that file."}
+            }))),
+        ),
         ("cancel", ClientOp::Cancel),
     ] {
         let m = name_of(op);
@@ -160,6 +166,8 @@ fn asyncapi_messages_are_the_wire_ops() {
             "tool_call",
             "tool_result",
             "done",
+            "approval_required",
+            "approval_resolved",
             "error",
             "resync"
         ])
@@ -171,7 +179,14 @@ fn asyncapi_messages_are_the_wire_ops() {
         }
     }
     let codes = &messages["Error"]["payload"]["properties"]["data"]["properties"]["code"]["enum"];
-    for code in ["busy", "cancelled", "not_running", "approval_unsupported"] {
+    for code in [
+        "busy",
+        "cancelled",
+        "not_running",
+        "approval_unsupported",
+        "approval_pending",
+        "approval_mismatch",
+    ] {
         assert!(
             codes.as_array().expect("enum").iter().any(|c| c == code),
             "{code}"
