@@ -224,9 +224,10 @@ printf '%s\n' '{"op":"done","data":{"content":"Looking. Found a.txt"}}'
     );
     assert_eq!(h[2]["parts"][0]["part_kind"], "tool-return");
     assert_eq!(h[2]["parts"][0]["tool_name"], "ls");
+    // The thinking run is kept as a part of the response it began.
     assert_eq!(
         h[3]["parts"],
-        json!([{"part_kind": "text", "content": "Found a.txt"}])
+        json!([{"part_kind": "thinking", "content": "hmm"}, {"part_kind": "text", "content": "Found a.txt"}])
     );
     let list = s.get("/api/sessions").json();
     assert_eq!(list[0]["message_count"], 4);

@@ -454,9 +454,12 @@ fn chunked_stream_split_at_odd_positions_reaches_ws_rest_and_history() {
     assert_eq!(h[0]["parts"][0]["content"], "Say hello");
     assert_eq!(h[1]["kind"], "response");
     assert_eq!(h[1]["model_name"], "test-model");
+    // The reasoning is kept as a thinking part (the contract's rule for a
+    // turn without the agent's own `messages`); the next request to the
+    // upstream sends only text.
     assert_eq!(
         h[1]["parts"],
-        json!([{"part_kind": "text", "content": "Hello, wörld!"}])
+        json!([{"part_kind": "thinking", "content": "Let me think about it."}, {"part_kind": "text", "content": "Hello, wörld!"}])
     );
     up.finish();
 }
