@@ -14,7 +14,8 @@ The last user prompt picks what the model does:
 - `wait-peer`: streams "A-started", then waits until a `peer` turn has run in
   the same process; `peer` answers "peer here" and releases it.
 
-Tools log each run to the file `$TOOL_LOG` (when set), one JSON line each.
+Tools log each run to the file `$TOOL_LOG` (when set), one JSON line each;
+`add` also prints to stdout, which the adapter must keep off the protocol.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ agent = Agent(FunctionModel(stream_function=script, model_name="scripted"), name
 def add(a: int, b: int) -> int:
     """Adds two numbers."""
     _log_tool("add", a=a, b=b)
+    print(f"adding {a} and {b}")  # must not reach the protocol's stdout
     return a + b
 
 
