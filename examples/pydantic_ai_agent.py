@@ -42,7 +42,8 @@ async def scripted(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterat
     returns = [p for p in last.parts if isinstance(p, ToolReturnPart)] if isinstance(last, ModelRequest) else []
     for ret in returns:  # a tool has answered: say what happened
         if ret.tool_name == "list_files":
-            yield "The store holds: " + ", ".join(ret.content) + "."
+            names = ret.content if isinstance(ret.content, list) else [ret.content]
+            yield "The store holds: " + ", ".join(map(str, names)) + "."
         elif ret.outcome == "denied":
             yield f"I left it alone ({ret.content})."
         else:

@@ -87,7 +87,10 @@ def log(text: str) -> None:
 
 async def exec_turn(agent: AbstractAgent[Any, Any], stdin: IO[bytes], writer: LineWriter) -> int:
     """Runs the one turn read from `stdin`; returns the exit status."""
-    emit = lambda op, data: writer.write({"op": op, "data": data})  # noqa: E731
+
+    def emit(op: str, data: dict[str, Any]) -> None:
+        writer.write({"op": op, "data": data})
+
     raw = stdin.read()
     try:
         request = json.loads(raw)

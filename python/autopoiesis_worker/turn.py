@@ -146,7 +146,8 @@ def output_text(output: Any) -> str:
 
 def messages_json(messages: Sequence[ModelMessage]) -> list[Any]:
     """Messages in pydantic-ai's own JSON, as the server stores them."""
-    return ModelMessagesTypeAdapter.dump_python(list(messages), mode="json")
+    dumped: list[Any] = ModelMessagesTypeAdapter.dump_python(list(messages), mode="json")
+    return dumped
 
 
 def error_message(exc: BaseException) -> str:

@@ -77,12 +77,13 @@ class WorkerProc:
 
     def next_event(self, turn: int) -> dict[str, Any]:
         """The next event of `turn` (others' events are kept for later)."""
-        for i, event in enumerate(self.pending):
-            if event["turn"] == turn:
+        for i, kept in enumerate(self.pending):
+            if kept["turn"] == turn:
                 return self.pending.pop(i)
         while True:
-            event = self.lines.get(timeout=TIMEOUT)
-            assert event is not None, "the worker closed its stdout"
+            line = self.lines.get(timeout=TIMEOUT)
+            assert line is not None, "the worker closed its stdout"
+            event = line
             self.seen.append(event)
             assert isinstance(event.get("turn"), int) and isinstance(event.get("op"), str), event
             if event["turn"] == turn:

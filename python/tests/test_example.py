@@ -30,7 +30,8 @@ def test_the_example_lists_asks_and_resumes() -> None:
             if event["op"] in ("done", "error", "approval_required"):
                 assert event["op"] != "error", event
                 history.extend(event["data"]["messages"])
-                return event["data"]
+                data: dict[str, Any] = event["data"]
+                return data
 
     try:
         assert turn(1, "which files are there?")["content"] == "The store holds: draft.md, notes.txt, old.log."
