@@ -86,12 +86,12 @@ def log(text: str) -> None:
 
 
 async def exec_turn(agent: AbstractAgent[Any, Any], stdin: IO[bytes], writer: LineWriter) -> int:
-    """Runs the one turn read from `stdin`; returns the exit status."""
+    """Runs the turn of the first line of `stdin` (the server then closes it); returns the exit status."""
 
     def emit(op: str, data: dict[str, Any]) -> None:
         writer.write({"op": op, "data": data})
 
-    raw = stdin.read()
+    raw = stdin.readline()
     try:
         request = json.loads(raw)
         if not isinstance(request, dict):

@@ -96,12 +96,25 @@ def test_history_in_is_what_the_model_sees(worker: WorkerProc) -> None:
 
 
 def test_the_servers_minimal_history_is_accepted(worker: WorkerProc) -> None:
-    history = [
-        {"kind": "request", "parts": [{"part_kind": "user-prompt", "content": "hi", "timestamp": "2026-01-01T00:00:00Z"}]},
-        {"kind": "response", "parts": [{"part_kind": "text", "content": "hi"}], "model_name": "echo", "timestamp": "2026-01-01T00:00:01Z"},
+    t = "2026-01-01T00:00:00Z"
+    history = [  # as the server records a turn of an agent that sends no messages
+        {"kind": "request", "parts": [{"content": "hi", "part_kind": "user-prompt", "timestamp": t}]},
+        {
+            "kind": "response",
+            "model_name": "echo",
+            "timestamp": t,
+            "parts": [
+                {"content": "hmm", "part_kind": "thinking"},
+                {"args": {"a": 1}, "part_kind": "tool-call", "tool_call_id": "c1", "tool_name": "add"},
+            ],
+        },
+        {"kind": "request", "parts": [{"content": 2, "part_kind": "tool-return", "timestamp": t, "tool_call_id": "c1", "tool_name": "add"}]},
+        {"kind": "response", "parts": [{"content": "two", "part_kind": "text"}], "model_name": "echo", "timestamp": t},
     ]
     worker.turn(1, "history", history)
-    assert worker.until_end(1)[-1]["data"]["content"] == "seen: hi | history"
+    done = worker.until_end(1)[-1]
+    assert done["data"]["content"] == "seen: hi | history"
+    assert_round_trip(done["data"]["messages"])
 
 
 def test_a_history_that_is_not_pydantic_ai_messages_fails_only_that_turn(worker: WorkerProc) -> None:
