@@ -14,6 +14,9 @@ The last user prompt picks what the model does:
 - `wait-peer`: streams "A-started", then waits until a `peer` turn has run in
   the same process; `peer` answers "peer here" and releases it.
 
+Besides `agent`: `structured` answers a `City` through its output tool, and
+`own_deferred` lists `DeferredToolRequests` in its own output types.
+
 Tools log each run to the file `$TOOL_LOG` (when set), one JSON line each;
 `add` also prints to stdout, which the adapter must keep off the protocol.
 """
@@ -24,8 +27,9 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
-from pydantic_ai import Agent, ModelRetry
+from pydantic_ai import Agent, DeferredToolRequests, ModelRetry, Tool
 from pydantic_ai.messages import ModelMessage, ModelRequest, ToolReturnPart, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, DeltaThinkingCalls, DeltaThinkingPart, DeltaToolCall, DeltaToolCalls, FunctionModel
 
@@ -126,3 +130,25 @@ def delete_file(path: str) -> str:
 
 
 not_an_agent = 42
+
+
+@dataclass
+class City:
+    name: str
+    population: int
+
+
+async def structured_script(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[DeltaToolCalls]:
+    """Answers through the output tool: a `City`."""
+    yield {0: DeltaToolCall(name=info.output_tools[0].name, json_args='{"name": "Paris", "population": 2102650}')}
+
+
+structured = Agent(FunctionModel(stream_function=structured_script, model_name="structured"), output_type=City)
+"""An agent whose output is structured: `done` carries it as JSON text."""
+
+own_deferred = Agent(
+    FunctionModel(stream_function=script, model_name="own-deferred"),
+    output_type=[str, DeferredToolRequests],
+    tools=[Tool(delete_file, requires_approval=True)],
+)
+"""An agent that lists DeferredToolRequests itself: the adapter adds nothing."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -96,3 +97,20 @@ def test_a_bad_module_attr_is_a_clear_error(spec: str, message: str, mode: list[
     assert p.returncode == 2
     assert p.stdout == b""
     assert message in p.stderr.decode()
+
+
+def test_a_structured_output_is_done_as_json_text() -> None:
+    events, status, _ = run_exec({"session_id": "s", "prompt": "which city?", "history": []}, spec="scripted:structured")
+    assert status == 0
+    assert events[-1]["op"] == "done"
+    assert json.loads(events[-1]["data"]["content"]) == {"name": "Paris", "population": 2102650}
+    assert_round_trip(events[-1]["data"]["messages"])
+
+
+def test_an_agent_that_lists_deferred_tool_requests_itself(tool_log: Path) -> None:
+    events, _, _ = run_exec({"session_id": "s", "prompt": "delete /tmp/z", "history": []}, spec="scripted:own_deferred", tool_log=tool_log)
+    assert events[-1]["op"] == "approval_required"
+    request = {"session_id": "s", "prompt": None, "history": events[-1]["data"]["messages"], "approvals": {"call-del": True}}
+    events, _, _ = run_exec(request, spec="scripted:own_deferred", tool_log=tool_log)
+    assert events[-1]["data"]["content"] == "Done: deleted /tmp/z"
+    assert [r["args"] for r in tool_runs(tool_log)] == [{"path": "/tmp/z"}]
