@@ -5,7 +5,7 @@
 # installs ./python and pytest into it (again only when python/ changed), and
 # runs python/tests with it. Extra arguments go to pytest, e.g.
 #   python/run-tests.sh -k approval -x
-# Needs python3 (3.10+) and access to the package registry for the first run.
+# Needs python3 (3.11+, as pydantic-ai does) and access to the package registry for the first run.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
