@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Tests of the pydantic-ai adapter (python/), against the real pydantic-ai, offline.
+#
+# Makes (or reuses) the virtual environment target/venv at the repository root,
+# installs ./python and pytest into it (again only when python/ changed), and
+# runs python/tests with it. Extra arguments go to pytest, e.g.
+#   python/run-tests.sh -k approval -x
+# Needs python3 (3.11+, as pydantic-ai does) and access to the package registry for the first run.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/target/venv"
+py="$venv/bin/python"
+
+if [ ! -x "$py" ] || ! "$py" -m pip --version >/dev/null 2>&1; then
+    rm -rf "$venv"
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+        # Debian's python3 keeps venv's ensurepip in a package of its own.
+        echo "python3 -m venv failed: installing python3-venv" >&2
+        rm -rf "$venv"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq python3-venv >/dev/null
+        python3 -m venv "$venv"
+    fi
+fi
+
+# Reinstall the adapter when its sources changed (a stamp of their hashes).
+stamp="$venv/.autopoiesis-worker.stamp"
+digest="$(cd "$root/python" && find pyproject.toml autopoiesis_worker -type f -name '*.py' -o -type f -name '*.toml' -o -type f -name 'py.typed' | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ] || ! "$py" -c 'import autopoiesis_worker, pytest' 2>/dev/null; then
+    "$py" -m pip install --quiet --disable-pip-version-check --upgrade "$root/python" pytest
+    echo "$digest" >"$stamp"
+fi
+
+cd "$root/python"
+exec "$py" -m pytest -p no:cacheprovider "$@"
