@@ -5,6 +5,8 @@
 # installs ./python and pytest into it (again only when python/ changed), and
 # runs python/tests with it. Extra arguments go to pytest, e.g.
 #   python/run-tests.sh -k approval -x
+# With --install-only it stops after the install (the server's own
+# integration test, tests/pydantic_ai.rs, runs the adapter from this venv).
 # Needs python3 (3.11+, as pydantic-ai does) and access to the package registry for the first run.
 set -euo pipefail
 
@@ -33,5 +35,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ] || ! "$py" -c 'import
     echo "$digest" >"$stamp"
 fi
 
+[ "${1:-}" = "--install-only" ] && exit 0
 cd "$root/python"
 exec "$py" -m pytest -p no:cacheprovider "$@"

@@ -45,6 +45,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod agent;
+pub mod agui;
 pub mod api;
 pub mod approvals;
 pub mod clock;
