@@ -20,6 +20,7 @@ use crate::sink::{ConnId, Sink};
 use crate::turns::{self, Engine, Refused, StepOutcome, Turn};
 use crate::ws::{self, ClientOp};
 
+mod agui;
 mod approvals;
 mod as_service;
 mod auth;
@@ -228,6 +229,7 @@ impl App {
             Route::Approvals(id) if !valid_session_id(id) => invalid_id(),
             Route::Approvals(id) if req.head.method == "GET" => self.list_approvals(id, now),
             Route::Approvals(id) => return self.decide(&req, id, from, now, sink),
+            Route::AgUi => return self.ag_ui_run(&req, from, now, sink),
         };
         HttpOutcome::Respond(response)
     }

@@ -1,4 +1,5 @@
-//! Wall-clock timestamps in the contract's format, and random session ids.
+//! Wall-clock timestamps in the contract's format (and AG-UI's epoch
+//! milliseconds), and random session ids.
 //!
 //! Both are tiny enough to write by hand: RFC 3339 with microseconds is
 //! Howard Hinnant's `civil_from_days` plus fixed-width digits, and an id is 16 bytes
@@ -42,6 +43,14 @@ fn put_digits(field: &mut [u8], mut n: u32) {
 /// The current time, formatted by [`rfc3339_micros`].
 pub fn now_rfc3339() -> String {
     rfc3339_micros(SystemTime::now())
+}
+
+/// Milliseconds since the Unix epoch (AG-UI's event `timestamp`).
+pub fn unix_millis() -> u64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Days since 1970-01-01 → (year, month 1..=12, day 1..=31), proleptic Gregorian.

@@ -30,6 +30,9 @@ pub enum HttpOutcome {
     Upgrade(Upgrade),
     /// Switch this connection to a Server-Sent Events stream.
     EventStream(EventStream),
+    /// Switch this connection to one AG-UI run's event stream: the turn's
+    /// events, translated, until the run ends; then it closes.
+    Run(Box<crate::agui::RunStream>),
 }
 
 /// Switch this connection to a WebSocket of `session_id`.

@@ -644,7 +644,20 @@ impl SessionTable {
         data: impl EventData,
         sink: &mut dyn Sink,
     ) -> Option<u64> {
-        self.broadcast_each(id, op, std::iter::once(data), sink)
+        self.broadcast_each_to(id, op, std::iter::once(data), None, sink)
+    }
+
+    /// [`broadcast`](Self::broadcast), handing the event to `also` too: the
+    /// AG-UI run a turn's events stream to, which is not a subscriber.
+    pub fn broadcast_to(
+        &mut self,
+        id: &str,
+        op: &str,
+        data: impl EventData,
+        also: Option<ConnId>,
+        sink: &mut dyn Sink,
+    ) -> Option<u64> {
+        self.broadcast_each_to(id, op, std::iter::once(data), also, sink)
     }
 
     /// [`broadcast`](Self::broadcast) of several events of one kind, in
@@ -655,6 +668,19 @@ impl SessionTable {
         id: &str,
         op: &str,
         data: impl IntoIterator<Item = D>,
+        sink: &mut dyn Sink,
+    ) -> Option<u64> {
+        self.broadcast_each_to(id, op, data, None, sink)
+    }
+
+    /// [`broadcast_each`](Self::broadcast_each), handing each event to
+    /// `also` too (see [`broadcast_to`](Self::broadcast_to)).
+    pub fn broadcast_each_to<D: EventData>(
+        &mut self,
+        id: &str,
+        op: &str,
+        data: impl IntoIterator<Item = D>,
+        also: Option<ConnId>,
         sink: &mut dyn Sink,
     ) -> Option<u64> {
         let session = self.sessions.get_mut(id)?;
@@ -696,7 +722,7 @@ impl SessionTable {
                     session.retained_bytes -= old.size();
                 }
             }
-            for &conn in subscribers {
+            for &conn in subscribers.iter().chain(also.as_ref()) {
                 sink.deliver(conn, &event);
             }
             last = Some(seq);

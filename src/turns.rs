@@ -62,6 +62,9 @@ pub struct Turn {
     /// The WebSocket client that sent it: told if the turn is dropped
     /// unrun because the turn before it asked for approvals.
     client: Option<ConnId>,
+    /// The AG-UI run that streams this turn's events (not a subscriber of
+    /// the session: it gets this turn's events only).
+    stream: Option<ConnId>,
     /// A resumed turn: what a person decided on the pending tool calls.
     resume: Option<Resume>,
     /// The history's length before this turn: the agent's own account of
@@ -99,6 +102,7 @@ impl Turn {
             prompt,
             waiter,
             client: None,
+            stream: None,
             resume: None,
             history_start: 0,
             transcript: None,
@@ -133,6 +137,12 @@ impl Turn {
     /// Marks the turn as sent by WebSocket client `conn`.
     pub fn from_client(mut self, conn: ConnId) -> Self {
         self.client = Some(conn);
+        self
+    }
+
+    /// Streams the turn's events to the AG-UI run on `conn` as well.
+    pub fn streamed_to(mut self, conn: ConnId) -> Self {
+        self.stream = Some(conn);
         self
     }
 }
@@ -289,7 +299,7 @@ pub fn step(
         });
         end += n;
     }
-    table.broadcast_each(id, "token", tokens, sink);
+    table.broadcast_each_to(id, "token", tokens, turn.stream, sink);
     if let Some(t) = turn.transcript.as_mut() {
         t.token(&turn.prompt[start..end]);
     }
@@ -369,7 +379,8 @@ pub fn agent_event(
         }
     }
     if let Some((op, data)) = event.wire() {
-        table.broadcast(id, op, data, sink);
+        let stream = session.running.as_ref().and_then(|t| t.stream);
+        table.broadcast_to(id, op, data, stream, sink);
     }
     false
 }
@@ -443,7 +454,7 @@ fn finish(table: &mut SessionTable, id: &str, mut turn: Turn, how: Finish, sink:
         }
         sink.stop_agent(turn.id, graceful);
     }
-    let waiter = turn.waiter;
+    let (waiter, stream) = (turn.waiter, turn.stream);
     table.metrics.running = table.metrics.running.saturating_sub(1);
     table.metrics.ended(match how {
         Finish::Done(..) => Outcome::Done,
@@ -460,7 +471,7 @@ fn finish(table: &mut SessionTable, id: &str, mut turn: Turn, how: Finish, sink:
     match how {
         Finish::Done(content, _) => {
             let content = content.unwrap_or(reply);
-            table.broadcast(id, "done", Content { content: &content }, sink);
+            table.broadcast_to(id, "done", Content { content: &content }, stream, sink);
             if let Some(w) = waiter {
                 let body = ChatReply {
                     session_id: id,
@@ -473,22 +484,18 @@ fn finish(table: &mut SessionTable, id: &str, mut turn: Turn, how: Finish, sink:
             }
         }
         Finish::Failed(reason) => {
-            table.broadcast(
-                id,
-                "error",
-                ErrorData {
-                    code: None,
-                    message: &reason,
-                },
-                sink,
-            );
+            let data = ErrorData {
+                code: None,
+                message: &reason,
+            };
+            table.broadcast_to(id, "error", data, stream, sink);
             if let Some(w) = waiter {
                 sink.respond(w, Response::detail(503, &reason));
             }
         }
         Finish::Approval(Some(calls), _) => {
             let data = approvals::RequiredData { tool_calls: &calls };
-            table.broadcast(id, "approval_required", data, sink);
+            table.broadcast_to(id, "approval_required", data, stream, sink);
             if let Some(w) = waiter {
                 sink.respond(
                     w,
@@ -507,7 +514,7 @@ fn finish(table: &mut SessionTable, id: &str, mut turn: Turn, how: Finish, sink:
                 code: Some("approval_unsupported"),
                 message: APPROVAL_UNSUPPORTED,
             };
-            table.broadcast(id, "error", data, sink);
+            table.broadcast_to(id, "error", data, stream, sink);
             if let Some(w) = waiter {
                 sink.respond(
                     w,
@@ -515,7 +522,7 @@ fn finish(table: &mut SessionTable, id: &str, mut turn: Turn, how: Finish, sink:
                 );
             }
         }
-        Finish::Cancelled => end_cancelled(table, id, waiter, sink),
+        Finish::Cancelled => end_cancelled(table, id, &turn, sink),
     }
 }
 
@@ -572,6 +579,13 @@ fn drop_queued_for_approvals(
         if let Some(c) = turn.client {
             sink.send(c, &approvals::pending_error_frame(calls));
         }
+        if let Some(s) = turn.stream {
+            let data = ErrorData {
+                code: Some("approval_pending"),
+                message: approvals::APPROVAL_PENDING_MESSAGE,
+            };
+            sink.deliver(s, &crate::events::Event::new("error", data, None));
+        }
     }
 }
 
@@ -585,13 +599,13 @@ pub fn pending_response(calls: &[PendingCall]) -> Response {
     )
 }
 
-fn end_cancelled(table: &mut SessionTable, id: &str, waiter: Option<ConnId>, sink: &mut dyn Sink) {
+fn end_cancelled(table: &mut SessionTable, id: &str, turn: &Turn, sink: &mut dyn Sink) {
     let data = ErrorData {
         code: Some("cancelled"),
         message: CANCELLED_MESSAGE,
     };
-    table.broadcast(id, "error", data, sink);
-    if let Some(w) = waiter {
+    table.broadcast_to(id, "error", data, turn.stream, sink);
+    if let Some(w) = turn.waiter {
         sink.respond(w, coded_error(409, "cancelled", CANCELLED_MESSAGE));
     }
 }
@@ -631,7 +645,7 @@ pub fn cancel(table: &mut SessionTable, id: &str, sink: &mut dyn Sink, engine: &
         // Queued turns never ran: cancelled, with no duration.
         table.metrics.queued = table.metrics.queued.saturating_sub(1);
         table.metrics.ended(Outcome::Cancelled);
-        end_cancelled(table, id, turn.waiter, sink);
+        end_cancelled(table, id, &turn, sink);
     }
     true
 }

@@ -10,13 +10,14 @@ use serde_json::{json, Value};
 
 use super::input::INTERRUPT_PREFIX;
 use crate::approvals::PendingCall;
-use crate::json::push_str;
+use crate::clock;
+use crate::json::{push_str, push_u64};
 
 /// The JSON schema of an interrupt's answer, as pydantic-ai advertises it.
 const RESPONSE_SCHEMA: &str = r#"{"properties":{"approved":{"type":"boolean"},"editedArgs":{"type":"object"},"reason":{"type":"string"}},"required":["approved"],"type":"object"}"#;
 
 /// The translator of one run.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct RunStream {
     thread_id: String,
     run_id: String,
@@ -82,12 +83,16 @@ impl RunStream {
         self.ended
     }
 
+    /// The thread: the session whose turn this run is.
+    pub fn thread_id(&self) -> &str {
+        &self.thread_id
+    }
+
     /// `RUN_STARTED`, and `RUN_ERROR` too for a run refused before its
     /// turn. Returns whether the run has ended.
     pub fn start(&mut self, out: &mut Vec<u8>) -> bool {
-        let started =
-            json!({"type": "RUN_STARTED", "threadId": self.thread_id, "runId": self.run_id});
-        frame(out, &started);
+        let started = json!({"threadId": self.thread_id, "runId": self.run_id});
+        frame(out, "RUN_STARTED", started);
         if let Some((message, code)) = self.failure.take() {
             self.fail(&message, code, out);
         }
@@ -125,14 +130,8 @@ impl RunStream {
             "error" => match data.get("code").and_then(Value::as_str) {
                 Some("cancelled") => self.finish(json!({"type": "cancelled"}), out),
                 code => {
-                    let code = code.map(str::to_owned);
-                    self.close_open(out);
-                    let mut e = json!({"type": "RUN_ERROR", "message": text("message")});
-                    if let Some(code) = code {
-                        e["code"] = Value::String(code);
-                    }
-                    frame(out, &e);
-                    self.ended = true;
+                    let (message, code) = (text("message").to_owned(), code.map(str::to_owned));
+                    self.fail(&message, code.as_deref(), out);
                 }
             },
             "approval_required" => {
@@ -152,11 +151,11 @@ impl RunStream {
     /// Ends the run with `RUN_ERROR` (what was open is closed first).
     pub fn fail(&mut self, message: &str, code: Option<&str>, out: &mut Vec<u8>) {
         self.close_open(out);
-        let mut e = json!({"type": "RUN_ERROR", "message": message});
+        let mut e = json!({ "message": message });
         if let Some(code) = code {
             e["code"] = Value::String(code.to_owned());
         }
-        frame(out, &e);
+        frame(out, "RUN_ERROR", e);
         self.ended = true;
     }
 
@@ -174,9 +173,8 @@ impl RunStream {
             Some(id) => id.clone(),
             None => {
                 let id = self.new_id('m');
-                let start =
-                    json!({"type": "TEXT_MESSAGE_START", "messageId": id, "role": "assistant"});
-                frame(out, &start);
+                let start = json!({"messageId": id, "role": "assistant"});
+                frame(out, "TEXT_MESSAGE_START", start);
                 self.text = Some(id.clone());
                 self.last_text = Some(id.clone());
                 id
@@ -188,12 +186,14 @@ impl RunStream {
         push_str(out, &id);
         out.extend_from_slice(b",\"delta\":");
         push_str(out, delta);
+        out.extend_from_slice(b",\"timestamp\":");
+        push_u64(out, clock::unix_millis());
         out.extend_from_slice(b"}\n\n");
     }
 
     fn close_text(&mut self, out: &mut Vec<u8>) {
         if let Some(id) = self.text.take() {
-            frame(out, &json!({"type": "TEXT_MESSAGE_END", "messageId": id}));
+            frame(out, "TEXT_MESSAGE_END", json!({"messageId": id}));
         }
     }
 
@@ -203,27 +203,23 @@ impl RunStream {
             Some(id) => id.clone(),
             None => {
                 let id = self.new_id('m');
-                frame(out, &json!({"type": "REASONING_START", "messageId": id}));
-                let start = json!({"type": "REASONING_MESSAGE_START", "messageId": id, "role": "reasoning"});
-                frame(out, &start);
+                frame(out, "REASONING_START", json!({"messageId": id}));
+                let start = json!({"messageId": id, "role": "reasoning"});
+                frame(out, "REASONING_MESSAGE_START", start);
                 self.reasoning = Some(id.clone());
                 id
             }
         };
         if !delta.is_empty() {
-            let content =
-                json!({"type": "REASONING_MESSAGE_CONTENT", "messageId": id, "delta": delta});
-            frame(out, &content);
+            let content = json!({"messageId": id, "delta": delta});
+            frame(out, "REASONING_MESSAGE_CONTENT", content);
         }
     }
 
     fn close_reasoning(&mut self, out: &mut Vec<u8>) {
         if let Some(id) = self.reasoning.take() {
-            frame(
-                out,
-                &json!({"type": "REASONING_MESSAGE_END", "messageId": id}),
-            );
-            frame(out, &json!({"type": "REASONING_END", "messageId": id}));
+            frame(out, "REASONING_MESSAGE_END", json!({"messageId": id}));
+            frame(out, "REASONING_END", json!({"messageId": id}));
         }
     }
 
@@ -235,17 +231,18 @@ impl RunStream {
     /// `TOOL_CALL_START`, the arguments as one JSON text, `TOOL_CALL_END`.
     fn tool_call(&mut self, id: &str, name: &str, args: &Value, out: &mut Vec<u8>) {
         self.close_open(out);
-        let mut start = json!({"type": "TOOL_CALL_START", "toolCallId": id, "toolCallName": name});
+        let mut start = json!({"toolCallId": id, "toolCallName": name});
         if let Some(parent) = &self.last_text {
             start["parentMessageId"] = Value::String(parent.clone());
         }
-        frame(out, &start);
+        frame(out, "TOOL_CALL_START", start);
         let delta = args_text(args);
         frame(
             out,
-            &json!({"type": "TOOL_CALL_ARGS", "toolCallId": id, "delta": delta}),
+            "TOOL_CALL_ARGS",
+            json!({"toolCallId": id, "delta": delta}),
         );
-        frame(out, &json!({"type": "TOOL_CALL_END", "toolCallId": id}));
+        frame(out, "TOOL_CALL_END", json!({"toolCallId": id}));
         self.calls.push(id.to_owned());
     }
 
@@ -262,14 +259,16 @@ impl RunStream {
             other => other.to_string(),
         };
         let message_id = self.new_id('r');
-        let result = json!({"type": "TOOL_CALL_RESULT", "messageId": message_id, "toolCallId": id, "content": content, "role": "tool"});
-        frame(out, &result);
+        let result =
+            json!({"messageId": message_id, "toolCallId": id, "content": content, "role": "tool"});
+        frame(out, "TOOL_CALL_RESULT", result);
     }
 
     fn finish(&mut self, outcome: Value, out: &mut Vec<u8>) {
         self.close_open(out);
-        let finished = json!({"type": "RUN_FINISHED", "threadId": self.thread_id, "runId": self.run_id, "outcome": outcome});
-        frame(out, &finished);
+        let finished =
+            json!({"threadId": self.thread_id, "runId": self.run_id, "outcome": outcome});
+        frame(out, "RUN_FINISHED", finished);
         self.ended = true;
     }
 
@@ -311,12 +310,25 @@ fn args_text(args: &Value) -> String {
     }
 }
 
-/// `data: <JSON>` and the blank line that ends an SSE event.
-fn frame(out: &mut Vec<u8>, event: &Value) {
-    out.extend_from_slice(b"data: ");
-    // A `Value` serializes without failing.
-    let _ = serde_json::to_writer(&mut *out, event);
-    out.extend_from_slice(b"\n\n");
+/// `data: {"type":…,<fields>,"timestamp":…}` and the blank line that ends
+/// an SSE event: the type first, as every AG-UI producer writes it (a
+/// `Value` object would sort it among the fields), and the time in
+/// milliseconds since the epoch, as every AG-UI SDK sets it.
+fn frame(out: &mut Vec<u8>, event_type: &str, fields: Value) {
+    out.extend_from_slice(b"data: {\"type\":");
+    push_str(out, event_type);
+    if let Value::Object(fields) = fields {
+        for (key, value) in &fields {
+            out.push(b',');
+            push_str(out, key);
+            out.push(b':');
+            // A `Value` serializes without failing.
+            let _ = serde_json::to_writer(&mut *out, value);
+        }
+    }
+    out.extend_from_slice(b",\"timestamp\":");
+    push_u64(out, clock::unix_millis());
+    out.extend_from_slice(b"}\n\n");
 }
 
 #[cfg(test)]
@@ -337,7 +349,14 @@ mod tests {
         let text = std::str::from_utf8(out).unwrap();
         assert!(text.ends_with("\n\n"), "{text:?}");
         text.split_terminator("\n\n")
-            .map(|f| serde_json::from_str(f.strip_prefix("data: ").unwrap()).unwrap())
+            .map(|f| {
+                let body = f.strip_prefix("data: ").unwrap();
+                assert!(body.starts_with("{\"type\":"), "the type first: {body}");
+                let mut v: Value = serde_json::from_str(body).unwrap();
+                assert!(v["timestamp"].as_u64().unwrap() > 1_700_000_000_000, "{v}");
+                v.as_object_mut().unwrap().remove("timestamp");
+                v
+            })
             .collect()
     }
 

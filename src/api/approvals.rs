@@ -80,7 +80,7 @@ impl App {
         if let Err(why) = self.check(id, &decisions) {
             return HttpOutcome::Respond(Response::detail(422, &why));
         }
-        match self.resume(id, decisions, Some(from), now, sink) {
+        match self.resume(id, decisions, Some(from), None, now, sink) {
             Ok(()) => HttpOutcome::Pending,
             Err(()) => HttpOutcome::Respond(turns::coded_error(429, "busy", turns::BUSY_MESSAGE)),
         }
@@ -111,7 +111,7 @@ impl App {
         if let Err(why) = self.check(id, &decisions) {
             return sink.send(conn, &events::error_frame(Some("approval_mismatch"), &why));
         }
-        if self.resume(id, decisions, None, now, sink).is_err() {
+        if self.resume(id, decisions, None, None, now, sink).is_err() {
             sink.send(
                 conn,
                 &events::error_frame(Some("busy"), turns::BUSY_MESSAGE),
@@ -127,17 +127,22 @@ impl App {
 
     /// Accepted decisions: the pending calls are cleared, every client is
     /// told, and the resumed turn is queued (nothing else can be running
-    /// or queued while calls are pending). Err: the turn was not taken.
-    fn resume(
+    /// or queued while calls are pending), answered to `waiter` (REST) or
+    /// streamed to `stream` (AG-UI). Err: the turn was not taken.
+    pub(super) fn resume(
         &mut self,
         id: &str,
         decisions: Value,
         waiter: Option<ConnId>,
+        stream: Option<ConnId>,
         now: Instant,
         sink: &mut dyn Sink,
     ) -> Result<(), ()> {
         let calls = self.pending_calls(id).to_vec();
-        let turn = Turn::resumed(self.new_turn_id(), decisions.to_string(), &calls, waiter);
+        let mut turn = Turn::resumed(self.new_turn_id(), decisions.to_string(), &calls, waiter);
+        if let Some(conn) = stream {
+            turn = turn.streamed_to(conn);
+        }
         self.sessions.clear_approvals(id);
         let data = ResolvedData {
             approvals: &decisions,

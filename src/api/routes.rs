@@ -19,6 +19,8 @@ pub(super) enum Route<'a> {
     Events(&'a str),
     /// `/api/sessions/{id}/approvals`: tool calls waiting for a decision.
     Approvals(&'a str),
+    /// `/api/ag-ui`: a run of the AG-UI protocol.
+    AgUi,
     /// `/openapi.json`, `/asyncapi.json`, `/docs`: the API's documents.
     OpenApi,
     AsyncApi,
@@ -39,6 +41,7 @@ pub(crate) const ROUTES: &[(&str, &[&str])] = &[
     ("/api/sessions/{id}/chat", &["POST"]),
     ("/api/sessions/{id}/events", &["GET"]),
     ("/api/sessions/{id}/approvals", &["GET", "POST"]),
+    ("/api/ag-ui", &["POST"]),
     ("/api/ws/{id}", &["GET"]),
     ("/openapi.json", &["GET"]),
     ("/asyncapi.json", &["GET"]),
@@ -85,6 +88,7 @@ impl Route<'_> {
             Route::SessionChat(_) => "/api/sessions/{id}/chat",
             Route::Events(_) => "/api/sessions/{id}/events",
             Route::Approvals(_) => "/api/sessions/{id}/approvals",
+            Route::AgUi => "/api/ag-ui",
             Route::OpenApi => "/openapi.json",
             Route::AsyncApi => "/asyncapi.json",
             Route::Docs => "/docs",
@@ -123,6 +127,7 @@ pub(super) fn route(path: &str) -> Option<Target<'_>> {
         (Some("health"), None, ..) => Route::Health,
         (Some("sessions"), None, ..) => Route::Sessions,
         (Some("chat"), None, ..) => Route::Chat,
+        (Some("ag-ui"), None, ..) => Route::AgUi,
         (Some("sessions"), Some(id), None, _) if !id.is_empty() => Route::Session(id),
         (Some("sessions"), Some(id), Some("history"), None) if !id.is_empty() => Route::History(id),
         (Some("sessions"), Some(id), Some("chat"), None) if !id.is_empty() => {

@@ -584,7 +584,7 @@ fn origin_policy_without_a_key() {
         |a: &mut App, r: Request, sink: &mut Recorder| match a.handle_http(r, REST, now, sink) {
             HttpOutcome::Respond(r) => r.status,
             HttpOutcome::Upgrade(_) => 101,
-            HttpOutcome::Pending | HttpOutcome::EventStream(_) => 0,
+            HttpOutcome::Pending | HttpOutcome::EventStream(_) | HttpOutcome::Run(_) => 0,
         };
     let host = "127.0.0.1:8420";
     // Same origin, listed origin, no origin: allowed.

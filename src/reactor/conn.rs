@@ -315,6 +315,9 @@ pub struct SseConn {
     pub last_keepalive: Instant,
     /// Bytes the client has sent on the stream (it should send none).
     pub received: usize,
+    /// An AG-UI run: its turn's events are translated, and the stream
+    /// ends with the run. None: the session's events as they are.
+    pub run: Option<Box<crate::agui::RunStream>>,
 }
 
 /// A connection on its way out: queued bytes are flushed, then the write

@@ -104,6 +104,7 @@ impl Sink for ConnSink<'_> {
     fn deliver(&mut self, to: ConnId, event: &Event) {
         let (max, epoch) = (self.max_output, self.epoch);
         let Some(conn) = self.live(to) else { return };
+        let mut run_ended = false;
         if conn.subscriber_backlog() > max {
             self.close_slow(to);
         } else {
@@ -119,11 +120,26 @@ impl Sink for ConnSink<'_> {
                     if event.acknowledges() {
                         s.io.barrier(epoch);
                     }
-                    s.io.push(event.sse_head());
-                    s.io.push(event.sse_body());
+                    match &mut s.run {
+                        None => {
+                            s.io.push(event.sse_head());
+                            s.io.push(event.sse_body());
+                        }
+                        Some(run) => {
+                            let mut out = Vec::new();
+                            run_ended = run.event(event.json(), &mut out);
+                            s.io.push(Bytes::from(out));
+                        }
+                    }
                     self.metrics.events_sse += 1;
                 }
                 _ => return,
+            }
+        }
+        if run_ended {
+            // The run is over: what it queued goes out, then the close.
+            if let Some(gone) = close_subscriber(self.conns, to.slot, close::NORMAL, "", self.now) {
+                self.gone.push(gone);
             }
         }
         self.dirty.push(to.slot);

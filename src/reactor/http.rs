@@ -120,7 +120,9 @@ impl Server {
                         }
                         HttpOutcome::Pending => None,
                         HttpOutcome::Upgrade(upgrade) => Some((101, upgrade.response.len())),
-                        HttpOutcome::EventStream(_) => Some((200, sse::HEAD_LEN)),
+                        HttpOutcome::EventStream(_) | HttpOutcome::Run(_) => {
+                            Some((200, sse::HEAD_LEN))
+                        }
                     };
                     match answered {
                         Some((status, bytes)) => access::record(
@@ -145,6 +147,7 @@ impl Server {
                         HttpOutcome::EventStream(stream) => {
                             return self.open_stream(slot, id, stream, now)
                         }
+                        HttpOutcome::Run(run) => return self.open_run(slot, run, now),
                     }
                     budget -= 1;
                     if budget == 0 {

@@ -4,7 +4,9 @@
 //!
 //! The stream is close-delimited (`Connection: close`, no length, no
 //! chunking): every event is the shared bytes of [`crate::events::Event`]
-//! with nothing added per client.
+//! with nothing added per client. An AG-UI run (`POST /api/ag-ui`) is the
+//! same kind of stream, carrying its turn's events translated by its
+//! [`RunStream`], and closed when the run ends.
 
 use std::io;
 use std::rc::Rc;
@@ -12,9 +14,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::conn::{Conn, HttpConn, SseConn, State};
+use super::conn::{close_subscriber, Conn, HttpConn, SseConn, State};
 use super::conn_sink::sink;
 use super::{Server, WORK_PER_TURN};
+use crate::agui::RunStream;
 use crate::api::EventStream;
 use crate::sink::ConnId;
 use crate::ws::close;
@@ -56,10 +59,41 @@ impl Server {
             session: session.clone(),
             last_keepalive: now,
             received: 0,
+            run: None,
         }));
         self.dirty.push(slot);
         self.app
             .subscribed(id, &session, stream.since, now, &mut sink!(self));
+    }
+
+    /// Turns the HTTP connection in `slot` into an AG-UI run's stream: the
+    /// head and `RUN_STARTED` now, the turn's events as the core hands
+    /// them over (it is no subscriber), and the close once the run ends.
+    pub(super) fn open_run(&mut self, slot: usize, mut run: Box<RunStream>, now: Instant) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let State::Http(h) = std::mem::replace(&mut conn.state, State::Moving) else {
+            return;
+        };
+        let HttpConn { mut io, .. } = *h;
+        io.push(Bytes::from_static(SSE_HEAD));
+        let mut first = Vec::new();
+        let ended = run.start(&mut first);
+        io.push(Bytes::from(first));
+        conn.state = State::Sse(Box::new(SseConn {
+            io,
+            session: Rc::from(run.thread_id()),
+            last_keepalive: now,
+            received: 0,
+            run: Some(run),
+        }));
+        self.dirty.push(slot);
+        if ended {
+            if let Some(gone) = close_subscriber(&mut self.conns, slot, close::NORMAL, "", now) {
+                self.gone_subscribers.push(gone);
+            }
+        }
     }
 
     /// Reads and drops what an event-stream client sends, until WouldBlock
