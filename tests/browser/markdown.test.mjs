@@ -335,6 +335,8 @@ function streamed(src, tokens) {
   for (const t of tokens) {
     const before = [...r.children];
     s.push(t);
+    assert.deepEqual(r.children, before, "push alone draws nothing");
+    s.flush();
     pos += t.length;
     // Only the open end was made again: what went is a suffix of what was, at most 2 blocks.
     const kept = before.filter((n) => n.parent === r);
@@ -365,15 +367,15 @@ test("streaming word by word or char by char ends as the whole render, keeping c
 test("a half-open fence or list renders sensibly while it streams", () => {
   const r = new Element("div");
   const s = markdown.stream(r);
-  s.push("Here:\n\n```py\nprint(1)\n");
+  s.push("Here:\n\n```py\nprint(1)\n"); s.flush();
   assert.equal(r.children.map(serialize).join(""), `<p>Here:</p>${CODE("py", "print(1)\n")}`);
-  s.push("``");
+  s.push("``"); s.flush();
   assert.equal(r.children.map(serialize).join(""), `<p>Here:</p>${CODE("py", "print(1)\n``")}`);
-  s.push("`\n- a");
+  s.push("`\n- a"); s.flush();
   assert.equal(r.children.map(serialize).join(""), `<p>Here:</p>${CODE("py", "print(1)")}<ul><li>a</li></ul>`);
-  s.push("\n- **b");
+  s.push("\n- **b"); s.flush();
   assert.equal(r.children.map(serialize).join(""), `<p>Here:</p>${CODE("py", "print(1)")}<ul><li>a</li><li>**b</li></ul>`);
-  s.push("**");
+  s.push("**"); s.flush();
   assert.equal(r.children.map(serialize).join(""), `<p>Here:</p>${CODE("py", "print(1)")}<ul><li>a</li><li><strong>b</strong></li></ul>`);
 });
 
@@ -385,7 +387,7 @@ test("a 2 000-token reply streams in linear time", () => {
   const t0 = performance.now();
   const r = new Element("div");
   const s = markdown.stream(r);
-  for (const t of toks) s.push(t);
+  for (const t of toks) { s.push(t); s.flush(); }
   const ms = performance.now() - t0;
   assert.equal(r.children.map(serialize).join(""), render(src));
   console.log(`# node: ${toks.length} tokens streamed through the renderer in ${ms.toFixed(1)} ms ` +
