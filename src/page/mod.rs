@@ -100,6 +100,7 @@ mod tests {
         }
         let csp = ChatPage::new().csp;
         assert!(csp.contains("script-src 'sha256-"), "{csp}");
+        assert!(!csp.contains("unsafe-"), "{csp}");
     }
 
     #[test]

@@ -87,6 +87,7 @@ const CASES = [
   ["# One\n## Two\n###### Six ##", "<h1>One</h1><h2>Two</h2><h6>Six</h6>"],
   ["#hashtag\n####### seven", "<p>#hashtag\n####### seven</p>"],
   ["# C# and *em*", "<h1>C# and <em>em</em></h1>"],
+  ["# closed ###   \n## #\n#  spaced  #  \n# not#", "<h1>closed</h1><h2></h2><h1>spaced</h1><h1>not#</h1>"],
   ["- a\n- b\n* c", "<ul><li>a</li><li>b</li></ul><ul><li>c</li></ul>"],
   ["1. one\n2. two\n10. ten", "<ol><li>one</li><li>two</li><li>ten</li></ol>"],
   ["3) three\n4) four", '<ol start="3"><li>three</li><li>four</li></ol>'],
@@ -285,15 +286,29 @@ test("deep nesting and runaway delimiters stay fast and shown", () => {
     "```\n".repeat(5000),
     "# x\n".repeat(10000),
     "\\".repeat(20001),
+    "# a" + " ".repeat(20000) + "b",
+    "# " + "#".repeat(20000) + "a",
+    "# a " + "# ".repeat(10000) + "b",
+    "https://x.org/" + "(".repeat(20000) + ")".repeat(20000),
+    "https://x.org/" + ")".repeat(20000),
+    "- a" + " ".repeat(20000) + "b\n" + " ".repeat(20000) + "c",
+    "> a\u2028" + " ".repeat(20000) + "b",
+    "```\u2028" + " ".repeat(20000) + "\nx",
+    "a" + "  \n".repeat(10000),
+    ("[" + " ".repeat(100) + "](").repeat(200),
+    ("* " + "a ".repeat(50) + "\n").repeat(400),
   ];
+  let slowest = 0;
   for (const src of big) {
     const t0 = performance.now();
     const r = root(src);
     const ms = performance.now() - t0;
+    slowest = Math.max(slowest, ms);
     inert(r, "big");
     assert.ok(ms < 2000, `${JSON.stringify(src.slice(0, 20))}… rendered in ${ms.toFixed(0)} ms`);
     assert.ok(r.children.length > 0, JSON.stringify(src.slice(0, 20)));
   }
+  console.log(`# node: ${big.length} pathological inputs of up to 40 000 characters, slowest ${slowest.toFixed(0)} ms`);
 });
 
 // ---- streaming: the same DOM as rendering at once; complete blocks kept
