@@ -6,8 +6,12 @@ proxy between the browser and the server (so the test can cut every
 connection mid-reply: CDP's offline emulation does not close an open
 WebSocket), and checks, as a person would see it: streaming, a second tab on
 the same session, reload, resume after a dropped connection, delete, the API
-key flow, no console errors, no request leaving the server's origin. Saves a
-screenshot to target/chat-page.png.
+key flow, no console errors, no request leaving the server's origin; the
+agent's Markdown rendered (each construct, hostile HTML and links inert, the
+Copy button, the same after a reload, complete blocks kept while streaming)
+and how far a 2 000-token reply lets the page fall behind (printed as
+"streaming figure"). Saves screenshots to target/chat-page.png and
+target/chat-page-markdown.png.
 
 Needs Debian's `chromium` and Python Playwright (`tests/browser/run.sh`
 installs both). Exits non-zero on the first failed check.
