@@ -6,8 +6,12 @@ proxy between the browser and the server (so the test can cut every
 connection mid-reply: CDP's offline emulation does not close an open
 WebSocket), and checks, as a person would see it: streaming, a second tab on
 the same session, reload, resume after a dropped connection, delete, the API
-key flow, no console errors, no request leaving the server's origin. Saves a
-screenshot to target/chat-page.png.
+key flow, no console errors, no request leaving the server's origin; the
+agent's Markdown rendered (each construct, hostile HTML and links inert, the
+Copy button, the same after a reload, complete blocks kept while streaming)
+and how far a 2 000-token reply lets the page fall behind (printed as
+"streaming figure"). Saves screenshots to target/chat-page.png and
+target/chat-page-markdown.png.
 
 Needs Debian's `chromium` and Python Playwright (`tests/browser/run.sh`
 installs both). Exits non-zero on the first failed check.
@@ -265,6 +269,98 @@ out("done", content=" ".join(words))
 TOOL_REPLY = "It is 21 degrees in Paris."
 
 
+# A Markdown reply (the echo agent answers with the prompt): every construct
+# the page renders, then hostile HTML and links that must stay inert text.
+MD_CODE = 'def greet(name):\n    return f"Hello, {name}!"\n\nprint(greet("<b>world</b>"))'
+MD_DOC = f"""## Markdown test
+
+Some **bold text**, some *emphasis*, `inline code` and a [docs link](https://example.com/docs).
+
+- first point
+- second point
+  - nested point
+
+1. step one
+2. step two
+
+> a quoted line
+
+```python
+{MD_CODE}
+```
+
+<script>document.title = "pwned"; window.__pwned = 1;</script>
+<img src=x onerror="window.__pwned = 2"> <svg onload="window.__pwned = 3"></svg> <iframe srcdoc="<script>parent.__pwned = 7</script>"></iframe>
+[js link](javascript:window.__pwned=4) [JS link](JaVaScRiPt:window.__pwned=5) [data link](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==) <javascript:window.__pwned=6>"""
+
+# Checked in the page: the reply's elements, and nothing hostile in them.
+MD_FACTS = """() => {
+  const b = [...document.querySelectorAll('#thread > .msg.assistant')].pop();
+  const md = b.querySelector('.md');
+  const q = (s) => [...md.querySelectorAll(s)];
+  const t = (s) => q(s).map((e) => e.textContent);
+  return {
+    h2: t('h2'), strong: t('strong'), em: t('em'), code: t('p > code'),
+    links: q('a').map((a) => [a.textContent, a.getAttribute('href'), a.rel, a.target]),
+    ul: t('ul > li').length, nested: t('ul ul > li'), ol: t('ol > li'), quote: t('blockquote'),
+    pre: q('pre > code').map((c) => [c.className, c.textContent]),
+    copy: q('button').map((x) => x.textContent),
+    tags: [...new Set(q('*').map((e) => e.localName))].sort(),
+    attrs: [...new Set(q('*').flatMap((e) => e.getAttributeNames()))].sort(),
+    hostile: document.querySelectorAll('#thread script, #thread img, #thread svg, #thread iframe, #thread [onerror], #thread [onload]').length,
+    text: md.textContent,
+    pwned: window.__pwned === undefined ? null : window.__pwned,
+    title: document.title,
+    user: [...document.querySelectorAll('#thread > .msg.user')].pop().querySelectorAll('*').length,
+  };
+}"""
+
+# Times, in the page's clock, of a long reply: the first and last token's
+# message event (this listener runs before the page's own) and the last
+# change to the rendered reply (a MutationObserver: right after the DOM
+# changed), and how many times the reply was drawn.
+TIMING = """
+window.__noRecorder = true;
+window.__timing = { tokens: 0, sendAt: 0, first: 0, last: 0, render: 0, renders: 0 };
+(() => {
+  const T = window.__timing, W = window.WebSocket;
+  window.WebSocket = class extends W {
+    constructor(...a) {
+      super(...a);
+      this.addEventListener('message', (e) => {
+        if (typeof e.data !== 'string' || !e.data.includes('"op":"token"')) return;
+        T.last = performance.now();
+        if (!T.tokens++) T.first = T.last;
+      });
+    }
+    send(d) { if (String(d).includes('"op":"message"')) T.sendAt = performance.now(); return super.send(d); }
+  };
+  new MutationObserver((recs) => {
+    if (!recs.some((r) => r.target.closest && r.target.closest('.md'))) return;
+    T.render = performance.now();
+    T.renders++;
+  }).observe(document, { subtree: true, childList: true, characterData: true });
+})();
+"""
+
+ASSISTANT_DONE = """(n) => document.querySelectorAll('#thread > .msg.assistant').length === n
+  && !document.querySelector('#thread > .msg.assistant.streaming')"""
+
+
+def long_markdown(n_tokens):
+    """About n_tokens words of mixed Markdown (the echo agent: one token a word)."""
+    parts, i = [], 0
+    while sum(len(p.split()) for p in parts) < n_tokens + 50:
+        i += 1
+        parts.append(
+            f"## Part {i}\n\nSome **bold {i}** and *emphasis* with `code {i}` and a "
+            f"[link {i}](https://example.com/{i}) in a paragraph that goes on for a while.\n\n"
+            f"- point one of {i}\n- point two of {i}\n  - nested {i}\n\n1. first\n2. second\n\n"
+            f"> quoted {i}\n\n```python\nfor k in range({i}):\n    print(k * 2)\n```\n")
+    # The echo agent's tokens: a word and the whitespace after it.
+    return "".join(re.findall(r"\S+\s*", "\n".join(parts))[:n_tokens]).rstrip()
+
+
 # ---------------------------------------------------------- in-page helpers
 
 # Records every text an assistant block shows, as it changes (installed
@@ -275,6 +371,7 @@ window.__snaps = [];
   const ids = new WeakMap();
   let n = 0;
   const rec = () => {
+    if (window.__noRecorder) return; // a page that times itself
     for (const b of document.querySelectorAll('#thread > .msg.assistant')) {
       if (!ids.has(b)) ids.set(b, { id: ++n, last: null });
       const r = ids.get(b);
@@ -404,6 +501,7 @@ def run(pw, artifacts):
     auth = Server(api_key=KEY)
     tools = Server(args=["--agent", "exec", "--agent-cmd", f"{sys.executable} {agent}"])
     fast = Server(delay_ms=0)
+    paced = Server(delay_ms=2)
     proxy = Proxy(server.port)
     fast_proxy = Proxy(fast.port)
     ctx = None
@@ -571,7 +669,8 @@ def run(pw, artifacts):
         check(0 < len(kept) < len(long_msg) and long_msg.startswith(kept),
               f"Stop ended the reply part-way ({len(kept.split())} of 150 words)")
         hist = server.get(f"/api/sessions/{open_session_id(page)}/history")["messages"]
-        check(hist[3]["parts"][0]["content"] == kept, "the server kept exactly the streamed part")
+        # (The page renders Markdown: a paragraph shows without the trailing space of its last token.)
+        check(hist[3]["parts"][0]["content"].rstrip() == kept, "the server kept exactly the streamed part")
 
         # ---- no console errors, nothing left the server's origin
         errs = w1.errors() + w2.errors()
@@ -687,6 +786,126 @@ def run(pw, artifacts):
         errs = w5.errors(allowed=[r"Sec-WebSocket-Protocol"])
         check(not errs, f"a left-over key does not stop the page ({errs})")
 
+        # ---- Markdown: each construct rendered, hostile HTML and links inert, Copy copies
+        ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=fast.origin)
+        page6 = ctx.new_page()
+        w6 = Watch(page6, "markdown")
+        page6.goto(fast.origin + "/")
+        page6.get_by_role("button", name=re.compile("New")).click()
+        expect(page6.locator("#status")).to_have_text("Connected")
+        box6 = page6.get_by_role("textbox", name="Message")
+        box6.fill(MD_DOC)
+        box6.press("Enter")
+        wait_for(page6, ASSISTANT_DONE, 1)
+        f = page6.evaluate(MD_FACTS)
+        check(f["h2"] == ["Markdown test"], f"a heading renders as <h2> ({f['h2']})")
+        check(f["strong"] == ["bold text"] and f["em"] == ["emphasis"] and f["code"] == ["inline code"],
+              f"strong, emphasis and inline code render ({f['strong']}, {f['em']}, {f['code']})")
+        check(f["links"] == [["docs link", "https://example.com/docs", "noopener noreferrer", "_blank"]],
+              f"the one https link is the only link, rel=noopener noreferrer ({f['links']})")
+        check(f["ul"] == 3 and f["nested"] == ["nested point"] and f["ol"] == ["step one", "step two"],
+              f"bulleted, nested and numbered lists render ({f['ul']}, {f['nested']}, {f['ol']})")
+        check(f["quote"] == ["a quoted line"], f"a block quote renders ({f['quote']})")
+        check(f["pre"] == [["language-python", MD_CODE]] and f["copy"] == ["Copy"],
+              f"the fenced code renders as <pre><code class=language-python> with a Copy button ({f['pre']})")
+        allowed_tags = {"a", "blockquote", "button", "code", "div", "em", "h2", "li", "ol", "p", "pre",
+                        "span", "strong", "ul"}
+        check(set(f["tags"]) <= allowed_tags and set(f["attrs"]) <= {"class", "href", "rel", "target", "type"},
+              f"only the renderer's own elements and attributes ({f['tags']}, {f['attrs']})")
+        check(f["hostile"] == 0 and f["pwned"] is None and f["title"] != "pwned",
+              f"hostile HTML is inert: no script/img/svg/iframe, no handler ran (pwned={f['pwned']}, "
+              f"title={f['title']!r})")
+        check('<script>document.title = "pwned"' in f["text"] and "javascript:window.__pwned=4" in f["text"]
+              and "data:text/html;base64," in f["text"] and "<img src=x onerror=" in f["text"],
+              "the hostile HTML and links show as text")
+        check(f["user"] == 1 and page6.locator("#thread > .msg.user .text").text_content() == MD_DOC,
+              "the user's own message stays plain text")
+        for name in ("js link", "JS link", "data link"):
+            expect(page6.get_by_role("link", name=name)).to_have_count(0)
+        md_html = page6.evaluate("() => document.querySelector('#thread > .msg.assistant .md').innerHTML")
+        shot = artifacts / "chat-page-markdown.png"
+        page6.locator("#thread > .msg.assistant .md pre").scroll_into_view_if_needed()
+        page6.screenshot(path=str(shot))
+        log("screenshot of a Markdown reply:", shot)
+        page6.get_by_role("button", name="Copy", exact=True).click()
+        expect(page6.get_by_role("button", name="Copied")).to_be_visible()
+        copied = page6.evaluate("() => navigator.clipboard.readText()")
+        check(copied == MD_CODE, f"Copy put the code on the clipboard ({copied[:30]!r}…)")
+        page6.reload()
+        wait_blocks(page6, 2)
+        again = page6.evaluate("() => document.querySelector('#thread > .msg.assistant .md').innerHTML")
+        check(again == md_html, "after a reload the history renders the reply the same")
+        check(page6.evaluate("() => window.__pwned === undefined && document.title !== 'pwned'"),
+              "no hostile script ran after the reload either")
+        bad = [u for u, _ in w6.requests if not u.startswith(fast.origin + "/") and not u.startswith("data:")]
+        bad += [u for u, _ in w6.requests if re.search(r"/x$", u)]
+        check(not bad, f"the reply made the page fetch nothing ({bad[:3]})")
+        errs = w6.errors()
+        check(not errs, f"markdown tab: no console errors ({errs})")
+
+        # ---- streaming: blocks already complete are kept (not re-made) while the reply grows
+        page7 = ctx.new_page()
+        w7 = Watch(page7, "stream-md")
+        page7.goto(base + "/")
+        page7.get_by_role("button", name=re.compile("New")).click()
+        expect(page7.locator("#status")).to_have_text("Connected")
+        flick = ("# Title\n\nA first paragraph of a few words.\n\n- one\n- two\n\n```sh\necho hi\n```\n\n"
+                 "> a quote\n\nThe last paragraph streams in word by word until the very end.")
+        box7 = page7.get_by_role("textbox", name="Message")
+        box7.fill(flick)
+        box7.press("Enter")
+        wait_for(page7, "() => { const m = document.querySelector('.msg.assistant.streaming .md');"
+                        " return !!m && m.children.length >= 5; }")
+        kept = page7.evaluate("""() => {
+          const m = document.querySelector('.msg.assistant.streaming .md');
+          window.__kept = [...m.children].slice(0, m.children.length - 2);
+          window.__removed = 0;
+          new MutationObserver((rs) => { for (const r of rs) window.__removed += r.removedNodes.length; })
+            .observe(m, { childList: true });
+          return window.__kept.map((e) => e.localName);
+        }""")
+        wait_for(page7, ASSISTANT_DONE, 1)
+        same = page7.evaluate("""() => {
+          const m = document.querySelector('.msg.assistant .md');
+          return window.__kept.every((e, i) => e.isConnected && m.children[i] === e);
+        }""")
+        check(len(kept) >= 3 and same, f"the complete blocks {kept} were kept, not re-made, while the rest streamed")
+        removed = page7.evaluate("window.__removed")
+        check(not w7.errors(), f"stream tab: no console errors ({w7.errors()})")
+        log(f"the open block was re-made {removed} times for the rest of the reply")
+        page7.close()
+
+        # ---- 2 000 tokens of Markdown: how far behind the page falls
+        def measure(srv, label):
+            pg = ctx.new_page()
+            wm = Watch(pg, label)
+            pg.add_init_script(TIMING)
+            pg.goto(srv.origin + "/")
+            pg.get_by_role("button", name=re.compile("New")).click()
+            expect(pg.locator("#status")).to_have_text("Connected")
+            doc = long_markdown(2000)
+            pg.get_by_role("textbox", name="Message").fill(doc)
+            pg.get_by_role("textbox", name="Message").press("Enter")
+            wait_for(pg, ASSISTANT_DONE, 1, timeout=60000)
+            t = pg.evaluate("window.__timing")
+            check(t["tokens"] == 2000, f"{label}: 2 000 tokens streamed ({t['tokens']})")
+            lag = t["render"] - t["last"]
+            log(f"{label}: first token {t['first'] - t['sendAt']:.0f} ms after sending; 2000 tokens handled "
+                f"over {t['last'] - t['first']:.0f} ms, drawn {t['renders']} times; "
+                f"last token -> last render {lag:.1f} ms")
+            print(f"streaming figure ({label}): 2000 tokens over {t['last'] - t['first']:.0f} ms, "
+                  f"last token -> last render {lag:.1f} ms", flush=True)
+            check(lag < 100, f"{label}: the page rendered the last token {lag:.1f} ms after it arrived (< 100 ms)")
+            check(not wm.errors(), f"{label}: no console errors ({wm.errors()})")
+            pg.close()
+            return t
+
+        paced_t = measure(paced, "2 ms a token")
+        check(paced_t["last"] - paced_t["first"] < 2000 * 2 * 3,
+              f"paced: the page kept pace with the server ({paced_t['last'] - paced_t['first']:.0f} ms for "
+              f"2 000 tokens sent 2 ms apart)")
+        measure(fast, "burst, no delay")
+
         # ---- a phone in dark mode (for people to look at; not checked)
         phone = ctx.new_page()
         phone.set_viewport_size({"width": 390, "height": 760})
@@ -703,7 +922,7 @@ def run(pw, artifacts):
             ctx.close()
         proxy.stop()
         fast_proxy.stop()
-        for s in (server, auth, tools, fast):
+        for s in (server, auth, tools, fast, paced):
             s.stop()
         shutil.rmtree(profile, ignore_errors=True)
 

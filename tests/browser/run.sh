@@ -25,4 +25,6 @@ if ! python3 -c "import playwright.sync_api" 2>/dev/null; then
         python3 -m pip install --quiet --break-system-packages playwright
 fi
 
+node --test tests/browser/markdown.test.mjs
+
 exec timeout 600 python3 tests/browser/chat_page.py
