@@ -2,10 +2,10 @@
 //!
 //! A turn starts from a user message (or, resumed, from a person's
 //! decisions on the tool calls the turn before asked about) and ends with
-//! `done`, an `error`, `approval_required`, or a cancel. [`step`] starts the session's running turn and, for the
-//! built-in echo agent, streams it: at most [`TOKENS_PER_STEP`] tokens per
-//! loop iteration (or one token per `--echo-delay-ms`), so a long turn
-//! never stalls the loop. Other agents stream from the reactor: it hands
+//! `done`, an `error`, `approval_required`, or a cancel. [`step`] starts
+//! the session's running turn and, for the built-in echo agent, streams
+//! it: at most [`TOKENS_PER_STEP`] tokens per loop iteration (or one token
+//! per `--echo-delay-ms`), so a long turn never stalls the loop. Other agents stream from the reactor: it hands
 //! their events to [`agent_event`].
 //!
 //! Flow control: a session's echo stream waits while one of its WebSocket
@@ -547,9 +547,12 @@ fn save(
         return table.end_turn(id, messages, Some(turn.history_start), calls, sink);
     }
     // Without the agent's account, a request for approvals is recorded as
-    // the response holding one tool call per pending call.
+    // the response holding one tool call per pending call (those it did
+    // not stream as `tool_call` already).
     for call in calls.iter().flatten() {
-        transcript.tool_call(&call.tool_call_id, &call.name, &call.args);
+        if !transcript.has_call(&call.tool_call_id) {
+            transcript.tool_call(&call.tool_call_id, &call.name, &call.args);
+        }
     }
     let mut messages = transcript.finish(final_text.as_deref());
     if let Some(request) = turn.unsaved_request.take() {

@@ -76,6 +76,11 @@ impl Transcript {
         self.reply.push_str(t);
     }
 
+    /// Whether this turn made call `id` (streamed as `tool_call`).
+    pub fn has_call(&self, id: &str) -> bool {
+        self.call_names.iter().any(|(call, _)| call == id)
+    }
+
     pub fn thinking(&mut self, t: &str) {
         self.flush_returns();
         self.flush_text();

@@ -1,0 +1,273 @@
+use super::*;
+use crate::events;
+use crate::journal;
+use crate::sink::Recorder;
+use std::time::Duration;
+
+#[test]
+fn ids() {
+    assert!(valid_session_id("abc-DEF_1.2"));
+    assert!(valid_session_id(&"a".repeat(128)));
+    assert!(!valid_session_id(&"a".repeat(129)));
+    assert!(!valid_session_id(""));
+    assert!(!valid_session_id("a b"));
+    assert!(!valid_session_id("a/b"));
+    assert!(!valid_session_id("é"));
+    assert!(!valid_session_id("."));
+    assert!(!valid_session_id(".."));
+    assert!(valid_session_id("..."));
+    assert!(valid_session_id(".a"));
+}
+
+#[test]
+fn listing_keeps_creation_order_after_deletes() {
+    let now = Instant::now();
+    let mut t = SessionTable::new(10);
+    for id in ["c", "a", "b"] {
+        t.get_or_create(id, now).unwrap();
+    }
+    t.remove("a");
+    t.get_or_create("a", now).unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&t.list_json()).unwrap();
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["c", "b", "a"]);
+}
+
+#[test]
+fn table_is_bounded() {
+    let now = Instant::now();
+    let mut t = SessionTable::new(2);
+    t.create(now).unwrap();
+    t.get_or_create("x", now).unwrap();
+    assert_eq!(t.create(now), Err(TableFull));
+    assert!(
+        t.get_or_create("x", now).is_ok(),
+        "an existing session is not a new one"
+    );
+}
+
+#[test]
+fn broadcast_serializes_once_and_numbers_events() {
+    let now = Instant::now();
+    let mut t = SessionTable::new(10);
+    t.get_or_create("s", now).unwrap();
+    t.get_or_create("other", now).unwrap();
+    let (a, b, c) = (
+        ConnId { slot: 1, serial: 1 },
+        ConnId { slot: 2, serial: 2 },
+        ConnId { slot: 3, serial: 3 },
+    );
+    t.subscribe("s", a);
+    t.subscribe("s", b);
+    t.subscribe("other", c);
+    let mut sink = Recorder::default();
+    assert_eq!(
+        t.broadcast("s", "token", events::Content { content: "x" }, &mut sink),
+        Some(1)
+    );
+    assert_eq!(
+        t.broadcast("s", "done", events::Content { content: "x" }, &mut sink),
+        Some(2)
+    );
+    assert_eq!(sink.sent.len(), 4);
+    // The same allocation went to both clients.
+    assert_eq!(sink.sent[0].1.as_ptr(), sink.sent[1].1.as_ptr());
+    assert_eq!(sink.texts_to(a), sink.texts_to(b));
+    assert!(sink.texts_to(c).is_empty());
+    assert!(sink.texts_to(a)[1].ends_with(r#","seq":2}"#));
+    t.unsubscribe("s", a);
+    assert_eq!(t.subscribers("s"), &[b]);
+}
+
+#[test]
+fn a_history_shares_long_messages_and_gathers_short_ones() {
+    let now = Instant::now();
+    let mut t = SessionTable::new(10);
+    t.get_or_create("h", now).unwrap();
+    let long = format!("{{\"kind\":\"request\",\"x\":\"{}\"}}", "y".repeat(100_000));
+    let mut sink = Recorder::default();
+    let short = |i: usize| format!("{{\"n\":{i}}}");
+    let mut messages: Vec<String> = (0..5).map(short).collect();
+    messages.push(long.clone());
+    messages.extend((5..8).map(short));
+    t.append("h", messages.clone(), &mut sink).unwrap();
+    let (start, parts) = t.history_parts("h").unwrap();
+    // Short messages before and after, gathered; the long one shared.
+    assert_eq!(parts.len(), 3);
+    let stored = &t.get("h").unwrap().messages()[5];
+    assert_eq!(parts[1].as_ptr(), stored.as_ptr());
+    let mut body = start;
+    for p in &parts {
+        body.extend_from_slice(p);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["session_id"], "h");
+    let got: Vec<String> = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.to_string())
+        .collect();
+    assert_eq!(got, messages);
+    assert_eq!(t.history_json("h").unwrap(), body);
+}
+
+#[test]
+fn a_snapshot_in_small_steps_restores_what_the_table_holds() {
+    let now = Instant::now();
+    let mut t = SessionTable::new(100);
+    let mut sink = Recorder::default();
+    for i in 0..5 {
+        let id = format!("s{i}");
+        t.get_or_create(&id, now).unwrap();
+        let messages = (0..4).map(|m| format!("{{\"m\":\"{id}-{m}\"}}")).collect();
+        t.append(&id, messages, &mut sink).unwrap();
+    }
+    t.get_or_create("empty", now).unwrap();
+    t.broadcast("s1", "token", events::Content { content: "x" }, &mut sink);
+    t.begin_snapshot();
+    let mut records = Vec::new();
+    let mut steps = 0;
+    loop {
+        // A budget of one byte: one session's creation, or one message.
+        let (bytes, done) = t.snapshot_step(1);
+        records.extend(bytes);
+        steps += 1;
+        if steps == 3 {
+            // Mid-snapshot: a message for a session partly written.
+            t.append("s0", vec![r#"{"m":"late"}"#.into()], &mut sink)
+                .unwrap();
+        }
+        if done {
+            break;
+        }
+    }
+    t.end_snapshot();
+    assert!(steps > 20, "{steps} steps");
+    let replayed = journal::replay(&records).unwrap();
+    let mut restored = SessionTable::new(100);
+    restored.restore(replayed.changes, now);
+    assert_eq!(restored.len(), 6);
+    for id in ["s0", "s1", "s2", "s3", "s4", "empty"] {
+        assert_eq!(restored.history_json(id), t.history_json(id), "{id}");
+    }
+    assert_eq!(restored.get("s0").unwrap().message_count(), 5);
+    assert_eq!(
+        restored.get("s1").unwrap().seq,
+        t.get("s1").unwrap().seq_reserved
+    );
+}
+
+#[test]
+fn a_turn_replacing_history_a_compaction_already_copied_reaches_the_new_file() {
+    let now = Instant::now();
+    let mut t = SessionTable::new(100);
+    let mut sink = Recorder::default();
+    t.get_or_create("s", now).unwrap();
+    let messages = (0..4).map(|m| format!("{{\"m\":{m}}}")).collect();
+    t.append("s", messages, &mut sink).unwrap();
+    t.begin_snapshot();
+    let mut file = Vec::new();
+    // One byte of budget: the creation and a message, then one message
+    // per step.
+    for _ in 0..2 {
+        file.extend(t.snapshot_step(1).0);
+    }
+    assert_eq!(t.compaction_partial.map(|(_, done)| done), Some(2));
+    // The turn that began at message 1 ends with the agent's account,
+    // and leaves calls pending.
+    let calls = vec![PendingCall {
+        tool_call_id: "c".into(),
+        name: "rm".into(),
+        args: serde_json::json!({}),
+    }];
+    let own = vec![r#"{"m":"own"}"#.to_string()];
+    t.end_turn("s", own, Some(1), Some(calls.clone()), &mut sink)
+        .unwrap();
+    for change in sink.mirrored.drain(..) {
+        file.extend(journal::encode(&change));
+    }
+    loop {
+        let (bytes, done) = t.snapshot_step(1);
+        file.extend(bytes);
+        if done {
+            break;
+        }
+    }
+    t.end_snapshot();
+    let mut restored = SessionTable::new(100);
+    restored.restore(journal::replay(&file).unwrap().changes, now);
+    assert_eq!(restored.history_json("s"), t.history_json("s"));
+    assert_eq!(t.get("s").unwrap().message_count(), 2);
+    assert_eq!(restored.get("s").unwrap().pending_approvals(), &calls[..]);
+}
+
+#[test]
+fn pending_approvals_survive_a_restart_and_a_decision_clears_them() {
+    let now = Instant::now();
+    let mut t = SessionTable::new(100);
+    let mut sink = Recorder::default();
+    t.get_or_create("s", now).unwrap();
+    let calls = vec![PendingCall {
+        tool_call_id: "c".into(),
+        name: "rm".into(),
+        args: serde_json::json!({"p": 1}),
+    }];
+    t.end_turn("s", vec!["{}".into()], None, Some(calls.clone()), &mut sink)
+        .unwrap();
+    let journal: Vec<Change> = sink.persisted.clone();
+    let mut restored = SessionTable::new(100);
+    restored.restore(journal.iter().map(|c| (c.clone(), 1)).collect(), now);
+    assert_eq!(restored.get("s").unwrap().pending_approvals(), &calls[..]);
+    t.clear_approvals("s");
+    t.flush_changes(&mut sink).unwrap();
+    let mut restored = SessionTable::new(100);
+    restored.restore(sink.persisted.iter().map(|c| (c.clone(), 1)).collect(), now);
+    assert!(restored.get("s").unwrap().pending_approvals().is_empty());
+}
+
+#[test]
+fn a_sweep_goes_a_budget_at_a_time() {
+    let t0 = Instant::now();
+    let mut t = SessionTable::new(100);
+    for i in 0..10 {
+        t.get_or_create(&format!("s{i}"), t0).unwrap();
+    }
+    t.subscribe("s4", ConnId { slot: 0, serial: 0 });
+    let later = t0 + Duration::from_secs(100);
+    let ttl = Duration::from_secs(50);
+    let mut steps = vec![];
+    loop {
+        let (removed, done) = t.sweep_step(later, ttl, 3);
+        steps.push(removed);
+        if done {
+            break;
+        }
+    }
+    // Ten sessions, three looked at per step: four steps; s4 is watched.
+    assert_eq!(steps, [3, 2, 3, 1]);
+    assert_eq!(t.len(), 1);
+    assert!(t.get("s4").is_some());
+    // The next pass starts from the beginning again.
+    t.get_or_create("new", later).unwrap();
+    assert_eq!(t.sweep_step(later + ttl, ttl, 100), (1, true));
+}
+
+#[test]
+fn sweep_spares_watched_and_recent_sessions() {
+    let t0 = Instant::now();
+    let mut t = SessionTable::new(10);
+    t.get_or_create("old", t0).unwrap();
+    t.get_or_create("watched", t0).unwrap();
+    t.subscribe("watched", ConnId { slot: 0, serial: 0 });
+    let later = t0 + Duration::from_secs(100);
+    t.get_or_create("new", later).unwrap();
+    assert_eq!(t.sweep(later, Duration::from_secs(50)), 1);
+    assert!(t.get("old").is_none());
+    assert!(t.get("watched").is_some() && t.get("new").is_some());
+}
