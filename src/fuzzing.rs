@@ -286,3 +286,63 @@ pub fn journal_replay(data: &[u8]) {
         |r: crate::journal::Replay| r.changes.into_iter().map(|(c, _)| c).collect::<Vec<_>>();
     assert_eq!(changes(third), changes(replayed));
 }
+
+/// `agui_run`: an AG-UI run, both halves. The input up to the first NUL is
+/// a request body: reading it never panics, and a resume it carries is
+/// turned into decisions (or refused) against two pending calls. The rest
+/// is the turn's broadcast events, one per line, through the run's
+/// translator: every frame it writes is one `data:` line of a JSON object
+/// with a `type`, the run ends at most once (with `RUN_FINISHED` or
+/// `RUN_ERROR`, last), and nothing is written after it.
+pub fn agui_run(data: &[u8]) {
+    use crate::approvals::PendingCall;
+    let (body, events) = match data.iter().position(|&b| b == 0) {
+        Some(nul) => (&data[..nul], &data[nul + 1..]),
+        None => (data, &data[..0]),
+    };
+    let pending: Vec<PendingCall> = ["c1", "c2"]
+        .iter()
+        .map(|id| PendingCall {
+            tool_call_id: (*id).into(),
+            name: "rm".into(),
+            args: serde_json::json!({"p": 1}),
+        })
+        .collect();
+    let mut run = crate::agui::RunStream::new("t", "r");
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(body) {
+        if let Ok(input) = crate::agui::parse_input(&map) {
+            if let crate::agui::Ask::Resume(entries) = &input.ask {
+                if let Ok(decisions) = crate::agui::resume_decisions(entries, &pending) {
+                    let map = decisions.as_object().expect("decisions are an object");
+                    assert_eq!(map.len(), pending.len(), "every pending call decided");
+                    assert!(crate::approvals::check_decisions(&pending, map).is_ok());
+                    assert!(crate::approvals::parse_decisions(Some(&decisions), &[]).is_ok());
+                }
+                run = run.resuming(pending.clone());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut ended = run.start(&mut out);
+    let mut ends_seen = 0;
+    for line in events.split(|&b| b == b'\n') {
+        let before = out.len();
+        let was_ended = ended;
+        ended = run.event(line, &mut out);
+        if was_ended {
+            assert_eq!(out.len(), before, "nothing after the end");
+        }
+        ends_seen += usize::from(!was_ended && ended);
+    }
+    assert!(ends_seen <= 1);
+    let text = std::str::from_utf8(&out).expect("frames are UTF-8");
+    let frames: Vec<&str> = text.split_terminator("\n\n").collect();
+    for (i, frame) in frames.iter().enumerate() {
+        let json = frame.strip_prefix("data: ").expect("a data line");
+        assert!(!json.contains('\n'), "one line per frame");
+        let v: serde_json::Value = serde_json::from_str(json).expect("a JSON event");
+        let kind = v["type"].as_str().expect("a type");
+        let terminal = kind == "RUN_FINISHED" || kind == "RUN_ERROR";
+        assert_eq!(terminal, ended && i == frames.len() - 1, "{kind} at {i}");
+    }
+}

@@ -58,3 +58,8 @@ fn worker_lines_corpus() {
 fn journal_replay_corpus() {
     replay("journal_replay", autopoiesis::fuzzing::journal_replay);
 }
+
+#[test]
+fn agui_run_corpus() {
+    replay("agui_run", autopoiesis::fuzzing::agui_run);
+}
