@@ -7,8 +7,8 @@
 #
 # On a 2-core machine the load (this bench) and nginx share the
 # cores with the instances, so this shows how the recipe behaves, not the
-# ceiling of two dedicated cores. Needs nginx (installed from Debian if
-# missing); the load is this repository's own `cargo bench --bench load`
+# ceiling of two dedicated cores. Needs nginx (tests/scale/run.sh
+# installs it); the load is this repository's own `cargo bench --bench load`
 # (32 keep-alive clients for health, 32 WebSocket clients for turns).
 # Prints one line per configuration.
 set -euo pipefail
@@ -17,11 +17,7 @@ BIN=target/release/autopoiesis
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 SECONDS_PER_PHASE=${SECONDS_PER_PHASE:-8}
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
-if [ ! -x "$NGINX" ]; then
-    echo "== installing nginx (Debian)" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
-    NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-fi
+[ -x "$NGINX" ] || { echo "needs nginx: tests/scale/run.sh installs it" >&2; exit 1; }
 cargo bench --locked --quiet --bench load --no-run 2>/dev/null
 
 root=$(mktemp -d /tmp/autopoiesis-cores-XXXX)
