@@ -10,6 +10,10 @@ the server's, and runs the examples in document order (sh blocks with
 repository's root, each with a timeout. Exits non-zero on the first
 example that exits non-zero; prints each example and its output.
 
+First it checks that every relative link of those documents
+(`[text](docs/x.md#anchor)`) names a file that exists and, for a Markdown
+file, a heading that it has.
+
     tests/readme/run.sh            # builds, installs what the examples import, runs this
 """
 
@@ -38,6 +42,38 @@ def examples():
     return found
 
 
+def heading_anchors(text):
+    """GitHub's anchors for the headings of a Markdown text."""
+    anchors = set()
+    for m in re.finditer(r"^#+ (.*)$", text, re.M):
+        anchors.add(re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+def check_links():
+    """Every relative link resolves: the file exists, the anchor is a heading."""
+    bad, n = [], 0
+    for path in ["README.md"] + sorted(glob.glob("docs/*.md")):
+        with open(os.path.join(ROOT, path)) as f:
+            text = f.read()
+        for m in re.finditer(r"\]\(([^)\s]+)\)", text):
+            link = m.group(1)
+            if re.match(r"^[a-z]+:", link):
+                continue
+            n += 1
+            file, _, anchor = link.partition("#")
+            target = os.path.normpath(os.path.join(ROOT, os.path.dirname(path), file)) if file else os.path.join(ROOT, path)
+            if not os.path.exists(target):
+                bad.append(f"{path}: {link} (no such file)")
+            elif anchor and target.endswith(".md"):
+                with open(target) as f:
+                    if anchor not in heading_anchors(f.read()):
+                        bad.append(f"{path}: {link} (no such heading)")
+    if bad:
+        sys.exit("broken links:\n  " + "\n  ".join(bad))
+    print(f"links: all {n} relative links of README.md and docs/ resolve")
+
+
 def start_server():
     proc = subprocess.Popen([BIN, "serve", "--port", "0", "--in-memory"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -50,6 +86,7 @@ def start_server():
 
 
 def main():
+    check_links()
     found = examples()
     readme = [e for e in found if e[0] == "README.md"]
     if len(readme) < 4:
