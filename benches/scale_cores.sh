@@ -5,20 +5,20 @@
 #
 #   cargo build --release && benches/scale_cores.sh
 #
-# On a 2-core machine the load tools (wrk, wsload) and nginx share the
+# On a 2-core machine the load (this bench) and nginx share the
 # cores with the instances, so this shows how the recipe behaves, not the
-# ceiling of two dedicated cores. Needs nginx, wrk and ../shared/bench's
-# wsload (built if missing). Prints one line per configuration.
+# ceiling of two dedicated cores. Needs nginx (tests/scale/run.sh
+# installs it); the load is this repository's own `cargo bench --bench load`
+# (32 keep-alive clients for health, 32 WebSocket clients for turns).
+# Prints one line per configuration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=target/release/autopoiesis
-WSLOAD=../shared/bench/wsload/target/release/wsload
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-DURATION=${DURATION:-8s}
-SECONDS_TURNS=${SECONDS_TURNS:-8}
+SECONDS_PER_PHASE=${SECONDS_PER_PHASE:-8}
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
-[ -x "$WSLOAD" ] || (cd ../shared/bench/wsload && cargo build --release -q)
-command -v wrk >/dev/null || ../shared/bench/setup.sh >/dev/null
+[ -x "$NGINX" ] || { echo "needs nginx: tests/scale/run.sh installs it" >&2; exit 1; }
+cargo bench --locked --quiet --bench load --no-run 2>/dev/null
 
 root=$(mktemp -d /tmp/autopoiesis-cores-XXXX)
 pids=()
@@ -66,16 +66,17 @@ PY
     "$NGINX" -p "$prefix/" -c "$prefix/nginx.conf" -e stderr &
     pids+=($!)
     wait_port "$proxy"
-    local health turns
-    health=$(wrk -t1 -c32 -d"$DURATION" "http://127.0.0.1:$proxy/api/health" | awk '/Requests\/sec/ {print $2}')
-    turns=$("$WSLOAD" turns --url "ws://127.0.0.1:$proxy" --clients 32 --seconds "$SECONDS_TURNS" 2>/dev/null |
-        sed -nE 's/.*turns_per_s=([0-9.]+).*/\1/p')
+    local load health turns
+    load=$(LOAD_ADDR="127.0.0.1:$proxy" LOAD_PHASES=health,turns LOAD_CLIENTS=32 \
+        LOAD_SECONDS="$SECONDS_PER_PHASE" cargo bench --locked --quiet --bench load 2>/dev/null)
+    health=$(awk '$2 == "health" {print $3}' <<<"$load")
+    turns=$(awk '$2 == "turns" {print $3}' <<<"$load")
     echo "instances=$n health_rps=$health turns_per_s=$turns"
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     pids=()
 }
 
-echo "# $(date -u +%Y-%m-%d) $(nproc) cores; nginx, wrk and wsload share the cores with the instances"
+echo "# $(date -u +%Y-%m-%d) $(nproc) cores; nginx and the load share the cores with the instances"
 run 1
 run 2

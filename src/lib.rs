@@ -5,6 +5,10 @@
 //! returns bytes or actions, so unit tests and fuzz targets drive it without
 //! sockets. The reactor is the thin shell that turns readiness into calls.
 //!
+//! This page is for whoever changes the server. For using it, see the
+//! repository's `README.md` and `docs/` (the API reference is
+//! `docs/api.md`; the design in prose, `docs/design.md`).
+//!
 //! # Module map
 //!
 //! | module | owns | called by |
@@ -38,6 +42,7 @@
 //! | `reactor::compaction` | the journal rewritten a step per iteration into a new file, then synced and renamed by a helper thread | [`reactor`] (each iteration's end) |
 //! | `reactor::timers`, `reactor::access` | deadlines checked once a second; request accounting and the access log | [`reactor`] |
 //! | `reactor::workers` | the worker processes: spawn, pipes, stdin queue, stdout read with backpressure, kill and reap, shutdown | [`reactor`] (the loop, the sink's agent starts and stops) |
+//! | `reactor::agents` | the I/O half of the `exec` and `openai` agents: child processes and upstream sockets in the same poll, readiness turned into agent events | [`reactor`] |
 //! | `reactor::child` | agent child processes: `/bin/sh -c` in its own group with registered pipes, stderr to the log, group kill | `reactor::agents`, `reactor::workers` |
 
 // No unwrap/expect outside tests: a network input must never be able to

@@ -20,7 +20,7 @@ fn script(name: &str, body: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// The README's example agent: upper-cases the prompt word by word, and
+/// The example agent of docs/agents.md, plus a history count: upper-cases the prompt word by word, and
 /// first reports how many history messages it was given.
 const UPPER: &str = r#"#!/usr/bin/env python3
 import json, sys

@@ -553,13 +553,13 @@ fn slow_reader(s: &Server, path: &str) -> Ws {
     tungstenite::client::client(url, stream).unwrap().0
 }
 
-/// The README's "complete worker", taken from the README itself.
+/// The "complete worker" of docs/agents.md, taken from the doc itself.
 fn readme_worker() -> String {
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/agents.md")).unwrap();
     let section = &readme[readme
         .find("A complete worker")
-        .expect("the README's worker")..];
+        .expect("the worker of docs/agents.md")..];
     let start = section.find("```python\n").unwrap() + "```python\n".len();
     let end = start + section[start..].find("```").unwrap();
     section[start..end].to_owned()

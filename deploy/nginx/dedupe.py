@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""After an instance was added and the journals merged (README, "Scaling
-out"), delete from each instance the sessions the proxy now sends
+"""After an instance was added and the journals merged (docs/scaling.md,
+"Adding an instance"), delete from each instance the sessions the proxy now sends
 elsewhere: they are copies that no client can reach.
 
     deploy/nginx/dedupe.py http://127.0.0.1:8420 127.0.0.1:8421 127.0.0.1:8422 ...

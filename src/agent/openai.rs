@@ -30,7 +30,7 @@ pub struct UpstreamConfig {
 }
 
 /// Parses `http://host[:port][/path]`. `https://` is refused: this build
-/// has no TLS (see the README).
+/// has no TLS (see docs/agents.md).
 pub fn parse_base_url(url: &str) -> Result<(String, u16, String), String> {
     if url.starts_with("https://") {
         return Err(format!(

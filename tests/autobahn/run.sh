@@ -6,16 +6,19 @@
 # server does not offer the extension.
 #
 # Needs Python 2.7 (pyenv's 2.7.18 on this image); installs
-# autobahntestsuite==0.8.2 for the user if `wstest` is missing. The report
-# goes to target/autobahn/ (not committed); the counts are printed.
+# autobahntestsuite==0.8.2 into target/py27 (pip --user with PYTHONUSERBASE
+# there: Python 2.7 has no venv) if `wstest` is missing there. The
+# report goes to target/autobahn/ (not committed); the counts are printed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 export PYENV_VERSION="${PYENV_VERSION:-2.7.18}"
-WSTEST="$HOME/.local/bin/wstest"
+# Python 2.7 has no venv: its "user" site is moved under target/ instead.
+export PYTHONUSERBASE="$(pwd)/target/py27"
+WSTEST="$PYTHONUSERBASE/bin/wstest"
 if [ ! -x "$WSTEST" ]; then
-    echo "== installing autobahntestsuite==0.8.2 (Python $PYENV_VERSION)"
-    python -m pip install --quiet --user autobahntestsuite==0.8.2
+    echo "== installing autobahntestsuite==0.8.2 (Python $PYENV_VERSION, into $PYTHONUSERBASE)"
+    python -m pip install --quiet --disable-pip-version-check --no-warn-script-location --user autobahntestsuite==0.8.2
 fi
 
 cargo build --quiet --release --example ws_echo

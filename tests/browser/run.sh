@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The chat page's real-browser test (tests/browser/chat_page.py): builds the
 # release binary (cargo does nothing when it is fresh), installs Debian's
-# chromium and Python Playwright only when missing (never `playwright
-# install`: the browser is the system's), then runs the test. Exits non-zero
-# on failure.
+# chromium and Python Playwright (into the test venv target/venv, see
+# tests/venv.sh) only when missing (never `playwright install`: the browser
+# is the system's), then runs the test. Exits non-zero on failure.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -19,11 +19,8 @@ if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
-if ! python3 -c "import playwright.sync_api" 2>/dev/null; then
-    echo "== installing Python Playwright"
-    python3 -m pip install --quiet playwright ||
-        python3 -m pip install --quiet --break-system-packages playwright
-fi
+. tests/venv.sh
+venv_need playwright.sync_api=playwright
 
 node --test tests/browser/markdown.test.mjs
 

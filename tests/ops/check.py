@@ -3,7 +3,7 @@
 
     check.py documents BASE_URL KEY OUT_DIR   fetch and check the three documents, validate the OpenAPI one
     check.py streams   BASE_URL KEY OUT_DIR   WebSocket and SSE traffic checked against both documents
-    check.py metrics   BASE_URL KEY API_MD    a scrape parsed by prometheus_client, against API.md's table
+    check.py metrics   BASE_URL KEY DOC_MD    a scrape parsed by prometheus_client, against the doc's Metrics table
 
 Each prints a short summary and exits non-zero on failure. Every socket has
 a timeout; nothing here waits unbounded.
@@ -266,34 +266,27 @@ def streams(base, key, out):
 
 # ------------------------------------------------------------------ metrics
 
-FALLBACK_TABLE = """
-| `autopoiesis_build_info` (value 1) | gauge | `version` |
-| `autopoiesis_connections` | gauge | `kind` = `http`, `websocket`, `sse` |
-| `autopoiesis_sessions` | gauge | |
-| `autopoiesis_http_requests_total` | counter | `route`, `status` |
-| `autopoiesis_turns_total` | counter | `outcome` = `done`, `error`, `cancelled` |
-| `autopoiesis_turns_running`, `autopoiesis_turns_queued` | gauge | |
-| `autopoiesis_turn_duration_seconds` | histogram | |
-| `autopoiesis_tokens_total` | counter | |
-| `autopoiesis_websocket_messages_received_total` | counter | |
-| `autopoiesis_events_sent_total` | counter | `transport` = `websocket`, `sse` |
-| `autopoiesis_clients_closed_total` | counter | `reason` = `slow`, `idle`, `too_big`, `protocol`, `shutdown` |
-| `autopoiesis_journal_bytes` | gauge | |
-| `autopoiesis_journal_fsync_seconds` | histogram | |
-| `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_open_fds`, `process_max_fds`, `process_start_time_seconds` | as Prometheus' process collector | |
-"""
 PROCESS_TYPES = {"process_cpu_seconds_total": "counter"}
 
 
-def metrics_table(api_md):
-    """[(name, type, {label: [values]})] from the Metrics table of API.md."""
-    text = FALLBACK_TABLE
-    source = "the script's copy of the table (API.md not found)"
-    if api_md and os.path.exists(api_md):
-        with open(api_md) as f:
-            md = f.read()
-        section = md.split("### Metrics", 1)[-1].split("\n### ", 1)[0]
-        text, source = section, api_md
+def metrics_table(doc):
+    """[(name, type, {label: [values]})] from the table under the Metrics
+    heading of the project's own docs (docs/operating.md)."""
+    with open(doc) as f:
+        md = f.read()
+    match = re.search(r"^#+ Metrics\b.*$", md, re.M)
+    if not match:
+        fail(f"no Metrics heading in {doc}")
+    section = md[match.end():]
+    lines = section.lstrip("\n").splitlines()
+    table = []
+    for line in lines:
+        if not line.startswith("|"):
+            if table:
+                break
+            continue
+        table.append(line)
+    text, source = "\n".join(table), doc
     rows = []
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -312,7 +305,7 @@ def metrics_table(api_md):
     return rows, source
 
 
-def metrics(base, key, api_md):
+def metrics(base, key, doc):
     from prometheus_client.parser import text_string_to_metric_families
 
     # A few turns first (REST, and the stream checks already ran a WebSocket and an SSE one).
@@ -327,7 +320,7 @@ def metrics(base, key, api_md):
     families = {}
     for fam in text_string_to_metric_families(body.decode()):
         families[fam.name] = fam
-    rows, source = metrics_table(api_md)
+    rows, source = metrics_table(doc)
     if len(rows) < 15:
         fail(f"only {len(rows)} metrics read from {source}")
     problems = []
@@ -351,7 +344,7 @@ def metrics(base, key, api_md):
         fail("metrics: " + "; ".join(problems))
     tokens = families["autopoiesis_tokens"].samples[0].value
     done = [s.value for s in families["autopoiesis_turns"].samples if s.labels.get("outcome") == "done"]
-    print(f"metrics: prometheus_client parsed {len(families)} families; all {len(rows)} of the contract's metrics "
+    print(f"metrics: prometheus_client parsed {len(families)} families; all {len(rows)} documented metrics "
           f"(from {source}) present with their types and labels; turns done {int(done[0])}, tokens {int(tokens)}")
 
 

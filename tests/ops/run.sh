@@ -11,10 +11,12 @@
 #   4. WebSocket and SSE traffic is checked against the AsyncAPI payload
 #      schemas, and the upgrade's refusals against the OpenAPI document;
 #   5. after a few turns, a /metrics scrape parsed by prometheus_client has
-#      every metric of API.md's Metrics table with its type and labels.
-# Installs what it needs only when missing: Python packages with pip, the
-# parser with npm into target/ops/node (never the repository). Everything
-# it writes goes to target/ops/. Exits non-zero on the first failure.
+#      every metric of the Metrics table in docs/operating.md with its type
+#      and labels.
+# Installs what it needs only when missing: Python packages into the test
+# venv target/venv (tests/venv.sh), the parser with npm into
+# target/ops/node. Everything it writes goes to target/. Exits non-zero on
+# the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -22,18 +24,8 @@ out=target/ops
 mkdir -p "$out"
 SCHEMATHESIS_EXAMPLES="${SCHEMATHESIS_EXAMPLES:-100}"
 
-pip_install() {
-    python3 -m pip install --quiet "$@" 2>/dev/null ||
-        python3 -m pip install --quiet --break-system-packages "$@"
-}
-missing=()
-python3 -c "import openapi_spec_validator" 2>/dev/null || missing+=(openapi-spec-validator)
-python3 -c "import schemathesis" 2>/dev/null || missing+=(schemathesis)
-python3 -c "import prometheus_client" 2>/dev/null || missing+=(prometheus_client)
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "== installing ${missing[*]} (pip)"
-    pip_install "${missing[@]}"
-fi
+. tests/venv.sh
+venv_need openapi_spec_validator=openapi-spec-validator schemathesis prometheus_client
 if ! command -v npm >/dev/null 2>&1; then
     echo "== installing node and npm (Debian)"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
@@ -102,7 +94,7 @@ echo "== WebSocket and event stream against the documents"
 python3 tests/ops/check.py streams "$base" "$key" "$out"
 
 echo "== metrics (prometheus_client)"
-python3 tests/ops/check.py metrics "$base" "$key" ../shared/API.md
+python3 tests/ops/check.py metrics "$base" "$key" docs/operating.md
 
 if ! kill -0 "$server_pid" 2>/dev/null; then
     echo "the server died:"; tail -20 "$out/server.stderr"; exit 1

@@ -395,7 +395,7 @@ def main():
         check(code == 1001, "close code %d" % code)
         check(victim.proc.wait(timeout=TIMEOUT) == 0, "and it exits 0")
 
-        print("adding a fourth instance (README, Scaling out)")
+        print("adding a fourth instance (docs/scaling.md)")
         # What every session holds now, read through the proxy (the victim
         # is stopped: start it again first).
         victim.start()
