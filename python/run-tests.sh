@@ -11,21 +11,12 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="$root/target/venv"
+cd "$root"
+# The test tooling's one venv (made, with python3-venv if need be, by the
+# script every test runner sources).
+. tests/venv.sh
+venv="$VENV_DIR"
 py="$venv/bin/python"
-
-if [ ! -x "$py" ] || ! "$py" -m pip --version >/dev/null 2>&1; then
-    rm -rf "$venv"
-    if ! python3 -m venv "$venv" 2>/dev/null; then
-        # Debian's python3 keeps venv's ensurepip in a package of its own.
-        echo "python3 -m venv failed: installing python3-venv" >&2
-        rm -rf "$venv"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq python3-venv >/dev/null
-        python3 -m venv "$venv"
-    fi
-fi
 
 # Reinstall the adapter when its sources changed (a stamp of their hashes).
 stamp="$venv/.autopoiesis-worker.stamp"

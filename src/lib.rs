@@ -17,11 +17,13 @@
 //! | [`http`] | HTTP/1.1 request state machine, chunked bodies, response bytes | [`reactor`] (per connection), fuzz targets |
 //! | [`ws`] | the upgrade handshake, server frame encoding, client ops | [`api`], [`reactor`], fuzz targets |
 //! | [`service`] | the [`service::Service`] trait: what the reactor hands requests and messages to, and what it gets back | [`reactor`]; implemented by [`api`] and `examples/ws_echo.rs` |
-//! | [`api`] | [`api::App`]: routing, auth, REST handlers, WebSocket ops, event streams (SSE) | [`reactor`] through [`service`] |
+//! | [`api`] | [`api::App`]: routing, auth, REST handlers, WebSocket ops, event streams (SSE), the approval routes and op, the AG-UI route | [`reactor`] through [`service`] |
+//! | [`approvals`] | tool calls waiting for a person: the agent's request read, the decisions checked, their bodies and events | [`agent`] (the request), [`turns`] (pending and resumed turns), [`api`] (deciding), [`journal`] (the `a` record) |
+//! | [`agui`] | AG-UI, sans-IO: a `RunAgentInput` read (prompt or resume → decisions), and one run's translator from its turn's events to AG-UI frames | [`api`] (the input), `reactor::sse` (the run's stream), fuzz targets |
 //! | [`page`] | the built-in chat page (`GET /`), embedded, and its Content-Security-Policy | [`api`] |
 //! | [`docs`] | the API's documents, embedded: `GET /openapi.json`, `/asyncapi.json`, and `/docs` (a page rendering the first) | [`api`] |
-//! | [`sessions`] | the session table (grown a step at a time, swept a budget at a time), history, `seq`, subscribers, broadcast, retained events for resume | [`api`], [`turns`] |
-//! | [`turns`] | per-session turn queue, the echo agent's stepwise streaming, cancel | [`api`] |
+//! | [`sessions`] | the session table (grown a step at a time, swept a budget at a time by `sessions::sweep`, written out for compaction by `sessions::snapshot`), history, pending approvals, `seq`, subscribers, broadcast, retained events for resume | [`api`], [`turns`] |
+//! | [`turns`] | per-session turn queue, the echo agent's stepwise streaming, cancel, the end of a turn (the agent's own messages, approvals asked), resumed turns | [`api`] |
 //! | [`echo`] | the echo agent's word tokenizer | [`turns`] |
 //! | [`events`] | server → client events, serialized once into one buffer holding the WebSocket frame and the SSE event; a session's events cut from shared chunks (`EventArena`) | [`sessions`], [`api`] |
 //! | [`json`] | JSON strings and numbers written by hand on the hot paths, byte-for-byte what serde_json writes | [`events`], [`agent`] (history texts), [`journal`], [`http`] (status and length digits) |
@@ -30,14 +32,14 @@
 //! | [`metrics`] | Prometheus counters, gauges and fixed-bucket histograms in the loop's own state, the exposition format, the process collector | [`sessions`] (turns), [`reactor`] (transport), [`api`] (`/metrics`) |
 //! | [`log`] | log lines (text or JSON) and the access log | everything that logs |
 //! | [`systemd`] | socket activation (`LISTEN_FDS`) and readiness (`NOTIFY_SOCKET`) without libsystemd | [`reactor`], `main` |
-//! | [`clock`] | RFC 3339 timestamps, random session ids | [`sessions`], [`turns`] |
+//! | [`clock`] | RFC 3339 timestamps, epoch milliseconds, random session ids | [`sessions`], [`turns`], [`agui`] |
 //! | [`fuzzing`] | fuzz harnesses, shared by `fuzz/` and the corpus replay test | `fuzz/` targets, `tests/fuzz_corpus.rs` |
-//! | [`agent`] | agent events, the `exec` JSON-lines protocol, the OpenAI stream decoder, history folding | [`turns`], [`reactor`] |
+//! | [`agent`] | agent events (with the agent's own `messages`), the `exec` JSON-lines protocol, the OpenAI stream decoder, history folding (thinking parts included) | [`turns`], [`reactor`] |
 //! | [`reactor`] | the mio loop: listener, connection slab (HTTP, WebSocket, SSE, closing), agent processes and sockets, timers, signals | `main`, `examples/ws_echo.rs` |
 //! | [`agent::worker`] | the `worker` protocol: `turn`/`cancel` lines out, the stdout decoder of interleaved turns' events | [`agent::worker_pool`], `reactor::workers`, fuzz targets |
 //! | [`agent::worker_pool`] | `worker` scheduling: session → worker binding, concurrency, waiting turns, cancel lines, timeouts, output bound, restart back-off | `reactor::workers` |
 //! | `reactor::conn`, `reactor::conn_sink` | the connection states (HTTP, WebSocket, SSE, closing) and their slab; the reactor's [`sink::Sink`] | the reactor's other parts |
-//! | `reactor::http`, `reactor::websocket`, `reactor::sse` | one transport each: reading, handing to the service, switching protocols | [`reactor`] |
+//! | `reactor::http`, `reactor::websocket`, `reactor::sse` | one transport each: reading, handing to the service, switching protocols (`sse` also carries AG-UI runs) | [`reactor`] |
 //! | `reactor::syncer`, `reactor::durability` | the journal's fsync in a helper thread (pipes in the same poll); acknowledgements held per connection until their records are durable | [`reactor`] (each iteration's end, the sink's barriers) |
 //! | `reactor::compaction` | the journal rewritten a step per iteration into a new file, then synced and renamed by a helper thread | [`reactor`] (each iteration's end) |
 //! | `reactor::timers`, `reactor::access` | deadlines checked once a second; request accounting and the access log | [`reactor`] |

@@ -54,7 +54,8 @@ pub enum AgentEvent {
     Done {
         /// The agent's full reply, when it says it.
         content: Option<String>,
-        /// The agent's own account of the turn (see [`parse_messages`]).
+        /// The agent's own account of the turn: pydantic-ai `ModelMessage`
+        /// JSON texts, kept as the agent wrote them.
         messages: Option<Vec<String>>,
     },
     /// The agent gave up; the turn ends with this reason.
