@@ -10,8 +10,10 @@ key flow, no console errors, no request leaving the server's origin; the
 agent's Markdown rendered (each construct, hostile HTML and links inert, the
 Copy button, the same after a reload, complete blocks kept while streaming)
 and how far a 2 000-token reply lets the page fall behind (printed as
-"streaming figure"). Saves screenshots to target/chat-page.png and
-target/chat-page-markdown.png.
+"streaming figure"); pending tool approvals (tests/browser/approval_agent.py)
+shown in two tabs with Approve and Deny, decided once and gone everywhere.
+Saves screenshots to target/chat-page.png, target/chat-page-markdown.png and
+target/chat-page-approval.png.
 
 Needs Debian's `chromium` and Python Playwright (`tests/browser/run.sh`
 installs both). Exits non-zero on the first failed check.
@@ -577,6 +579,7 @@ def approvals(ctx, appr, appr_auth, artifacts):
           "after a reload the pending call is shown again")
     deny(pa).click()
     expect(panel(pa)).to_be_hidden()
+    wait_for(pa, "() => document.activeElement.id === 'msg'")
     reply(pa, "Kept notes.txt (denied).")
     expect(pa.locator("#thread details.tool").last).to_contain_text("kept notes.txt")
 
