@@ -10,8 +10,10 @@ key flow, no console errors, no request leaving the server's origin; the
 agent's Markdown rendered (each construct, hostile HTML and links inert, the
 Copy button, the same after a reload, complete blocks kept while streaming)
 and how far a 2 000-token reply lets the page fall behind (printed as
-"streaming figure"). Saves screenshots to target/chat-page.png and
-target/chat-page-markdown.png.
+"streaming figure"); pending tool approvals (tests/browser/approval_agent.py)
+shown in two tabs with Approve and Deny, decided once and gone everywhere.
+Saves screenshots to target/chat-page.png, target/chat-page-markdown.png and
+target/chat-page-approval.png.
 
 Needs Debian's `chromium` and Python Playwright (`tests/browser/run.sh`
 installs both). Exits non-zero on the first failed check.
@@ -493,6 +495,146 @@ class Watch:
 
 # ------------------------------------------------------------------ the test
 
+# What the approval panel shows: per call, its name, arguments and buttons.
+PANEL = """() => [...document.querySelectorAll('#appr .call')].map((c) => [
+  c.querySelector('b').textContent, c.querySelector('pre').textContent,
+  [...c.querySelectorAll('button')].map((b) => b.textContent)])"""
+
+
+def approvals(ctx, appr, appr_auth, artifacts):
+    """Tool approvals (tests/browser/approval_agent.py): a pending call shown
+    in two tabs, decided in one and gone from both, the resumed reply in
+    both; a message while pending refused in place; reload while pending,
+    then Deny; two calls decided one by one; hostile arguments as text; the
+    pending call fetched with the key when auth is on."""
+    panel = lambda p: p.get_by_role("region", name="Approval needed")
+    approve = lambda p: p.get_by_role("button", name="Approve", exact=True)
+    deny = lambda p: p.get_by_role("button", name="Deny", exact=True)
+
+    def reply(p, text):
+        last = p.locator("#thread > .msg.assistant").last
+        expect(last).to_contain_text(text)
+        expect(last).not_to_have_class(re.compile("streaming"))
+
+    def ask(p, prompt, name="delete_file"):
+        box = p.get_by_role("textbox", name="Message")
+        box.fill(prompt)
+        box.press("Enter")
+        expect(panel(p)).to_be_visible()
+        # The history (refetched when the turn ended) shows the call too.
+        expect(p.locator("#thread details.tool summary").last).to_contain_text(name)
+
+    pa = ctx.new_page()
+    wa = Watch(pa, "approvals")
+    pa.goto(appr.origin + "/")
+    pa.get_by_role("button", name=re.compile("New")).click()
+    sid = open_session_id(pa)
+    expect(pa.locator("#status")).to_have_text("Connected")
+    check(not panel(pa).is_visible(), "no approval panel while nothing is pending")
+    pb = ctx.new_page()
+    wb = Watch(pb, "approvals tab 2")
+    pb.goto(f"{appr.origin}/#{sid}")
+    expect(pb.locator("#status")).to_have_text("Connected")
+    ask(pa, "please delete notes.txt")
+    for p in (pa, pb):
+        expect(approve(p)).to_be_visible()
+        expect(deny(p)).to_be_visible()
+        check(p.evaluate(PANEL) == [["delete_file", '{"path":"notes.txt"}', ["Approve", "Deny"]]],
+              f"{'tab 1' if p is pa else 'tab 2'} shows the call's name and arguments with Approve and Deny")
+    shot = artifacts / "chat-page-approval.png"
+    pa.screenshot(path=str(shot))
+    log("screenshot of a pending approval:", shot)
+    check(appr.get(f"/api/sessions/{sid}/approvals")["tool_calls"][0]["tool_call_id"] == "c1",
+          "the server has the call pending")
+
+    # A message while the call is pending: the server's refusal, in place.
+    box = pa.get_by_role("textbox", name="Message")
+    box.fill("are you there?")
+    box.press("Enter")
+    refusal = pa.locator('#thread > .msg.error[data-code="approval_pending"]')
+    expect(refusal).to_contain_text("waiting for approval")
+    expect(pa.get_by_role("button", name="Stop")).to_be_hidden()
+    check(convo(pa)[-2:] == [("user", "are you there?"), ("error", refusal.text_content())],
+          "the refused message shows the approval_pending error right after it")
+
+    # Approve in tab 2: the panel goes from both tabs, the resumed reply streams to both.
+    approve(pb).click()
+    for p in (pa, pb):
+        expect(panel(p)).to_be_hidden()
+        reply(p, "Deleted notes.txt.")
+        expect(p.locator("#thread details.tool").last).to_contain_text("deleted notes.txt")
+    check(appr.get(f"/api/sessions/{sid}/approvals")["tool_calls"] == [], "nothing is pending any more")
+    box.fill("thanks")
+    box.press("Enter")
+    wait_reply(pa, "thanks")
+    check(not panel(pb).is_visible(), "tab 2: still no panel after the next turn")
+    pb.close()
+
+    # Reload while pending: the call comes back from GET .../approvals; Deny works after it.
+    ask(pa, "delete notes.txt again")
+    pa.reload()
+    expect(pa.locator("#status")).to_have_text("Connected")
+    expect(panel(pa)).to_be_visible()
+    check(pa.evaluate(PANEL) == [["delete_file", '{"path":"notes.txt"}', ["Approve", "Deny"]]],
+          "after a reload the pending call is shown again")
+    deny(pa).click()
+    expect(panel(pa)).to_be_hidden()
+    wait_for(pa, "() => document.activeElement.id === 'msg'")
+    reply(pa, "Kept notes.txt (denied).")
+    expect(pa.locator("#thread details.tool").last).to_contain_text("kept notes.txt")
+
+    # Two calls: a choice for each; the decision goes once both have one.
+    pa.get_by_role("button", name=re.compile("New")).click()
+    wait_for(pa, "id => decodeURIComponent(location.hash.slice(1)) !== id", sid)
+    expect(pa.locator("#status")).to_have_text("Connected")
+    ask(pa, "delete two files")
+    check([c[:2] for c in pa.evaluate(PANEL)] == [["delete_file", '{"path":"a.txt"}'],
+                                                  ["delete_file", '{"path":"b.txt"}']],
+          "two pending calls, each with its own buttons")
+    approve(pa).first.click()
+    expect(approve(pa).first).to_have_attribute("aria-pressed", "true")
+    check(panel(pa).is_visible() and approve(pa).nth(1).is_enabled(),
+          "one choice of two sends nothing yet")
+    deny(pa).nth(1).click()
+    expect(panel(pa)).to_be_hidden()
+    reply(pa, "Deleted a.txt. Kept b.txt (denied).")
+
+    # Hostile name and arguments: text, and nothing runs.
+    ask(pa, "delete hostile", "<script>")
+    got = pa.evaluate(PANEL)
+    check(got == [["<script>window.__pwned=2</script>", '{"path":"<img src=x onerror=window.__pwned=1>"}',
+                   ["Approve", "Deny"]]], f"hostile name and arguments show as text ({got})")
+    check(pa.evaluate("() => document.querySelectorAll('#appr img, #appr script').length === 0"
+                      " && window.__pwned === undefined"), "no element was made from them, nothing ran")
+    deny(pa).click()
+    reply(pa, "(denied).")
+    check(pa.evaluate("() => window.__pwned === undefined"), "nothing ran after the decision either")
+    errs = wa.errors() + wb.errors()
+    check(not errs, f"approval tabs: no console errors ({errs})")
+    pa.close()
+
+    # Auth on: the page fetches the pending call with its key after a reload.
+    pk = ctx.new_page()
+    wk = Watch(pk, "approvals with key")
+    pk.goto(appr_auth.origin + "/")
+    key_field = pk.get_by_label(re.compile("key", re.I))
+    key_field.fill(KEY)
+    key_field.press("Enter")
+    expect(key_field).to_be_hidden()
+    pk.get_by_role("button", name=re.compile("New")).click()
+    expect(pk.locator("#status")).to_have_text("Connected")
+    ask(pk, "delete notes.txt")
+    pk.reload()
+    expect(panel(pk)).to_be_visible()
+    sent = [h.get("x-api-key") for u, h in wk.requests if u.endswith("/approvals")]
+    check(sent and set(sent) == {KEY}, f"GET .../approvals carries the key ({sent})")
+    approve(pk).click()
+    expect(panel(pk)).to_be_hidden()
+    reply(pk, "Deleted notes.txt.")
+    errs = wk.errors(allowed=[r"status of 401"])
+    check(not errs, f"approvals with key: no console errors ({errs})")
+    pk.close()
+
 def run(pw, artifacts):
     profile = tempfile.mkdtemp(prefix="chat-page-profile-")
     agent = Path(profile) / "tool_agent.py"
@@ -500,6 +642,9 @@ def run(pw, artifacts):
     server = Server()
     auth = Server(api_key=KEY)
     tools = Server(args=["--agent", "exec", "--agent-cmd", f"{sys.executable} {agent}"])
+    approver = f"{sys.executable} {ROOT / 'tests' / 'browser' / 'approval_agent.py'}"
+    appr = Server(args=["--agent", "exec", "--agent-cmd", approver])
+    appr_auth = Server(api_key=KEY, args=["--agent", "exec", "--agent-cmd", approver])
     fast = Server(delay_ms=0)
     paced = Server(delay_ms=2)
     proxy = Proxy(server.port)
@@ -742,6 +887,8 @@ def run(pw, artifacts):
               "the history shows the tool turn: prompt, folded call and return, reply")
         check(not w4.errors(), f"tools tab: no console errors ({w4.errors()})")
 
+        approvals(ctx, appr, appr_auth, artifacts)
+
         # ---- resync: while the page is away, more events pass than the server
         # retains (1 000); on reconnect it is told to resync and refetches the history
         page5 = ctx.new_page()
@@ -922,7 +1069,7 @@ def run(pw, artifacts):
             ctx.close()
         proxy.stop()
         fast_proxy.stop()
-        for s in (server, auth, tools, fast, paced):
+        for s in (server, auth, tools, appr, appr_auth, fast, paced):
             s.stop()
         shutil.rmtree(profile, ignore_errors=True)
 
