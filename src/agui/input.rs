@@ -62,6 +62,23 @@ pub fn parse_input(body: &Map<String, Value>) -> Result<RunInput, Vec<Value>> {
             None
         }
     };
+    for key in ["tools", "context"] {
+        match body.get(key) {
+            None | Some(Value::Null | Value::Array(_)) => {}
+            Some(other) => errors.push(json!({"type": "list_type", "loc": ["body", key], "msg": "Input should be a valid list", "input": other})),
+        }
+    }
+    match body.get("parentRunId") {
+        None | Some(Value::Null | Value::String(_)) => {}
+        Some(other) => errors.push(json!({"type": "string_type", "loc": ["body", "parentRunId"], "msg": "Input should be a valid string", "input": other})),
+    }
+    for (i, m) in messages.into_iter().flatten().enumerate() {
+        match m.get("role") {
+            Some(Value::String(_)) => {}
+            Some(other) => errors.push(json!({"type": "string_type", "loc": ["body", "messages", i, "role"], "msg": "Input should be a valid string", "input": other})),
+            None => errors.push(json!({"type": "missing", "loc": ["body", "messages", i, "role"], "msg": "Field required", "input": m})),
+        }
+    }
     let resume = match body.get("resume") {
         None | Some(Value::Null) => None,
         Some(Value::Array(list)) if list.is_empty() => None,
@@ -226,6 +243,22 @@ mod tests {
         );
         let errors = input(json!({"threadId": 1, "runId": "r", "messages": {}})).unwrap_err();
         assert_eq!(errors.len(), 2);
+        let errors = input(
+            json!({"threadId": "t", "runId": "r", "context": {}, "tools": "x", "parentRunId": 3,
+            "messages": [{"id": "1", "content": "hi"}, 7, {"role": "user", "content": "hi"}]}),
+        )
+        .unwrap_err();
+        let locs: Vec<&Value> = errors.iter().map(|e| &e["loc"]).collect();
+        assert_eq!(
+            locs,
+            [
+                &json!(["body", "tools"]),
+                &json!(["body", "context"]),
+                &json!(["body", "parentRunId"]),
+                &json!(["body", "messages", 0, "role"]),
+                &json!(["body", "messages", 1, "role"]),
+            ]
+        );
         for no_prompt in [
             json!([]),
             json!([{"id": "1", "role": "assistant", "content": "hi"}]),

@@ -19,6 +19,7 @@
 # the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+root="$(pwd)"
 
 out=target/ops
 mkdir -p "$out"
@@ -74,7 +75,7 @@ schemathesis_run() {
     local name=$1
     shift
     local log="$out/schemathesis-$name.log"
-    if (cd "$out" && NO_COLOR=1 timeout 300 schemathesis run "$base/openapi.json" \
+    if (cd "$out" && NO_COLOR=1 timeout 300 schemathesis --config-file "$root/tests/ops/schemathesis.toml" run "$base/openapi.json" \
         -H "X-API-Key: $key" --checks all --exclude-checks use_after_free --workers 1 --request-timeout 10 \
         --max-examples "$SCHEMATHESIS_EXAMPLES" "$@") > "$log" 2>&1; then
         echo "schemathesis ($name): $(grep -E 'generated' "$log" | tail -1 | sed 's/^ *//');" \
