@@ -12,6 +12,10 @@
 //!   session per request) back to back for `LOAD_SECONDS` (8);
 //! - `turns`: `LOAD_CLIENTS` WebSocket clients, each on its own session,
 //!   sending `message` and reading to its `done`, back to back;
+//! - `agui`: `LOAD_CLIENTS` clients, each on its own thread (session),
+//!   posting `POST /api/ag-ui` runs of the chat's message back to back and
+//!   reading each stream to its close (a new connection per run: the
+//!   stream is close-delimited); the unit is a run;
 //! - `fanout`: `FAN_CLIENTS` (100) WebSocket clients on one session, one of
 //!   which sends 50 messages of 20 words, each after the last one's
 //!   `done`; the unit is a frame delivered to a client;
@@ -350,6 +354,47 @@ fn http_phase(
     report(server, phase, units, wall, p99_ms(times), cpu, "req");
 }
 
+/// One AG-UI run on a new connection: the whole stream, to its close.
+fn agui_run(addr: &str, body: &str) -> usize {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let req = format!(
+        "POST /api/ag-ui HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("send");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("the stream");
+    assert!(
+        out.starts_with(b"HTTP/1.1 200") && out.windows(12).any(|w| w == b"RUN_FINISHED"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    out.len()
+}
+
+fn agui_phase(template: &str, server: &str) {
+    let (target, _) = Target::start(template);
+    let clients = env_num("LOAD_CLIENTS", 32);
+    let seconds = env_num("LOAD_SECONDS", 8) as u64;
+    let addr = target.addr.clone();
+    let c0 = target.cpu_us();
+    let (units, wall, times) = closed_loop(
+        clients,
+        seconds,
+        move |i| {
+            let body = serde_json::json!({"threadId": format!("bench-{i}"), "runId": "run",
+                "messages": [{"id": "m", "role": "user", "content": "hello world from the benchmark"}]});
+            (addr.clone(), body.to_string())
+        },
+        |(addr, body)| {
+            agui_run(addr, body);
+        },
+    );
+    let cpu = target.cpu_us() - c0;
+    report(server, "agui", units, wall, p99_ms(times), cpu, "run");
+}
+
 fn turns_phase(template: &str, server: &str) {
     let (target, _) = Target::start(template);
     let clients = env_num("LOAD_CLIENTS", 32);
@@ -478,7 +523,7 @@ fn main() {
         }
     };
     let phases = std::env::var("LOAD_PHASES")
-        .unwrap_or_else(|_| "health,sessions,chat,turns,fanout,hold".into());
+        .unwrap_or_else(|_| "health,sessions,chat,turns,agui,fanout,hold".into());
     println!(
         "# load: {} CPUs; servers on CPU 0, load on the others; {} s per phase",
         cpus(),
@@ -507,6 +552,7 @@ fn main() {
                     r#"{"content":"hello world from the benchmark"}"#,
                 ),
                 "turns" => turns_phase(&template, name),
+                "agui" => agui_phase(&template, name),
                 "fanout" => fanout_phase(&template, name),
                 "hold" => hold_phase(&template, name),
                 other => panic!("unknown phase {other}"),
