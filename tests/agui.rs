@@ -322,11 +322,7 @@ fn an_interrupt_then_its_resume() {
     let approvals = s.get("/api/sessions/h1/approvals").json();
     assert_eq!(approvals["tool_calls"].as_array().unwrap().len(), 2);
     // The thread's WebSocket saw the request for approval.
-    loop {
-        if next_json(&mut ws)["op"] == "approval_required" {
-            break;
-        }
-    }
+    until_op(&mut ws, "approval_required");
 
     // A new message waits for a decision (JSON, before any stream).
     let (head, _) = run(&s, &input("h1", "r2", "something else"));
@@ -392,15 +388,8 @@ fn an_interrupt_then_its_resume() {
         json!([])
     );
     // Every device saw the decision and the resumed turn.
-    let mut ops = Vec::new();
-    loop {
-        let f = next_json(&mut ws);
-        ops.push(f["op"].as_str().unwrap().to_owned());
-        if f["op"] == "done" {
-            break;
-        }
-    }
-    assert_eq!(ops[0], "approval_resolved");
+    let frames = until_done(&mut ws);
+    assert_eq!(frames[0]["op"], "approval_resolved");
 }
 
 #[test]

@@ -104,19 +104,6 @@ fn history(s: &Server, session: &str) -> Vec<Value> {
         .clone()
 }
 
-/// Frames up to and including the first whose op is `op`.
-fn until_op(ws: &mut Ws, op: &str) -> Vec<Value> {
-    let mut frames = Vec::new();
-    loop {
-        let f = next_json(ws);
-        let stop = f["op"] == op;
-        frames.push(f);
-        if stop {
-            return frames;
-        }
-    }
-}
-
 fn metric(s: &Server, line_start: &str) -> f64 {
     let text = s.get("/metrics").body;
     let text = String::from_utf8_lossy(&text).into_owned();

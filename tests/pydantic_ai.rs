@@ -54,18 +54,6 @@ fn chat(s: &Server, id: &str, content: &str) -> HttpResponse {
     )
 }
 
-fn until_op(ws: &mut Ws, op: &str) -> Vec<Value> {
-    let mut frames = Vec::new();
-    loop {
-        let f = next_json(ws);
-        let stop = f["op"] == op;
-        frames.push(f);
-        if stop {
-            return frames;
-        }
-    }
-}
-
 fn a_pydantic_ai_agent_round_trip(mode: &str) {
     let s = Server::start(&["--agent", mode, "--agent-cmd", &agent_cmd(mode)]);
     let mut ws = s.ws("/api/ws/p1");

@@ -45,51 +45,51 @@ impl Server {
         stream: EventStream,
         now: Instant,
     ) {
+        let session: Rc<str> = Rc::from(stream.session_id);
+        if self.switch_to_sse(slot, session.clone(), Vec::new(), None, now) {
+            self.app
+                .subscribed(id, &session, stream.since, now, &mut sink!(self));
+        }
+    }
+
+    /// Moves the HTTP connection in `slot` to an event stream of `session`,
+    /// its head and `first` bytes queued. False: it was no HTTP connection.
+    fn switch_to_sse(
+        &mut self,
+        slot: usize,
+        session: Rc<str>,
+        first: Vec<u8>,
+        run: Option<Box<RunStream>>,
+        now: Instant,
+    ) -> bool {
         let Some(conn) = self.conns.get_mut(slot) else {
-            return;
+            return false;
         };
         let State::Http(h) = std::mem::replace(&mut conn.state, State::Moving) else {
-            return;
+            return false;
         };
         let HttpConn { mut io, .. } = *h;
         io.push(Bytes::from_static(SSE_HEAD));
-        let session: Rc<str> = Rc::from(stream.session_id);
+        io.push(Bytes::from(first));
         conn.state = State::Sse(Box::new(SseConn {
             io,
-            session: session.clone(),
+            session,
             last_keepalive: now,
             received: 0,
-            run: None,
+            run,
         }));
         self.dirty.push(slot);
-        self.app
-            .subscribed(id, &session, stream.since, now, &mut sink!(self));
+        true
     }
 
     /// Turns the HTTP connection in `slot` into an AG-UI run's stream: the
     /// head and `RUN_STARTED` now, the turn's events as the core hands
     /// them over (it is no subscriber), and the close once the run ends.
     pub(super) fn open_run(&mut self, slot: usize, mut run: Box<RunStream>, now: Instant) {
-        let Some(conn) = self.conns.get_mut(slot) else {
-            return;
-        };
-        let State::Http(h) = std::mem::replace(&mut conn.state, State::Moving) else {
-            return;
-        };
-        let HttpConn { mut io, .. } = *h;
-        io.push(Bytes::from_static(SSE_HEAD));
         let mut first = Vec::new();
         let ended = run.start(&mut first);
-        io.push(Bytes::from(first));
-        conn.state = State::Sse(Box::new(SseConn {
-            io,
-            session: Rc::from(run.thread_id()),
-            last_keepalive: now,
-            received: 0,
-            run: Some(run),
-        }));
-        self.dirty.push(slot);
-        if ended {
+        let session = Rc::from(run.thread_id());
+        if self.switch_to_sse(slot, session, first, Some(run), now) && ended {
             if let Some(gone) = close_subscriber(&mut self.conns, slot, close::NORMAL, "", now) {
                 self.gone_subscribers.push(gone);
             }

@@ -345,12 +345,17 @@ pub fn send_json(ws: &mut Ws, value: serde_json::Value) {
 
 /// Reads frames until `done` (inclusive); returns them all.
 pub fn until_done(ws: &mut Ws) -> Vec<serde_json::Value> {
+    until_op(ws, "done")
+}
+
+/// Reads frames up to and including the first whose op is `op`.
+pub fn until_op(ws: &mut Ws, op: &str) -> Vec<serde_json::Value> {
     let mut frames = Vec::new();
     loop {
         let f = next_json(ws);
-        let done = f["op"] == "done";
+        let stop = f["op"] == op;
         frames.push(f);
-        if done {
+        if stop {
             return frames;
         }
     }
