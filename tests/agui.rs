@@ -497,3 +497,41 @@ fn the_validator_against_the_live_endpoint_finds_a_streamed_run() {
     let s = Server::start(&[]);
     validate(&[&format!("http://127.0.0.1:{}/api/ag-ui", s.port)], b"");
 }
+
+#[test]
+fn a_run_that_waits_gets_keep_alive_comments() {
+    // One echo token every 10 s, a keep-alive every second: the comment
+    // comes while the run waits for its second token.
+    let s = Server::start(&["--echo-delay-ms", "10000", "--ws-ping-interval", "1"]);
+    let mut ws = s.ws("/api/ws/k1");
+    let mut c = s.connect();
+    c.write_all(&raw_request(
+        "POST",
+        "/api/ag-ui",
+        Some(&input("k1", "r1", "slow words here").to_string()),
+        &[],
+    ))
+    .unwrap();
+    assert_eq!(read_response(&mut c).unwrap().status, 200);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(": keep-alive\n\n") {
+        let n = NoEintr(&mut c).read(&mut buf).expect("the stream");
+        assert!(
+            n > 0,
+            "the stream ended first: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // Cancelled from the thread's WebSocket: the run ends, and the whole
+    // stream, comments and all, is what the validator accepts.
+    send_json(&mut ws, json!({"op": "cancel"}));
+    NoEintr(&mut c).read_to_end(&mut seen).unwrap();
+    let body = seen;
+    assert_eq!(
+        events(&body).last().unwrap()["outcome"],
+        json!({"type": "cancelled"})
+    );
+    validate(&["-"], &body);
+}
