@@ -313,18 +313,16 @@ impl SessionTable {
         s.messages.extend(messages.into_iter().map(Bytes::from));
     }
 
-    /// Clears session `id`'s pending approvals (a person decided): journaled
-    /// with the next write, like a creation.
-    pub fn clear_approvals(&mut self, id: &str) {
-        if let Some(s) = self.sessions.get_mut(id) {
-            if !s.approvals.is_empty() {
-                s.approvals.clear();
-                self.pending.push(Change::Approvals {
-                    id: id.to_owned(),
-                    calls: Vec::new(),
-                });
-            }
-        }
+    /// Takes session `id`'s pending approvals (a person decided) for the
+    /// turn that resumes with them. Not journaled here: the resumed turn's
+    /// end journals the clear with its messages (see [`end_turn`](Self::end_turn)),
+    /// so a crash before that leaves the calls pending, to be decided
+    /// again, rather than a history ending in calls nobody answers.
+    pub fn take_approvals(&mut self, id: &str) -> Vec<PendingCall> {
+        self.sessions
+            .get_mut(id)
+            .map(|s| std::mem::take(&mut s.approvals))
+            .unwrap_or_default()
     }
 
     /// Hands pending changes (creations, deletions, `seq` reservations) to

@@ -88,11 +88,11 @@ pub struct Turn {
 }
 
 /// What a resumed turn carries: the decisions, and the calls decided on
-/// (id and tool name, to label their returns in the history).
+/// (the journal holds them as pending until the turn ends).
 #[derive(Debug)]
 struct Resume {
     approvals: String,
-    calls: Vec<(String, String)>,
+    calls: Vec<PendingCall>,
 }
 
 impl Turn {
@@ -120,18 +120,18 @@ impl Turn {
     pub fn resumed(
         id: u64,
         approvals: String,
-        calls: &[PendingCall],
+        calls: Vec<PendingCall>,
         waiter: Option<ConnId>,
     ) -> Self {
         let mut turn = Turn::new(id, String::new(), waiter);
-        turn.resume = Some(Resume {
-            approvals,
-            calls: calls
-                .iter()
-                .map(|c| (c.tool_call_id.clone(), c.name.clone()))
-                .collect(),
-        });
+        turn.resume = Some(Resume { approvals, calls });
         turn
+    }
+
+    /// A resumed turn's calls: decided, and pending in the journal until
+    /// the turn ends.
+    pub fn decided_calls(&self) -> Option<&[PendingCall]> {
+        self.resume.as_ref().map(|r| r.calls.as_slice())
     }
 
     /// Marks the turn as sent by WebSocket client `conn`.
@@ -440,7 +440,9 @@ fn start_next(table: &mut SessionTable, id: &str, now: Instant) -> StepOutcome {
 /// client that sees the last event and refetches finds them), then the
 /// broadcast, then the REST caller's answer.
 fn finish(table: &mut SessionTable, id: &str, mut turn: Turn, how: Finish, sink: &mut dyn Sink) {
-    let graceful = matches!(how, Finish::Done(..));
+    // The agent ended the turn itself: an exec program gets its exit
+    // grace, a worker no cancel line.
+    let graceful = matches!(how, Finish::Done(..) | Finish::Approval(Some(_), _));
     let mut how = how;
     let mut reply = String::new();
     if let Some(mut transcript) = turn.transcript.take() {
@@ -538,11 +540,16 @@ fn save(
     how: &mut Finish,
     sink: &mut dyn Sink,
 ) -> Result<(), String> {
-    let (final_text, own, calls) = match how {
+    let (final_text, own, mut calls) = match how {
         Finish::Done(content, messages) => (content.clone(), messages.take(), None),
         Finish::Approval(Some(calls), messages) => (None, messages.take(), Some(calls.clone())),
         _ => (None, None, None),
     };
+    // A resumed turn's end is where its decided calls stop being pending
+    // in the journal (unless it asks again, with calls of its own).
+    if calls.is_none() && turn.resume.is_some() {
+        calls = Some(Vec::new());
+    }
     if let Some(messages) = own {
         return table.end_turn(id, messages, Some(turn.history_start), calls, sink);
     }

@@ -38,7 +38,11 @@ CALLS = [
 
 def turn(req, emit):
     approvals = req.get("approvals")
-    if approvals is not None:
+    if approvals is not None and approvals.get("c1") == {"approved": True, "message": "hang"}:
+        emit({"op": "token", "data": {"content": "Working on it"}})
+        import time
+        time.sleep(60)
+    elif approvals is not None:
         last = req["history"][-1]
         calls = {p["tool_call_id"]: p for p in last["parts"] if p["part_kind"] == "tool-call"}
         said = []
@@ -360,6 +364,60 @@ fn pending_approvals_survive_a_crash_and_are_decided_after_it() {
         204
     );
     assert_eq!(s.get("/api/sessions/c2/approvals").status, 404);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn a_crash_during_the_resumed_turn_leaves_the_calls_pending_again() {
+    let dir = temp_dir("approvals-resume-crash");
+    let data = dir.to_string_lossy().into_owned();
+    let agent = exec_agent();
+    let args = [
+        "--agent",
+        "exec",
+        "--agent-cmd",
+        &agent,
+        "--data-dir",
+        &data,
+    ];
+    let s = Server::start(&args);
+    assert_eq!(
+        s.post("/api/sessions/r1/chat", r#"{"content":"delete"}"#)
+            .status,
+        409
+    );
+    let mut ws = s.ws("/api/ws/r1");
+    // A decision the agent works on for a long time.
+    send_json(
+        &mut ws,
+        json!({"op": "approve", "data": {"approvals": {"c1": {"approved": true, "message": "hang"}, "c2": true}}}),
+    );
+    assert_eq!(next_json(&mut ws)["op"], "approval_resolved");
+    assert_eq!(next_json(&mut ws)["data"]["content"], "Working on it");
+    assert_eq!(
+        s.get("/api/sessions/r1/approvals").json()["tool_calls"],
+        json!([])
+    );
+    signal(&s.child, libc::SIGKILL);
+    drop(s);
+    // The resumed turn never ended: its calls are still pending (a history
+    // ending in calls nobody answered would stop a pydantic-ai agent), and
+    // can be decided again.
+    let s = Server::start(&args);
+    let pending = s.get("/api/sessions/r1/approvals").json();
+    assert_eq!(
+        pending["tool_calls"].as_array().unwrap().len(),
+        2,
+        "{pending}"
+    );
+    let decided = s.post(
+        "/api/sessions/r1/approvals",
+        r#"{"approvals":{"c1":true,"c2":false}}"#,
+    );
+    assert_eq!(
+        decided.json()["content"],
+        "prompt=null; deleted a.txt, kept b.txt (denied)."
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 

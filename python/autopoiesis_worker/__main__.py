@@ -40,12 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("agent", metavar="MODULE:ATTR", help="the pydantic-ai Agent to serve")
     parser.add_argument("--exec", action="store_true", help="run one turn (exec agent) instead of a worker")
     args = parser.parse_args(argv)
+    # Stdout is the protocol's from here on: whatever the agent's module
+    # prints as it is imported goes to stderr (the server's log) instead.
+    writer = LineWriter(protocol_stdout())
     try:
         agent = load_agent(args.agent)
     except LoadError as e:
         print(f"autopoiesis_worker: {e}", file=sys.stderr)
         return 2
-    writer = LineWriter(protocol_stdout())
     if args.exec:
         return asyncio.run(exec_turn(agent, sys.stdin.buffer, writer))
     asyncio.run(Worker(agent, writer).serve(sys.stdin.buffer))

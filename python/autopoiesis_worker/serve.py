@@ -24,6 +24,7 @@ import sys
 import threading
 from typing import IO, Any
 
+import pydantic_core
 from pydantic_ai.agent import AbstractAgent
 
 from .turn import Turn, error_message, parse_turn, run_turn
@@ -71,9 +72,15 @@ class LineWriter:
         self._lock = threading.Lock()
 
     def write(self, obj: dict[str, Any]) -> None:
-        line = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        # pydantic-core writes NaN and infinities as null: `json.dumps`
+        # would write `NaN`, which is no JSON, and the server would take the
+        # whole worker for broken.
+        line = pydantic_core.to_json(obj, inf_nan_mode="null") + b"\n"
         with self._lock:
-            self._out.write(line)
+            view = memoryview(line)
+            while view:  # an unbuffered write may take part of the line
+                written = self._out.write(view)
+                view = view[written or 0 :]
             self._out.flush()
 
 

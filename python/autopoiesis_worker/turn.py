@@ -116,11 +116,16 @@ def jsonable(value: Any) -> Any:
     return pydantic_core.to_jsonable_python(value, serialize_unknown=True, bytes_mode="base64")
 
 
+def _no_constant(name: str) -> Any:
+    """`NaN` and the infinities are no JSON: such arguments stay a string."""
+    raise ValueError(name)
+
+
 def tool_args(args: str | Mapping[str, Any] | None) -> Any:
     """A call's arguments as an object when they are one (a model's JSON string parsed), else as given."""
     if isinstance(args, str):
         try:
-            parsed = json.loads(args) if args.strip() else {}
+            parsed = json.loads(args, parse_constant=_no_constant) if args.strip() else {}
         except ValueError:
             return args
         return parsed if isinstance(parsed, dict) else args

@@ -18,6 +18,15 @@ TIMEOUT = 30.0
 ENDINGS = ("done", "error", "approval_required")
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json(line: str | bytes) -> Any:
+    """A protocol line, parsed as the server parses it (no NaN or Infinity)."""
+    return json.loads(line, parse_constant=_not_json)
+
+
 def command(*args: str) -> list[str]:
     return [sys.executable, "-m", "autopoiesis_worker", *args]
 
@@ -42,7 +51,7 @@ def run_exec(request: dict[str, Any] | bytes, spec: str = "scripted:agent", tool
     """One exec turn: its events, exit status and stderr."""
     data = request if isinstance(request, bytes) else (json.dumps(request) + "\n").encode()
     p = subprocess.run(command("--exec", spec), input=data, capture_output=True, cwd=HERE, env=env(tool_log), timeout=TIMEOUT)
-    events = [json.loads(line) for line in p.stdout.splitlines()]
+    events = [strict_json(line) for line in p.stdout.splitlines()]
     return events, p.returncode, p.stderr.decode()
 
 
@@ -61,7 +70,7 @@ class WorkerProc:
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for raw in self.proc.stdout:
-            self.lines.put(json.loads(raw))  # a partial or stray line fails here
+            self.lines.put(strict_json(raw))  # a partial or stray line fails here
         self.lines.put(None)
 
     def send(self, obj: dict[str, Any]) -> None:

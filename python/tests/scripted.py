@@ -17,8 +17,12 @@ The last user prompt picks what the model does:
 Besides `agent`: `structured` answers a `City` through its output tool, and
 `own_deferred` lists `DeferredToolRequests` in its own output types.
 
+- `nan`: calls `measure`, which returns NaN (no JSON number), then answers
+  with what it got.
+
 Tools log each run to the file `$TOOL_LOG` (when set), one JSON line each;
-`add` also prints to stdout, which the adapter must keep off the protocol.
+`add` also prints to stdout, and so does this module as it is imported:
+the adapter must keep both off the protocol.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from pydantic_ai.messages import ModelMessage, ModelRequest, ToolReturnPart, Use
 from pydantic_ai.models.function import AgentInfo, DeltaThinkingCalls, DeltaThinkingPart, DeltaToolCall, DeltaToolCalls, FunctionModel
 
 peer_arrived = asyncio.Event()
+
+print("scripted agents imported")  # must not reach the protocol's stdout
 
 
 def _log_tool(name: str, **args: object) -> None:
@@ -66,6 +72,8 @@ async def script(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator
             yield f"The sum is {ret.content}."
         elif ret.tool_name == "flaky":
             yield "Gave up."
+        elif ret.tool_name == "measure":
+            yield f"Measured {ret.content}."
         elif ret.outcome == "denied":
             yield f"Denied: {ret.content}"
         else:
@@ -84,6 +92,8 @@ async def script(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator
         yield _call("add", {"a": int(words[1]), "b": int(words[2])}, "call-add")
     elif command == "retry":
         yield _call("flaky", {}, "call-flaky")
+    elif command == "nan":
+        yield _call("measure", {}, "call-nan")
     elif command == "delete":
         yield _call("delete_file", {"path": words[1]}, "call-del")
     elif command == "history":
@@ -120,6 +130,12 @@ def flaky() -> str:
     """Always asks the model to try again."""
     _log_tool("flaky")
     raise ModelRetry("try again later")
+
+
+@agent.tool_plain
+def measure() -> float:
+    """A reading that is not a number."""
+    return float("nan")
 
 
 @agent.tool_plain(requires_approval=True)

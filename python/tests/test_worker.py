@@ -228,3 +228,14 @@ def test_cancel_stops_a_hanging_turn_and_nothing_more_is_written(worker: WorkerP
     worker.send({"type": "cancel", "turn": 99})  # unknown: ignored
     assert worker.close() == 0  # exits at the end of stdin, the cancelled turn gone
     assert [e for e in worker.seen if e["turn"] == 1] == [{"turn": 1, "op": "token", "data": {"content": "waiting"}}]
+
+
+def test_a_tool_returning_nan_is_sent_as_null_and_the_worker_lives_on(worker: WorkerProc) -> None:
+    worker.turn(1, "nan")
+    events = worker.until_end(1)
+    result = next(data for op, data in ops(events) if op == "tool_result")
+    assert result == {"tool_call_id": "call-nan", "status": "success", "details": None}
+    assert events[-1]["op"] == "done"
+    # Every line was JSON (the harness parses each), and the worker serves on.
+    worker.turn(2, "text")
+    assert worker.until_end(2)[-1]["op"] == "done"

@@ -7,9 +7,12 @@
 //! Keys stay in the order the history has always had (alphabetical), so a
 //! journal written before reads the same.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::approvals::PendingCall;
 use crate::clock;
 use crate::json;
 
@@ -42,7 +45,7 @@ pub struct Transcript {
     /// The thinking being streamed (a `thinking` part once it ends).
     thinking: String,
     /// Names of the calls made, to label their returns.
-    call_names: Vec<(String, String)>,
+    call_names: HashMap<String, String>,
     /// All text streamed, across tool rounds (the reply of a REST turn).
     pub reply: String,
 }
@@ -56,16 +59,19 @@ impl Transcript {
             return_parts: Vec::new(),
             text: String::new(),
             thinking: String::new(),
-            call_names: Vec::new(),
+            call_names: HashMap::new(),
             reply: String::new(),
         }
     }
 
     /// A resumed turn's transcript knows the calls the turn before made
     /// (and a person decided on), to label their returns.
-    pub fn resuming(model_name: &str, calls: &[(String, String)]) -> Self {
+    pub fn resuming(model_name: &str, calls: &[PendingCall]) -> Self {
         let mut t = Transcript::new(model_name);
-        t.call_names = calls.to_vec();
+        t.call_names = calls
+            .iter()
+            .map(|c| (c.tool_call_id.clone(), c.name.clone()))
+            .collect();
         t
     }
 
@@ -78,7 +84,7 @@ impl Transcript {
 
     /// Whether this turn made call `id` (streamed as `tool_call`).
     pub fn has_call(&self, id: &str) -> bool {
-        self.call_names.iter().any(|(call, _)| call == id)
+        self.call_names.contains_key(id)
     }
 
     pub fn thinking(&mut self, t: &str) {
@@ -103,7 +109,7 @@ impl Transcript {
         self.flush_returns();
         self.flush_thinking();
         self.flush_text();
-        self.call_names.push((id.to_owned(), name.to_owned()));
+        self.call_names.insert(id.to_owned(), name.to_owned());
         self.response_parts.push(to_json(&ToolCall {
             args,
             part_kind: "tool-call",
@@ -124,11 +130,7 @@ impl Transcript {
         self.flush_thinking();
         self.flush_text();
         self.flush_response();
-        let name = self
-            .call_names
-            .iter()
-            .find(|(call, _)| call == id)
-            .map_or("", |(_, n)| n.as_str());
+        let name = self.call_names.get(id).map_or("", String::as_str);
         let part = to_json(&ToolReturn {
             content,
             part_kind: "tool-return",
@@ -329,7 +331,12 @@ mod tests {
 
     #[test]
     fn a_resumed_turn_labels_the_returns_of_the_calls_before_it() {
-        let mut t = Transcript::resuming("m", &[("c1".into(), "rm".into())]);
+        let call = PendingCall {
+            tool_call_id: "c1".into(),
+            name: "rm".into(),
+            args: json!({}),
+        };
+        let mut t = Transcript::resuming("m", &[call]);
         t.tool_result("c1", &json!("removed"));
         t.token("Removed.");
         let msgs = parse(&t.finish(None));

@@ -138,16 +138,21 @@ impl App {
         now: Instant,
         sink: &mut dyn Sink,
     ) -> Result<(), ()> {
-        let calls = self.pending_calls(id).to_vec();
-        let mut turn = Turn::resumed(self.new_turn_id(), decisions.to_string(), &calls, waiter);
+        if self.sessions.get(id).is_none_or(|s| s.running.is_some()) {
+            // Pending calls mean an idle session; this cannot happen.
+            return Err(());
+        }
+        let calls = self.sessions.take_approvals(id);
+        let mut turn = Turn::resumed(self.new_turn_id(), decisions.to_string(), calls, waiter);
         if let Some(conn) = stream {
             turn = turn.streamed_to(conn);
         }
-        self.sessions.clear_approvals(id);
+        // The session is idle: the turn is taken, and runs.
+        self.submit(id, turn, now).map_err(drop)?;
         let data = ResolvedData {
             approvals: &decisions,
         };
         self.sessions.broadcast(id, "approval_resolved", data, sink);
-        self.submit(id, turn, now).map_err(drop)
+        Ok(())
     }
 }

@@ -72,10 +72,16 @@ impl SessionTable {
                     seq: s.seq_reserved,
                 }));
             }
-            if !s.approvals.is_empty() {
+            // What the journal holds as pending: the calls waiting, or
+            // those a running resumed turn took (its end clears them).
+            let pending = match s.running.as_ref().and_then(|t| t.decided_calls()) {
+                Some(taken) => taken,
+                None => s.pending_approvals(),
+            };
+            if !pending.is_empty() {
                 out.extend(journal::encode(&Change::Approvals {
                     id: id.clone(),
-                    calls: s.approvals.clone(),
+                    calls: pending.to_vec(),
                 }));
             }
         }

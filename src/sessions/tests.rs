@@ -224,8 +224,18 @@ fn pending_approvals_survive_a_restart_and_a_decision_clears_them() {
     let mut restored = SessionTable::new(100);
     restored.restore(journal.iter().map(|c| (c.clone(), 1)).collect(), now);
     assert_eq!(restored.get("s").unwrap().pending_approvals(), &calls[..]);
-    t.clear_approvals("s");
-    t.flush_changes(&mut sink).unwrap();
+    // Decided: the resumed turn's end writes the clear with its messages.
+    assert_eq!(t.take_approvals("s"), calls);
+    let journal: Vec<Change> = sink.persisted.clone();
+    let mut restored = SessionTable::new(100);
+    restored.restore(journal.iter().map(|c| (c.clone(), 1)).collect(), now);
+    assert_eq!(
+        restored.get("s").unwrap().pending_approvals(),
+        &calls[..],
+        "still pending in the journal until the resumed turn ends"
+    );
+    t.end_turn("s", vec!["{}".into()], None, Some(Vec::new()), &mut sink)
+        .unwrap();
     let mut restored = SessionTable::new(100);
     restored.restore(sink.persisted.iter().map(|c| (c.clone(), 1)).collect(), now);
     assert!(restored.get("s").unwrap().pending_approvals().is_empty());

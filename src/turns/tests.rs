@@ -481,9 +481,10 @@ fn a_resumed_turn_carries_the_decisions_and_adds_no_user_request() {
         messages: None,
     };
     agent_event(&mut t, "s", 1, ask, &mut sink, now);
-    t.clear_approvals("s");
+    let taken = t.take_approvals("s");
+    assert_eq!(taken, calls());
     let decisions = r#"{"c1":true}"#.to_string();
-    let turn = Turn::resumed(2, decisions.clone(), &calls(), Some(REST));
+    let turn = Turn::resumed(2, decisions.clone(), taken, Some(REST));
     assert_eq!(submit(&mut t, "s", turn, 8, now), Ok(true));
     let job = start(&mut t, &mut sink, now);
     assert_eq!(job.approvals.as_deref(), Some(decisions.as_str()));
@@ -528,6 +529,12 @@ fn a_resumed_turn_carries_the_decisions_and_adds_no_user_request() {
     );
     assert_eq!(sink.responses.last().unwrap().1.status, 200);
     assert!(t.get("s").unwrap().pending_approvals().is_empty());
+    // The journal learns the calls are no longer pending with the resumed
+    // turn's own record, in the same write.
+    assert!(matches!(
+        sink.persisted.last(),
+        Some(crate::journal::Change::Approvals { calls, .. }) if calls.is_empty()
+    ));
 }
 
 #[test]
