@@ -253,10 +253,7 @@ impl App {
         let hint = self.id_hint(&req.head);
         let (content, body_id) = match validate_chat_body(&req.body) {
             Ok(parts) => parts,
-            Err(errors) => {
-                let body = json!({ "detail": errors }).to_string().into_bytes();
-                return HttpOutcome::Respond(Response::json(422, body));
-            }
+            Err(errors) => return HttpOutcome::Respond(unprocessable(errors)),
         };
         if path_id.is_none() && self.config.id_from_header.is_some() {
             // Behind a sharding proxy a body's id was not routed: this may
@@ -286,9 +283,7 @@ impl App {
         let turn = Turn::new(self.new_turn_id(), content, Some(from));
         match self.submit(&id, turn, now) {
             Ok(()) => HttpOutcome::Pending,
-            Err(Refused::Busy) => {
-                HttpOutcome::Respond(turns::coded_error(429, "busy", turns::BUSY_MESSAGE))
-            }
+            Err(Refused::Busy) => HttpOutcome::Respond(busy()),
             Err(Refused::ApprovalPending) => {
                 HttpOutcome::Respond(turns::pending_response(self.pending_calls(&id)))
             }
@@ -688,6 +683,16 @@ impl App {
 
 fn invalid_id() -> Response {
     Response::detail(400, "Invalid session id")
+}
+
+/// FastAPI's 422 with pydantic's list of errors.
+fn unprocessable(errors: Vec<serde_json::Value>) -> Response {
+    Response::json(422, json!({ "detail": errors }).to_string().into_bytes())
+}
+
+/// 429: the session's turn queue is full.
+fn busy() -> Response {
+    turns::coded_error(429, "busy", turns::BUSY_MESSAGE)
 }
 
 fn session_not_found() -> Response {

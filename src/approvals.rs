@@ -7,6 +7,8 @@
 //! asked until a decision arrives; the turn engine ([`crate::turns`]) sets
 //! and clears them, the session table journals them, the API decides them.
 
+use std::collections::HashSet;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -40,6 +42,7 @@ pub fn parse_request(data: &Value) -> Result<Option<Vec<PendingCall>>, String> {
         Some(_) => return Err("approval_required: \"tool_calls\" is not a non-empty list".into()),
     };
     let mut calls: Vec<PendingCall> = Vec::with_capacity(list.len());
+    let mut ids = HashSet::with_capacity(list.len());
     for (i, call) in list.iter().enumerate() {
         let text = |key: &str| {
             call.get(key)
@@ -60,7 +63,7 @@ pub fn parse_request(data: &Value) -> Result<Option<Vec<PendingCall>>, String> {
                 ))
             }
         };
-        if calls.iter().any(|c| c.tool_call_id == tool_call_id) {
+        if !ids.insert(tool_call_id.clone()) {
             return Err(format!(
                 "approval_required: tool_call_id {tool_call_id:?} appears twice"
             ));
@@ -86,11 +89,11 @@ pub struct ResolvedData<'a> {
     pub approvals: &'a Value,
 }
 
-/// Checks the shape of a client's `approvals`: an object mapping tool call
-/// ids to `true`, `false` or `{"approved": bool, "message"?: str,
+/// A client's `approvals`, checked: an object mapping tool call ids to
+/// `true`, `false` or `{"approved": bool, "message"?: str,
 /// "override_args"?: object}`. Err: pydantic-style errors, as FastAPI's 422
 /// list (`loc` under `prefix`).
-pub fn parse_decisions(approvals: Option<&Value>, prefix: &[&str]) -> Result<(), Vec<Value>> {
+pub fn parse_decisions(approvals: Option<Value>, prefix: &[&str]) -> Result<Value, Vec<Value>> {
     let loc = |extra: &[&str]| -> Vec<Value> {
         prefix
             .iter()
@@ -103,7 +106,7 @@ pub fn parse_decisions(approvals: Option<&Value>, prefix: &[&str]) -> Result<(),
             json!({"type": "missing", "loc": loc(&["approvals"]), "msg": "Field required", "input": null}),
         ]);
     };
-    let Value::Object(map) = approvals else {
+    let Value::Object(map) = &approvals else {
         return Err(vec![json!({
             "type": "dict_type",
             "loc": loc(&["approvals"]),
@@ -144,7 +147,7 @@ pub fn parse_decisions(approvals: Option<&Value>, prefix: &[&str]) -> Result<(),
         }
     }
     if errors.is_empty() {
-        Ok(())
+        Ok(approvals)
     } else {
         Err(errors)
     }
@@ -156,6 +159,7 @@ pub fn check_decisions(
     pending: &[PendingCall],
     approvals: &Map<String, Value>,
 ) -> Result<(), String> {
+    let pending_ids: HashSet<&str> = pending.iter().map(|c| c.tool_call_id.as_str()).collect();
     let missing: Vec<&str> = pending
         .iter()
         .map(|c| c.tool_call_id.as_str())
@@ -164,7 +168,7 @@ pub fn check_decisions(
     let unknown: Vec<&str> = approvals
         .keys()
         .map(String::as_str)
-        .filter(|id| !pending.iter().any(|c| c.tool_call_id == *id))
+        .filter(|id| !pending_ids.contains(id))
         .collect();
     let mut why = Vec::new();
     if !missing.is_empty() {
@@ -259,15 +263,15 @@ mod tests {
     fn decisions_of_every_form() {
         let ok = json!({"a": true, "b": false, "c": {"approved": true, "override_args": {"x": 1}},
                         "d": {"approved": false, "message": "no"}, "e": {"approved": true, "message": null}});
-        assert_eq!(parse_decisions(Some(&ok), &["body"]), Ok(()));
+        assert_eq!(parse_decisions(Some(ok.clone()), &["body"]), Ok(ok));
         let missing = parse_decisions(None, &["body"]).unwrap_err();
         assert_eq!(missing[0]["loc"], json!(["body", "approvals"]));
         assert_eq!(missing[0]["type"], "missing");
-        let not_object = parse_decisions(Some(&json!([true])), &["body"]).unwrap_err();
+        let not_object = parse_decisions(Some(json!([true])), &["body"]).unwrap_err();
         assert_eq!(not_object[0]["type"], "dict_type");
         let bad =
             json!({"a": "yes", "b": {"message": "m"}, "c": {"approved": 1, "override_args": [1]}});
-        let errors = parse_decisions(Some(&bad), &["body"]).unwrap_err();
+        let errors = parse_decisions(Some(bad), &["body"]).unwrap_err();
         let locs: Vec<&Value> = errors.iter().map(|e| &e["loc"]).collect();
         assert_eq!(
             locs,

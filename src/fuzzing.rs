@@ -316,7 +316,9 @@ pub fn agui_run(data: &[u8]) {
                     let map = decisions.as_object().expect("decisions are an object");
                     assert_eq!(map.len(), pending.len(), "every pending call decided");
                     assert!(crate::approvals::check_decisions(&pending, map).is_ok());
-                    assert!(crate::approvals::parse_decisions(Some(&decisions), &[]).is_ok());
+                    assert!(
+                        crate::approvals::parse_decisions(Some(decisions.clone()), &[]).is_ok()
+                    );
                 }
                 run = run.resuming(pending.clone());
             }

@@ -552,19 +552,8 @@ impl SessionTable {
 
     /// [`broadcast`](Self::broadcast) of several events of one kind, in
     /// order, with one lookup of the session and its subscribers for all of
-    /// them (a run of streamed tokens). Returns the last `seq`.
-    pub fn broadcast_each<D: EventData>(
-        &mut self,
-        id: &str,
-        op: &str,
-        data: impl IntoIterator<Item = D>,
-        sink: &mut dyn Sink,
-    ) -> Option<u64> {
-        self.broadcast_each_to(id, op, data, None, sink)
-    }
-
-    /// [`broadcast_each`](Self::broadcast_each), handing each event to
-    /// `also` too (see [`broadcast_to`](Self::broadcast_to)).
+    /// them (a run of streamed tokens), handing each to `also` too (see
+    /// [`broadcast_to`](Self::broadcast_to)). Returns the last `seq`.
     pub fn broadcast_each_to<D: EventData>(
         &mut self,
         id: &str,

@@ -390,6 +390,15 @@ fn an_interrupt_then_its_resume() {
     // Every device saw the decision and the resumed turn.
     let frames = until_done(&mut ws);
     assert_eq!(frames[0]["op"], "approval_resolved");
+    // A resume on a thread that does not exist fails, and creates nothing.
+    let mut ghost = input("ghost", "r5", "");
+    ghost["messages"] = json!([]);
+    ghost["resume"] = json!([{"interruptId": "int-d1", "status": "cancelled"}]);
+    let (_, body) = run(&s, &ghost);
+    let ev = events(&body);
+    assert_eq!(types(&ev), ["RUN_STARTED", "RUN_ERROR"]);
+    assert_eq!(ev[1]["code"], "no_pending_approval");
+    assert_eq!(s.get("/api/sessions/ghost/approvals").status, 404);
 }
 
 #[test]

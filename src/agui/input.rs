@@ -2,6 +2,8 @@
 //! (the thread, the run, the prompt or the answers to interrupts), and the
 //! answers turned into the decisions of [`crate::approvals`].
 
+use std::collections::HashSet;
+
 use serde_json::{json, Map, Value};
 
 use crate::approvals::PendingCall;
@@ -145,6 +147,7 @@ pub fn resume_decisions(entries: &[Value], pending: &[PendingCall]) -> Result<Va
     if pending.is_empty() {
         return Err("Nothing is waiting for approval on this thread.".into());
     }
+    let pending_ids: HashSet<&str> = pending.iter().map(|p| p.tool_call_id.as_str()).collect();
     let mut decisions = Map::new();
     for (i, entry) in entries.iter().enumerate() {
         let id = entry
@@ -153,7 +156,7 @@ pub fn resume_decisions(entries: &[Value], pending: &[PendingCall]) -> Result<Va
             .ok_or_else(|| format!("resume[{i}]: no \"interruptId\" string"))?;
         let call = id
             .strip_prefix(INTERRUPT_PREFIX)
-            .filter(|call| pending.iter().any(|p| p.tool_call_id == *call))
+            .filter(|call| pending_ids.contains(call))
             .ok_or_else(|| {
                 format!("resume[{i}]: interrupt {id:?} is not pending on this thread")
             })?;

@@ -5,6 +5,8 @@
 //! its content and ended before the run ends. Pure: JSON in, `data:`
 //! frames out.
 
+use std::collections::{HashMap, HashSet};
+
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -32,10 +34,10 @@ pub struct RunStream {
     /// Whether any text went out (else `done`'s content is the text).
     texted: bool,
     /// Tool calls started in this run.
-    calls: Vec<String>,
+    calls: HashSet<String>,
     /// A resumed run: the calls it answers, announced before their
     /// results (they were started by the run before, on another stream).
-    resumed: Vec<PendingCall>,
+    resumed: HashMap<String, PendingCall>,
     /// The run fails before its turn: why (and its code).
     failure: Option<(String, Option<&'static str>)>,
     ended: bool,
@@ -58,8 +60,8 @@ impl RunStream {
             reasoning: None,
             last_text: None,
             texted: false,
-            calls: Vec::new(),
-            resumed: Vec::new(),
+            calls: HashSet::new(),
+            resumed: HashMap::new(),
             failure: None,
             ended: false,
         }
@@ -67,7 +69,10 @@ impl RunStream {
 
     /// A run that resumes after `calls` were decided.
     pub fn resuming(mut self, calls: Vec<PendingCall>) -> Self {
-        self.resumed = calls;
+        self.resumed = calls
+            .into_iter()
+            .map(|c| (c.tool_call_id.clone(), c))
+            .collect();
         self
     }
 
@@ -76,11 +81,6 @@ impl RunStream {
     pub fn failing(mut self, message: String, code: Option<&'static str>) -> Self {
         self.failure = Some((message, code));
         self
-    }
-
-    /// Whether the run has ended (the stream is complete).
-    pub fn ended(&self) -> bool {
-        self.ended
     }
 
     /// The thread: the session whose turn this run is.
@@ -243,14 +243,14 @@ impl RunStream {
             json!({"toolCallId": id, "delta": delta}),
         );
         frame(out, "TOOL_CALL_END", json!({"toolCallId": id}));
-        self.calls.push(id.to_owned());
+        self.calls.insert(id.to_owned());
     }
 
     fn tool_result(&mut self, id: &str, details: &Value, out: &mut Vec<u8>) {
         self.close_open(out);
-        if !self.calls.iter().any(|c| c == id) {
+        if !self.calls.contains(id) {
             // A resumed run's result for a call the run before made.
-            if let Some(call) = self.resumed.iter().find(|c| c.tool_call_id == id).cloned() {
+            if let Some(call) = self.resumed.get(id).cloned() {
                 self.tool_call(&call.tool_call_id, &call.name, &call.args, out);
             }
         }
@@ -437,7 +437,6 @@ mod tests {
             out.last().unwrap(),
             &json!({"type": "RUN_FINISHED", "threadId": "t", "runId": "r", "outcome": {"type": "success"}})
         );
-        assert!(s.ended());
         let mut more = Vec::new();
         assert!(s.event(
             ev("token", json!({"content": "late"}))

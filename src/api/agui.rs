@@ -7,10 +7,8 @@
 
 use std::time::Instant;
 
-use serde_json::json;
-
 use super::chat_body::json_object;
-use super::{invalid_id, App, HttpOutcome};
+use super::{busy, invalid_id, unprocessable, App, HttpOutcome};
 use crate::agui::{self, Ask, RunStream};
 use crate::http::{Request, Response};
 use crate::sessions::valid_session_id;
@@ -25,36 +23,32 @@ impl App {
         now: Instant,
         sink: &mut dyn Sink,
     ) -> HttpOutcome {
-        let unprocessable = |errors| {
-            let body = json!({ "detail": errors }).to_string().into_bytes();
-            HttpOutcome::Respond(Response::json(422, body))
-        };
         let input = match json_object(&req.body).and_then(|body| agui::parse_input(&body)) {
             Ok(input) => input,
-            Err(errors) => return unprocessable(errors),
+            Err(errors) => return HttpOutcome::Respond(unprocessable(errors)),
         };
         let id = input.thread_id.as_str();
         if !valid_session_id(id) {
             return HttpOutcome::Respond(invalid_id());
         }
-        if let Err(why) = self.ensure_session(Some(id), now, sink) {
-            return HttpOutcome::Respond(Response::detail(503, &why));
-        }
         let run = RunStream::new(id, &input.run_id);
         match input.ask {
             Ask::Prompt(prompt) => {
+                if let Err(why) = self.ensure_session(Some(id), now, sink) {
+                    return HttpOutcome::Respond(Response::detail(503, &why));
+                }
                 let turn = Turn::new(self.new_turn_id(), prompt, None).streamed_to(from);
                 match self.submit(id, turn, now) {
                     Ok(()) => HttpOutcome::Run(Box::new(run)),
-                    Err(Refused::Busy) => {
-                        HttpOutcome::Respond(turns::coded_error(429, "busy", turns::BUSY_MESSAGE))
-                    }
+                    Err(Refused::Busy) => HttpOutcome::Respond(busy()),
                     Err(Refused::ApprovalPending) => {
                         HttpOutcome::Respond(turns::pending_response(self.pending_calls(id)))
                     }
                 }
             }
             Ask::Resume(entries) => {
+                // A resume changes nothing it does not decide: an unknown
+                // thread is not created (nothing is pending there).
                 let pending = self.pending_calls(id).to_vec();
                 let decisions = match agui::resume_decisions(&entries, &pending) {
                     Ok(decisions) => decisions,
@@ -69,9 +63,7 @@ impl App {
                 };
                 match self.resume(id, decisions, None, Some(from), now, sink) {
                     Ok(()) => HttpOutcome::Run(Box::new(run.resuming(pending))),
-                    Err(()) => {
-                        HttpOutcome::Respond(turns::coded_error(429, "busy", turns::BUSY_MESSAGE))
-                    }
+                    Err(()) => HttpOutcome::Respond(busy()),
                 }
             }
         }

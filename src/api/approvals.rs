@@ -7,10 +7,10 @@
 use std::time::Instant;
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::chat_body::json_object;
-use super::{session_not_found, App, HttpOutcome};
+use super::{busy, session_not_found, unprocessable, App, HttpOutcome};
 use crate::approvals::{self, PendingCall, ResolvedData};
 use crate::events::{self, ErrorData};
 use crate::http::{Request, Response};
@@ -55,20 +55,13 @@ impl App {
         if self.sessions.get(id).is_none() {
             return HttpOutcome::Respond(session_not_found());
         }
-        let unprocessable = |errors: Vec<Value>| {
-            let body = json!({ "detail": errors }).to_string().into_bytes();
-            HttpOutcome::Respond(Response::json(422, body))
-        };
         let mut body = match json_object(&req.body) {
             Ok(map) => map,
-            Err(errors) => return unprocessable(errors),
+            Err(errors) => return HttpOutcome::Respond(unprocessable(errors)),
         };
-        let decisions = body.remove("approvals");
-        if let Err(errors) = approvals::parse_decisions(decisions.as_ref(), &["body"]) {
-            return unprocessable(errors);
-        }
-        let Some(decisions) = decisions else {
-            return unprocessable(Vec::new());
+        let decisions = match approvals::parse_decisions(body.remove("approvals"), &["body"]) {
+            Ok(decisions) => decisions,
+            Err(errors) => return HttpOutcome::Respond(unprocessable(errors)),
         };
         if self.pending_calls(id).is_empty() {
             return HttpOutcome::Respond(turns::coded_error(
@@ -82,7 +75,7 @@ impl App {
         }
         match self.resume(id, decisions, Some(from), None, now, sink) {
             Ok(()) => HttpOutcome::Pending,
-            Err(()) => HttpOutcome::Respond(turns::coded_error(429, "busy", turns::BUSY_MESSAGE)),
+            Err(()) => HttpOutcome::Respond(busy()),
         }
     }
 
@@ -104,9 +97,8 @@ impl App {
             self.sessions.broadcast(id, "error", data, sink);
             return;
         }
-        let decisions = match decisions {
-            Some(d) if approvals::parse_decisions(Some(&d), &["data"]).is_ok() => d,
-            _ => return sink.send(conn, &events::error_frame(None, "Invalid message format")),
+        let Ok(decisions) = approvals::parse_decisions(decisions, &["data"]) else {
+            return sink.send(conn, &events::error_frame(None, "Invalid message format"));
         };
         if let Err(why) = self.check(id, &decisions) {
             return sink.send(conn, &events::error_frame(Some("approval_mismatch"), &why));
