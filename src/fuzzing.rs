@@ -348,3 +348,59 @@ pub fn agui_run(data: &[u8]) {
         assert_eq!(terminal, ended && i == frames.len() - 1, "{kind} at {i}");
     }
 }
+
+/// `approvals`: what people and agents say about tool approvals. The bytes
+/// as a decisions body (`{"approvals": {...}}`) against two pending calls:
+/// checked without a panic, and a body both checks accept decides exactly
+/// the pending calls. The same bytes as an agent's `approval_required` and
+/// `done` data (its `tool_calls` and `messages`): read or refused, and
+/// calls that are read have unique, non-empty ids.
+pub fn approvals(data: &[u8]) {
+    use crate::approvals::{check_decisions, parse_decisions, parse_request, PendingCall};
+    let pending: Vec<PendingCall> = ["c1", "c2"]
+        .iter()
+        .map(|id| PendingCall {
+            tool_call_id: (*id).into(),
+            name: "rm".into(),
+            args: serde_json::json!({}),
+        })
+        .collect();
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    if let Ok(decisions) = parse_decisions(value.get("approvals").cloned(), &["body"]) {
+        let map = decisions
+            .as_object()
+            .expect("checked decisions are an object");
+        if check_decisions(&pending, map).is_ok() {
+            let mut ids: Vec<&String> = map.keys().collect();
+            ids.sort();
+            assert_eq!(ids, ["c1", "c2"]);
+        }
+    }
+    if let Ok(Some(calls)) = parse_request(&value) {
+        assert!(!calls.is_empty());
+        let mut ids: Vec<&str> = calls.iter().map(|c| c.tool_call_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), calls.len(), "unique ids");
+        assert!(ids.iter().all(|id| !id.is_empty()));
+    }
+    // As the `data` of an agent's last line: its `messages` are kept as
+    // written, so each one read is the JSON text of an object.
+    for op in ["done", "approval_required"] {
+        let mut line = format!("{{\"op\":\"{op}\",\"data\":").into_bytes();
+        line.extend_from_slice(data);
+        line.push(b'}');
+        if let Ok(crate::agent::AgentEvent::Done {
+            messages: Some(messages),
+            ..
+        }) = crate::agent::parse_exec_line(&line)
+        {
+            for m in messages {
+                let v: serde_json::Value = serde_json::from_str(&m).expect("a message is JSON");
+                assert!(v["parts"].is_array(), "{m}");
+            }
+        }
+    }
+}

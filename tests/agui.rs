@@ -12,11 +12,18 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 
-/// `ag-ui-validate` from the venv (installed on first use).
+/// `ag-ui-validate` from the venv (installed on first use, once: the
+/// tests of this file run in parallel).
 fn validator() -> String {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
     let root = env!("CARGO_MANIFEST_DIR");
     let bin = format!("{root}/target/venv/bin/ag-ui-validate");
-    if !std::path::Path::new(&bin).exists() {
+    INSTALLED.call_once(|| install_validator(root, &bin));
+    bin
+}
+
+fn install_validator(root: &str, bin: &str) {
+    if !std::path::Path::new(bin).exists() {
         let status = Command::new("bash")
             .arg(format!("{root}/python/run-tests.sh"))
             .arg("--install-only")
@@ -36,7 +43,6 @@ fn validator() -> String {
             .expect("pip install ag-ui-validate");
         assert!(status.success(), "installing ag-ui-validate failed");
     }
-    bin
 }
 
 /// Runs the validator on `args` (and `stdin`); returns its JSON report.

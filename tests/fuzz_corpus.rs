@@ -63,3 +63,8 @@ fn journal_replay_corpus() {
 fn agui_run_corpus() {
     replay("agui_run", autopoiesis::fuzzing::agui_run);
 }
+
+#[test]
+fn approvals_corpus() {
+    replay("approvals", autopoiesis::fuzzing::approvals);
+}

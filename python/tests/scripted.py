@@ -9,6 +9,7 @@ The last user prompt picks what the model does:
 - `delete PATH`: calls `delete_file` (requires approval, id `call-del`); after the
   person's decision answers with the tool's return ("Done: ..." or "Denied: ...").
 - `history`: answers with the user prompts it was given, in order ("seen: a | b").
+- `count`: answers with how many messages it was given ("5 messages").
 - `boom`: the model raises `RuntimeError("kaboom")`.
 - `hang`: streams "waiting", then waits forever (to be cancelled).
 - `wait-peer`: streams "A-started", then waits until a `peer` turn has run in
@@ -98,6 +99,8 @@ async def script(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator
         yield _call("delete_file", {"path": words[1]}, "call-del")
     elif command == "history":
         yield "seen: " + " | ".join(_prompts(messages))
+    elif command == "count":
+        yield f"{len(messages)} messages"
     elif command == "boom":
         raise RuntimeError("kaboom")
     elif command == "hang":
