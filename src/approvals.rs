@@ -191,8 +191,26 @@ pub fn check_decisions(
 /// to a chat whose turn asked for approvals (`approval_required`) or that
 /// came while approvals were pending (`approval_pending`).
 pub fn coded_with_calls(status: u16, code: &str, message: &str, calls: &[PendingCall]) -> Response {
-    let body = json!({"detail": {"code": code, "message": message, "tool_calls": calls}});
-    Response::json(status, body.to_string().into_bytes())
+    // Structs, not a `json!` tree: the calls keep the field order of every
+    // other place they appear (a `Value` object would sort them).
+    #[derive(Serialize)]
+    struct Body<'a> {
+        detail: Detail<'a>,
+    }
+    #[derive(Serialize)]
+    struct Detail<'a> {
+        code: &'a str,
+        message: &'a str,
+        tool_calls: &'a [PendingCall],
+    }
+    let body = Body {
+        detail: Detail {
+            code,
+            message,
+            tool_calls: calls,
+        },
+    };
+    Response::json(status, serde_json::to_vec(&body).unwrap_or_default())
 }
 
 /// The `error` frame for one client whose message came while approvals
@@ -306,6 +324,11 @@ mod tests {
             "approval_required",
             APPROVAL_REQUIRED_MESSAGE,
             &[call("a")],
+        );
+        let text = std::str::from_utf8(&r.body).unwrap();
+        assert!(
+            text.contains(r#""tool_calls":[{"tool_call_id":"a","name":"rm","args":"#),
+            "the calls' own field order: {text}"
         );
         let body: Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(body["detail"]["code"], "approval_required");
