@@ -558,6 +558,7 @@ impl Server {
     /// An exec task is over once its child has exited and its output is
     /// read; a turn still open then failed ("exited before done").
     fn finish_exec_if_done(&mut self, slot: usize, now: Instant) {
+        let registry = self.poll.registry();
         let Some(AgentTask {
             io: AgentIo::Exec(exec),
             ended,
@@ -571,6 +572,9 @@ impl Server {
             return;
         }
         if !*ended {
+            // Its last words may still sit in the stderr pipe (the stdout
+            // EOF can come first): they are the reason's best part.
+            exec.read_stderr(registry);
             let reason = exec.exit_reason();
             let progress = Progress {
                 events: Vec::new(),
