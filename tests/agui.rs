@@ -128,6 +128,14 @@ fn input(thread: &str, run: &str, prompt: &str) -> Value {
            "messages": [{"id": format!("{run}-u"), "role": "user", "content": prompt}]})
 }
 
+/// A run that answers the thread's interrupts (`resume`), with no message.
+fn resume_input(thread: &str, run: &str, resume: Value) -> Value {
+    let mut body = input(thread, run, "");
+    body["messages"] = json!([]);
+    body["resume"] = resume;
+    body
+}
+
 /// A worker that thinks, calls a tool, fails, asks for approval, or hangs
 /// until cancelled, by its prompt; a resumed turn reports the decisions.
 const WORKER: &str = r#"#!/usr/bin/env python3
@@ -340,9 +348,7 @@ fn an_interrupt_then_its_resume() {
         json!([{"interruptId": "int-d1", "status": "resolved", "payload": {"approved": "yes"}},
                {"interruptId": "int-d2", "status": "cancelled"}]),
     ] {
-        let mut refused = input("h1", "r3", "");
-        refused["messages"] = json!([]);
-        refused["resume"] = resume;
+        let refused = resume_input("h1", "r3", resume);
         let (head, body) = run(&s, &refused);
         assert_eq!(head.status, 200);
         let ev = events(&body);
@@ -358,12 +364,14 @@ fn an_interrupt_then_its_resume() {
         );
     }
 
-    let mut resume = input("h1", "r4", "");
-    resume["messages"] = json!([]);
-    resume["resume"] = json!([
+    let resume = resume_input(
+        "h1",
+        "r4",
+        json!([
         {"interruptId": "int-d1", "status": "resolved", "payload": {"approved": true, "editedArgs": {"path": "a.bak"}}},
         {"interruptId": "int-d2", "status": "resolved", "payload": {"approved": false, "reason": "keep b"}},
-    ]);
+        ]),
+    );
     let (head, body) = run(&s, &resume);
     assert_eq!(head.status, 200);
     let ev = events(&body);
@@ -397,9 +405,11 @@ fn an_interrupt_then_its_resume() {
     let frames = until_done(&mut ws);
     assert_eq!(frames[0]["op"], "approval_resolved");
     // A resume on a thread that does not exist fails, and creates nothing.
-    let mut ghost = input("ghost", "r5", "");
-    ghost["messages"] = json!([]);
-    ghost["resume"] = json!([{"interruptId": "int-d1", "status": "cancelled"}]);
+    let ghost = resume_input(
+        "ghost",
+        "r5",
+        json!([{"interruptId": "int-d1", "status": "cancelled"}]),
+    );
     let (_, body) = run(&s, &ghost);
     let ev = events(&body);
     assert_eq!(types(&ev), ["RUN_STARTED", "RUN_ERROR"]);

@@ -87,6 +87,21 @@ fn exec_agent() -> String {
     script("exec_agent.py", &body)
 }
 
+/// The exec agent keeping its sessions in `dir`.
+fn durable_exec_args(dir: &std::path::Path) -> Vec<String> {
+    let data = dir.to_string_lossy().into_owned();
+    [
+        "--agent",
+        "exec",
+        "--agent-cmd",
+        &exec_agent(),
+        "--data-dir",
+        &data,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 fn worker_agent() -> String {
     let body = format!(
         "#!/usr/bin/env python3\nimport json, sys\n{TURN_LOGIC}\n\
@@ -313,16 +328,8 @@ fn turns_queued_behind_one_that_asks_are_dropped_with_approval_pending() {
 #[test]
 fn pending_approvals_survive_a_crash_and_are_decided_after_it() {
     let dir = temp_dir("approvals-crash");
-    let data = dir.to_string_lossy().into_owned();
-    let agent = exec_agent();
-    let args = [
-        "--agent",
-        "exec",
-        "--agent-cmd",
-        &agent,
-        "--data-dir",
-        &data,
-    ];
+    let args = durable_exec_args(&dir);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let s = Server::start(&args);
     let asked = s.post("/api/sessions/c1/chat", r#"{"content":"delete"}"#);
     assert_eq!(asked.status, 409, "answered once the journal has it");
@@ -370,16 +377,8 @@ fn pending_approvals_survive_a_crash_and_are_decided_after_it() {
 #[test]
 fn a_crash_during_the_resumed_turn_leaves_the_calls_pending_again() {
     let dir = temp_dir("approvals-resume-crash");
-    let data = dir.to_string_lossy().into_owned();
-    let agent = exec_agent();
-    let args = [
-        "--agent",
-        "exec",
-        "--agent-cmd",
-        &agent,
-        "--data-dir",
-        &data,
-    ];
+    let args = durable_exec_args(&dir);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let s = Server::start(&args);
     assert_eq!(
         s.post("/api/sessions/r1/chat", r#"{"content":"delete"}"#)
