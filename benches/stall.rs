@@ -5,8 +5,16 @@
 //! phases that provoke the known stalls:
 //! - `growth`: sessions created until the table holds `SESSIONS` (600 000);
 //! - `sweep`: the TTL sweep removes them all;
+//! - `growth8`: 8 connections each pipelining `POST /api/sessions`, 256
+//!   written at once then their 256 answers read, until the table holds
+//!   `GROWTH8_SESSIONS` (600 000: past the growths that start at 229 376
+//!   and 458 752);
 //! - `history`: a session with a long history (`HISTORY_MB`, 8) read again
 //!   and again;
+//! - `history8`: a history of many messages (`HISTORY8_KB`, 8 700, in turns
+//!   of `HISTORY8_WORDS` (200) words: two messages of about 1 KB each) read
+//!   `HISTORY8_READS` (50) times by each of `HISTORY8_CLIENTS` (4) clients
+//!   at once;
 //! - `turns`: 32 clients run REST turns back to back on a durable server
 //!   (`--fsync batch`);
 //! - `compaction`: a journal with `COMPACT_MB` (100) of live history and as
@@ -23,7 +31,11 @@
 //! ```text
 //! cargo build --release && cargo bench --bench stall
 //! ```
+//!
+//! `STALL_PHASES=growth8,history8` picks phases (by default all). Env:
+//! `AUTOPOIESIS_BIN` (default `target/release/autopoiesis`).
 
+use std::io::{BufRead, BufReader, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -135,6 +147,79 @@ fn create_sessions(addr: &str, n: usize, clients: usize) {
     }
 }
 
+/// Creates `n` sessions over `clients` connections, each writing
+/// `batch` requests at once and then reading their answers.
+fn create_sessions_pipelined(addr: &str, n: usize, clients: usize, batch: usize) {
+    let per = n.div_ceil(clients);
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let addr = addr.to_owned();
+            std::thread::spawn(move || {
+                let c = connect(&addr);
+                let mut reader = BufReader::with_capacity(64 * 1024, c.try_clone().unwrap());
+                let mut writer = c;
+                let request = "POST /api/sessions HTTP/1.1\r\nHost: b\r\nContent-Length: 0\r\n\r\n";
+                let mut left = per;
+                while left > 0 {
+                    let k = left.min(batch);
+                    writer.write_all(request.repeat(k).as_bytes()).unwrap();
+                    for _ in 0..k {
+                        assert_eq!(read_response(&mut reader).0, 201);
+                    }
+                    left -= k;
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
+/// One response read from a buffered connection (pipelined answers).
+fn read_response(r: &mut impl BufRead) -> (u16, Vec<u8>) {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status = line[9..12].parse().unwrap();
+    let mut len = 0;
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).unwrap();
+    (status, body)
+}
+
+/// Runs `turns` chat turns of `content` on session `id`, `depth` of them
+/// pipelined at a time.
+fn chat_turns(addr: &str, id: &str, content: &str, turns: usize, depth: usize) {
+    let c = connect(addr);
+    let mut reader = BufReader::new(c.try_clone().unwrap());
+    let mut writer = c;
+    let body = format!(r#"{{"content":"{content}"}}"#);
+    let request = format!(
+        "POST /api/sessions/{id}/chat HTTP/1.1\r\nHost: b\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut left = turns;
+    while left > 0 {
+        let k = left.min(depth);
+        writer.write_all(request.repeat(k).as_bytes()).unwrap();
+        for _ in 0..k {
+            assert_eq!(read_response(&mut reader).0, 200);
+        }
+        left -= k;
+    }
+}
+
 fn sessions_held(addr: &str) -> u64 {
     let (_, body) = call(&mut connect(addr), "GET", "/metrics", "");
     String::from_utf8_lossy(&body)
@@ -149,6 +234,9 @@ fn main() {
         std::env::var("AUTOPOIESIS_BIN").unwrap_or_else(|_| "target/release/autopoiesis".into());
     let sessions = env_num("SESSIONS", 600_000);
     let history_mb = env_num("HISTORY_MB", 8);
+    let phases = std::env::var("STALL_PHASES")
+        .unwrap_or_else(|_| "growth,sweep,growth8,history,history8,turns,compaction".into());
+    let wanted = |name: &str| phases.split(',').any(|p| p.trim() == name);
     if cpus() > 1 {
         pin_to(1);
     }
@@ -156,18 +244,93 @@ fn main() {
     // Growth, then the sweep of everything it made (in memory: this is the
     // table, not the journal). The TTL outlasts the growth phase, and the
     // sweep runs every TTL.
-    let ttl = env_num("SWEEP_TTL", 20).to_string();
-    let s = start(&bin, &["--in-memory", "--session-ttl", &ttl]);
-    phase("growth", &s.addr, || create_sessions(&s.addr, sessions, 4));
-    phase("sweep", &s.addr, || {
-        while sessions_held(&s.addr) > 0 {
-            std::thread::sleep(Duration::from_millis(100));
+    if wanted("growth") || wanted("sweep") {
+        let ttl = env_num("SWEEP_TTL", 20).to_string();
+        let s = start(&bin, &["--in-memory", "--session-ttl", &ttl]);
+        phase("growth", &s.addr, || create_sessions(&s.addr, sessions, 4));
+        if wanted("sweep") {
+            phase("sweep", &s.addr, || {
+                while sessions_held(&s.addr) > 0 {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+        }
+    }
+
+    // Growth with many clients creating sessions at once: 8 connections,
+    // 256 requests pipelined on each.
+    if wanted("growth8") {
+        let n = env_num("GROWTH8_SESSIONS", 600_000);
+        let s = start(&bin, &["--in-memory"]);
+        phase("growth8", &s.addr, || {
+            create_sessions_pipelined(&s.addr, n, 8, 256)
+        });
+        println!("stall growth8 sessions={}", sessions_held(&s.addr));
+    }
+
+    if wanted("history") {
+        history(&bin, history_mb);
+    }
+    if wanted("history8") {
+        history8(&bin);
+    }
+    if wanted("turns") {
+        turns(&bin);
+    }
+    if wanted("compaction") {
+        compaction(&bin);
+    }
+}
+
+/// A history of many messages (an 8.7 MB one took 15–17 ms iterations to
+/// answer) read by several clients at once.
+fn history8(bin: &str) {
+    let target = env_num("HISTORY8_KB", 8_700) * 1000;
+    let words = env_num("HISTORY8_WORDS", 200);
+    let clients = env_num("HISTORY8_CLIENTS", 4);
+    let reads = env_num("HISTORY8_READS", 50);
+    let s = start(bin, &["--in-memory"]);
+    let content = "word ".repeat(words);
+    let path = "/api/sessions/many/history";
+    let history_len = || call(&mut connect(&s.addr), "GET", path, "").1.len();
+    chat_turns(&s.addr, "many", &content, 1, 1);
+    let per_turn = history_len();
+    let mut len = per_turn;
+    while len < target {
+        let turns = (target - len).div_ceil(per_turn);
+        chat_turns(&s.addr, "many", &content, turns, 64);
+        len = history_len();
+    }
+    let (_, body) = call(&mut connect(&s.addr), "GET", path, "");
+    let messages = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["messages"]
+        .as_array()
+        .unwrap()
+        .len();
+    println!("stall history8 bytes={} messages={messages}", body.len());
+    let len = body.len();
+    phase("history8", &s.addr, || {
+        let handles: Vec<_> = (0..clients)
+            .map(|_| {
+                let addr = s.addr.clone();
+                std::thread::spawn(move || {
+                    let mut c = connect(&addr);
+                    for _ in 0..reads {
+                        let (status, body) = call(&mut c, "GET", path, "");
+                        assert_eq!(status, 200);
+                        assert_eq!(body.len(), len);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
         }
     });
-    drop(s);
+}
 
-    // A long history read back repeatedly.
-    let s = start(&bin, &["--in-memory", "--max-body-bytes", "2000000"]);
+/// A long history (a few long messages) read back repeatedly.
+fn history(bin: &str, history_mb: usize) {
+    let s = start(bin, &["--in-memory", "--max-body-bytes", "2000000"]);
     let mut c = connect(&s.addr);
     let chunk = "word ".repeat(200_000); // 1 MB per turn: request + reply
     for _ in 0..history_mb.div_ceil(2) {
@@ -185,13 +348,14 @@ fn main() {
             assert!(body.len() > 1_000_000);
         }
     });
-    drop(s);
+}
 
-    // 32 clients running turns on a durable server (group commit).
+/// 32 clients running turns on a durable server (group commit).
+fn turns(bin: &str) {
     let dir = std::env::temp_dir().join(format!("autopoiesis-stall-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let s = start(
-        &bin,
+        bin,
         &["--data-dir", dir.to_str().unwrap(), "--fsync", "batch"],
     );
     phase("turns", &s.addr, || {
@@ -215,14 +379,16 @@ fn main() {
     });
     drop(s);
     let _ = std::fs::remove_dir_all(&dir);
+}
 
-    // A compaction of a big journal: live history in 50 sessions, as much
-    // dead in one that is then deleted.
+/// A compaction of a big journal: live history in 50 sessions, as much
+/// dead in one that is then deleted.
+fn compaction(bin: &str) {
     let compact_mb = env_num("COMPACT_MB", 100);
     let dir = std::env::temp_dir().join(format!("autopoiesis-stall-c-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let s = start(
-        &bin,
+        bin,
         &[
             "--data-dir",
             dir.to_str().unwrap(),
