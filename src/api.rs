@@ -201,10 +201,13 @@ impl App {
             }
             Route::Sessions => Response::json(200, self.sessions.list_json()),
             Route::History(id) if !valid_session_id(id) => invalid_id(),
-            Route::History(id) => match self.sessions.history_parts(id) {
-                Some((start, parts)) => {
+            Route::History(id) => match self.sessions.get(id) {
+                Some(s) => {
+                    // A snapshot of the messages (shared, not copied), produced
+                    // a slice at a time as the socket takes it.
+                    let body = crate::http::body::history(id, s.messages());
                     self.touch(id, now);
-                    Response::json(200, start).with_tail(parts)
+                    Response::json(200, Vec::new()).with_rest(body)
                 }
                 None => session_not_found(),
             },

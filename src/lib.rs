@@ -14,7 +14,7 @@
 //! | module | owns | called by |
 //! |---|---|---|
 //! | [`config`] | the command line and environment → [`config::Config`] | `main` |
-//! | [`http`] | HTTP/1.1 request state machine, chunked bodies, response bytes | [`reactor`] (per connection), fuzz targets |
+//! | [`http`] | HTTP/1.1 request state machine, chunked bodies, response bytes, a body produced a slice at a time (`http::body`: a session's history, pulled as its socket takes it) | [`reactor`] (per connection), [`api`] (the history body), fuzz targets |
 //! | [`ws`] | the upgrade handshake, server frame encoding, client ops | [`api`], [`reactor`], fuzz targets |
 //! | [`service`] | the [`service::Service`] trait: what the reactor hands requests and messages to, and what it gets back | [`reactor`]; implemented by [`api`] and `examples/ws_echo.rs` |
 //! | [`api`] | [`api::App`]: routing, auth, REST handlers, WebSocket ops, event streams (SSE), the approval routes and op, the AG-UI route | [`reactor`] through [`service`] |

@@ -461,48 +461,11 @@ impl SessionTable {
         serde_json::to_vec(&list).unwrap_or_else(|_| b"[]".to_vec())
     }
 
-    /// `{"session_id": id, "messages": [...]}` as a response body: the
-    /// start, then parts to queue after it. Long messages are not copied
-    /// (each is shared as it is stored); short ones are gathered into
-    /// chunks, so a history of many small messages is not many tiny parts.
-    /// The work is proportional to the number of messages, never to the
-    /// bytes of a long one.
-    pub fn history_parts(&self, id: &str) -> Option<(Vec<u8>, Vec<Bytes>)> {
-        let s = self.sessions.get(id)?;
-        let mut start = Vec::with_capacity(64);
-        start.extend_from_slice(b"{\"session_id\":");
-        let _ = serde_json::to_writer(&mut start, id);
-        start.extend_from_slice(b",\"messages\":[");
-        let mut parts = Vec::new();
-        let mut chunk = Vec::new();
-        for (i, m) in s.messages.iter().enumerate() {
-            if i > 0 {
-                chunk.push(b',');
-            }
-            if m.len() >= SHARE_FROM {
-                if !chunk.is_empty() {
-                    parts.push(Bytes::from(std::mem::take(&mut chunk)));
-                }
-                parts.push(m.clone());
-            } else {
-                chunk.extend_from_slice(m);
-                if chunk.len() >= CHUNK {
-                    parts.push(Bytes::from(std::mem::take(&mut chunk)));
-                }
-            }
-        }
-        chunk.extend_from_slice(b"]}");
-        parts.push(Bytes::from(chunk));
-        Some((start, parts))
-    }
-
-    /// The whole history body in one buffer (tests, small histories).
+    /// The whole history body in one buffer (tests, small histories); the
+    /// response produces it a slice at a time ([`crate::http::body`]).
     pub fn history_json(&self, id: &str) -> Option<Vec<u8>> {
-        let (mut out, parts) = self.history_parts(id)?;
-        for p in parts {
-            out.extend_from_slice(&p);
-        }
-        Some(out)
+        let s = self.sessions.get(id)?;
+        Some(crate::http::body::history_json(id, &s.messages))
     }
 
     pub fn subscribe(&mut self, id: &str, conn: ConnId) {
@@ -641,12 +604,6 @@ fn info<'a>(id: &'a str, s: &'a Session) -> SessionInfo<'a> {
 pub fn text_of(message: &Bytes) -> String {
     String::from_utf8_lossy(message).into_owned()
 }
-
-/// Messages at least this long are shared, not copied, into a history
-/// response.
-const SHARE_FROM: usize = 16 * 1024;
-/// Short messages are gathered into parts of about this size.
-const CHUNK: usize = 64 * 1024;
 
 /// `^[A-Za-z0-9._-]{1,128}$` but not `.` or `..` (which cannot survive in
 /// a URL path): the ids a client may name.

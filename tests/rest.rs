@@ -402,3 +402,54 @@ fn a_big_history_arrives_whole_over_several_iterations() {
     assert_eq!(all.len() - body_at, h.body.len());
     assert_eq!(&all[body_at..], &h.body[..]);
 }
+
+/// A history of many short messages is produced a slice at a time as the
+/// socket takes it: whole, in order, with a pipelined request after it
+/// answered only after it, and on a connection that closes after it.
+#[test]
+fn a_history_of_many_short_messages_arrives_whole_and_in_order() {
+    use std::io::{Read, Write};
+    let s = Server::start(&[]);
+    let mut c = s.connect();
+    // 400 turns of ~1 KB: ~900 KB of history in 800 messages.
+    let turns = 400;
+    let content = |i: usize| format!("turn {i} {}", "word ".repeat(200));
+    for batch in (0..turns).collect::<Vec<_>>().chunks(50) {
+        for &i in batch {
+            send_routed_chat(&mut c, "many", &content(i));
+        }
+        for _ in batch {
+            assert_eq!(read_response(&mut c).unwrap().status, 200);
+        }
+    }
+    // Twice, and a health check, written at once.
+    let mut req = raw_request("GET", "/api/sessions/many/history", None, &[]);
+    req.extend(raw_request("GET", "/api/health", None, &[]));
+    req.extend(raw_request("GET", "/api/sessions/many/history", None, &[]));
+    c.write_all(&req).unwrap();
+    let h = read_response(&mut c).unwrap();
+    assert_eq!(h.status, 200);
+    assert!(h.body.len() > 800_000, "{}", h.body.len());
+    let v = h.json();
+    assert_eq!(v["session_id"], "many");
+    let messages = v["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2 * turns);
+    for (i, pair) in messages.chunks(2).enumerate() {
+        assert_eq!(pair[0]["parts"][0]["content"], content(i).as_str());
+    }
+    assert_eq!(read_response(&mut c).unwrap().json()["status"], "ok");
+    assert_eq!(read_response(&mut c).unwrap().body, h.body);
+    // Closed after it: everything before the EOF.
+    let mut c = s.connect();
+    c.write_all(&raw_request(
+        "GET",
+        "/api/sessions/many/history",
+        None,
+        &[("Connection", "close")],
+    ))
+    .unwrap();
+    let mut all = Vec::new();
+    c.read_to_end(&mut all).unwrap();
+    let body_at = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(&all[body_at..], &h.body[..]);
+}

@@ -47,10 +47,11 @@ pub(super) fn call(
         &mut sink,
     ) {
         HttpOutcome::Respond(r) => {
-            let v = if r.body.is_empty() {
+            let full = r.full_body();
+            let v = if full.is_empty() {
                 Value::Null
             } else {
-                serde_json::from_slice(&r.full_body()).unwrap()
+                serde_json::from_slice(&full).unwrap()
             };
             (r.status, v, r)
         }

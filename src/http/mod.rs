@@ -1,6 +1,8 @@
 //! HTTP/1.1: the request state machine ([`request`]), chunked bodies
-//! ([`chunked`]) and response framing ([`response`]). No sockets here.
+//! ([`chunked`]), response framing ([`response`]) and bodies produced a
+//! slice at a time ([`body`]: a session's history). No sockets here.
 
+pub mod body;
 pub mod chunked;
 pub mod request;
 pub mod response;

@@ -1,6 +1,6 @@
 //! Response bytes: status line, the few headers we send, body.
 
-use bytes::Bytes;
+use super::body::Spliced;
 
 pub const JSON: &str = "application/json";
 pub const HTML: &str = "text/html; charset=utf-8";
@@ -14,9 +14,9 @@ pub struct Response {
     pub headers: Vec<(&'static str, String)>,
     /// JSON, or empty (204).
     pub body: Vec<u8>,
-    /// More of the body, after `body`, queued as they are (shared, not
-    /// copied): a long history.
-    pub tail: Vec<Bytes>,
+    /// The rest of the body, after `body`, produced a slice at a time as
+    /// the socket takes it (a long history): see [`Spliced`].
+    pub rest: Option<Box<Spliced>>,
 }
 
 impl Response {
@@ -27,7 +27,7 @@ impl Response {
             content_type: JSON,
             headers: Vec::new(),
             body,
-            tail: Vec::new(),
+            rest: None,
         }
     }
 
@@ -38,7 +38,7 @@ impl Response {
             content_type,
             headers: Vec::new(),
             body,
-            tail: Vec::new(),
+            rest: None,
         }
     }
 
@@ -49,17 +49,17 @@ impl Response {
         Response::json(status, body)
     }
 
-    /// Adds parts to the body, queued after it without copying.
-    pub fn with_tail(mut self, tail: Vec<Bytes>) -> Self {
-        self.tail = tail;
+    /// Adds `rest` to the body, after it, produced as the socket takes it.
+    pub fn with_rest(mut self, rest: Spliced) -> Self {
+        self.rest = Some(Box::new(rest));
         self
     }
 
     /// The whole body in one buffer (for tests).
     pub fn full_body(&self) -> Vec<u8> {
         let mut out = self.body.clone();
-        for part in &self.tail {
-            out.extend_from_slice(part);
+        if let Some(rest) = &self.rest {
+            out.extend_from_slice(&rest.to_vec());
         }
         out
     }
@@ -69,8 +69,7 @@ impl Response {
         self
     }
 
-    /// The head and `body` as bytes (queue [`tail`](Self::tail) after
-    /// them). `keep_alive: false` adds `Connection: close`.
+    /// The head and `body` as bytes ([`rest`](Self::rest) follows them). `keep_alive: false` adds `Connection: close`.
     pub fn encode(&self, keep_alive: bool) -> Vec<u8> {
         // Pieces appended, no `write!`: this runs for every response, and
         // `fmt` was a tenth of a health check's instructions (callgrind).
@@ -85,7 +84,7 @@ impl Response {
             out.extend_from_slice(b"content-type: ");
             out.extend_from_slice(self.content_type.as_bytes());
             out.extend_from_slice(b"\r\ncontent-length: ");
-            let len = self.body.len() + self.tail.iter().map(Bytes::len).sum::<usize>();
+            let len = self.body.len() + self.rest.as_ref().map_or(0, |r| r.remaining());
             crate::json::push_u64(&mut out, len as u64);
             out.extend_from_slice(b"\r\n");
         }

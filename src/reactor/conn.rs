@@ -13,6 +13,7 @@ use mio::net::TcpStream;
 use tungstenite::WebSocket;
 
 use super::LINGER;
+use crate::http::body::{Spliced, SLICE};
 use crate::http::RequestParser;
 use crate::sink::ConnId;
 use crate::ws::{self, close};
@@ -23,6 +24,10 @@ const IOV_BATCH: usize = 64;
 /// handed to a loopback socket in one go is milliseconds of copying while
 /// everyone else waits; the rest goes in the next iterations.
 pub const WRITE_BUDGET: u64 = 256 * 1024;
+/// A response body produced a slice at a time (a long history) is pulled
+/// while less than this is queued: one iteration's write, no more, so a
+/// connection costs at most this much copying per iteration.
+const BODY_AHEAD: usize = WRITE_BUDGET as usize;
 
 /// A socket plus the bytes queued for it.
 ///
@@ -269,6 +274,10 @@ pub struct HttpConn {
     pub peer: Option<std::net::SocketAddr>,
     /// The request whose answer comes later (a chat turn), for accounting.
     pub pending_log: Option<super::access::RequestLog>,
+    /// The rest of a response body, produced as the socket takes it (see
+    /// [`produce`](Self::produce)); nothing else is parsed until it is
+    /// queued whole, so responses leave in request order.
+    pub body: Option<Box<Spliced>>,
 }
 
 impl HttpConn {
@@ -287,12 +296,33 @@ impl HttpConn {
             last_progress: now,
             peer: None,
             pending_log: None,
+            body: None,
         }
     }
 
     /// Between requests with nothing buffered.
     pub fn is_idle(&self) -> bool {
-        self.parser.is_idle() && self.inbuf.is_empty() && !self.waiting
+        self.parser.is_idle() && self.inbuf.is_empty() && !self.waiting && self.body.is_none()
+    }
+
+    /// Queues the next slices of the body under way while less than
+    /// [`BODY_AHEAD`] is queued. True when it has just been queued whole:
+    /// the connection may parse its next request.
+    pub fn produce(&mut self) -> bool {
+        let Some(body) = &mut self.body else {
+            return false;
+        };
+        while self.io.queued() < BODY_AHEAD {
+            match body.pull(SLICE) {
+                Some(bytes) => self.io.push(bytes),
+                None => break,
+            }
+        }
+        if body.is_done() {
+            self.body = None;
+            return true;
+        }
+        false
     }
 }
 

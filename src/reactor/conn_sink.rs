@@ -180,7 +180,8 @@ impl Sink for ConnSink<'_> {
         h.keep_alive = h.waiting_keep_alive;
         // The answer to a turn: it leaves once the turn is durable.
         h.io.barrier(self.epoch);
-        let (status, len) = queue_response(&mut h.io, &response, h.keep_alive);
+        let mut response = response;
+        let (status, len) = queue_response(h, &mut response, h.keep_alive);
         if let Some(request) = h.pending_log.take() {
             let log = self.access_log;
             access::record(self.metrics, log, h.peer, &request, status, len);

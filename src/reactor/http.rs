@@ -40,7 +40,7 @@ impl Server {
             else {
                 return;
             };
-            if h.waiting || !h.keep_alive {
+            if h.waiting || !h.keep_alive || h.body.is_some() {
                 break;
             }
             if h.io.queued() > HTTP_OUT_HIGH {
@@ -94,7 +94,7 @@ impl Server {
                     };
                     let peer = h.peer;
                     let records = self.records;
-                    let outcome = self.app.handle_http(req, id, now, &mut sink!(self));
+                    let mut outcome = self.app.handle_http(req, id, now, &mut sink!(self));
                     // Whatever the request changed is in the journal before
                     // its answer is queued (and the answer waits for it).
                     self.app.persist_pending(&mut sink!(self));
@@ -109,12 +109,12 @@ impl Server {
                     };
                     h.served += 1;
                     h.request_started = now;
-                    let answered = match &outcome {
+                    let answered = match &mut outcome {
                         HttpOutcome::Respond(resp) => {
                             if changed {
                                 h.io.barrier(epoch);
                             }
-                            let bytes = queue_response(&mut h.io, resp, keep_alive);
+                            let bytes = queue_response(h, resp, keep_alive);
                             h.keep_alive = keep_alive;
                             Some(bytes)
                         }
@@ -170,7 +170,7 @@ impl Server {
         else {
             return;
         };
-        if h.waiting {
+        if h.waiting || h.body.is_some() {
             return;
         }
         // At EOF everything parseable has been parsed (reading comes last),
@@ -181,19 +181,20 @@ impl Server {
     }
 }
 
-/// Queues `resp` (head and body, then its tail parts as they are);
+/// Queues `resp` (head and body; the rest of the body, if any, is taken
+/// to be produced as the socket takes it: see [`HttpConn::produce`]);
 /// returns its status and size.
 pub(super) fn queue_response(
-    io: &mut Transport,
-    resp: &Response,
+    h: &mut HttpConn,
+    resp: &mut Response,
     keep_alive: bool,
 ) -> (u16, usize) {
     let head = resp.encode(keep_alive);
     let mut size = head.len();
-    io.push(Bytes::from(head));
-    for part in &resp.tail {
-        size += part.len();
-        io.push(part.clone());
+    h.io.push(Bytes::from(head));
+    if let Some(rest) = resp.rest.take() {
+        size += rest.remaining();
+        h.body = Some(rest);
     }
     (resp.status, size)
 }
@@ -217,6 +218,14 @@ pub(super) fn refuse(
 /// What an HTTP connection's timers call for.
 pub(super) fn http_timer(h: &HttpConn, now: Instant, l: &Limits) -> TimerAction {
     if h.waiting {
+        return TimerAction::None;
+    }
+    if h.body.is_some() {
+        // A response is going out: no new request is read meanwhile, and
+        // only a client that stopped taking it is closed.
+        if now >= h.last_progress + l.keepalive_timeout {
+            return TimerAction::CloseQuietly;
+        }
         return TimerAction::None;
     }
     if h.parser.in_body() {

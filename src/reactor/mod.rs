@@ -716,10 +716,19 @@ impl Server {
                     continue;
                 }
                 State::Http(h) => {
+                    // A body under way gives one iteration's write more.
+                    if h.produce() {
+                        self.retry.push(slot);
+                    }
                     let before = h.io.queued();
                     let r = h.io.flush_out(durable);
                     if h.io.queued() < before {
                         h.last_progress = now;
+                    }
+                    if h.body.is_some() && matches!(r, Ok(true)) {
+                        // All written and more to produce: no event will
+                        // say so, so again next iteration.
+                        self.dirty.push(slot);
                     }
                     r
                 }

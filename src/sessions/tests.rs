@@ -85,39 +85,6 @@ fn broadcast_serializes_once_and_numbers_events() {
 }
 
 #[test]
-fn a_history_shares_long_messages_and_gathers_short_ones() {
-    let now = Instant::now();
-    let mut t = SessionTable::new(10);
-    t.get_or_create("h", now).unwrap();
-    let long = format!("{{\"kind\":\"request\",\"x\":\"{}\"}}", "y".repeat(100_000));
-    let mut sink = Recorder::default();
-    let short = |i: usize| format!("{{\"n\":{i}}}");
-    let mut messages: Vec<String> = (0..5).map(short).collect();
-    messages.push(long.clone());
-    messages.extend((5..8).map(short));
-    t.append("h", messages.clone(), &mut sink).unwrap();
-    let (start, parts) = t.history_parts("h").unwrap();
-    // Short messages before and after, gathered; the long one shared.
-    assert_eq!(parts.len(), 3);
-    let stored = &t.get("h").unwrap().messages()[5];
-    assert_eq!(parts[1].as_ptr(), stored.as_ptr());
-    let mut body = start;
-    for p in &parts {
-        body.extend_from_slice(p);
-    }
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(v["session_id"], "h");
-    let got: Vec<String> = v["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m.to_string())
-        .collect();
-    assert_eq!(got, messages);
-    assert_eq!(t.history_json("h").unwrap(), body);
-}
-
-#[test]
 fn a_snapshot_in_small_steps_restores_what_the_table_holds() {
     let now = Instant::now();
     let mut t = SessionTable::new(100);
