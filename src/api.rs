@@ -70,6 +70,7 @@ impl App {
         let retention = crate::sessions::Retention {
             events: config.limits.retain_events,
             bytes: config.limits.retain_bytes,
+            idle: config.limits.retain_idle,
         };
         let sessions = SessionTable::with_retention(config.limits.max_sessions, retention);
         let engine = Engine {
@@ -102,11 +103,14 @@ impl App {
         &self.config
     }
 
+    /// How often a sweep pass starts: often enough that a session goes
+    /// at most about one interval after its TTL or retention idle time.
     fn sweep_interval(&self) -> Duration {
-        self.config
-            .limits
-            .session_ttl
-            .map_or(SWEEP_EVERY, |ttl| ttl.min(SWEEP_EVERY))
+        let l = &self.config.limits;
+        [l.session_ttl, l.retain_idle]
+            .into_iter()
+            .flatten()
+            .fold(SWEEP_EVERY, Duration::min)
     }
 
     /// The Origin policy, against cross-site WebSocket hijacking and
@@ -670,10 +674,11 @@ impl App {
         if now < self.next_sweep {
             return 0;
         }
-        let Some(ttl) = self.config.limits.session_ttl else {
+        let ttl = self.config.limits.session_ttl;
+        if ttl.is_none() && self.config.limits.retain_idle.is_none() {
             self.next_sweep = now + self.sweep_interval();
             return 0;
-        };
+        }
         let (removed, done) = self.sessions.sweep_step(now, ttl, SWEEP_BUDGET);
         // A pass under way keeps `next_sweep` due, so the loop comes back
         // at once for the next budget.

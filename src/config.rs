@@ -120,6 +120,9 @@ pub struct Limits {
     /// Broadcast events kept per session for `?since=` resume.
     pub retain_events: usize,
     pub retain_bytes: usize,
+    /// A session with no WebSocket or SSE client this long drops its
+    /// retained events (None: never).
+    pub retain_idle: Option<Duration>,
     /// How long running turns may finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
 }
@@ -141,6 +144,7 @@ impl Default for Limits {
             ws_idle_timeout: Duration::from_secs(60),
             retain_events: 1000,
             retain_bytes: 1024 * 1024,
+            retain_idle: Some(Duration::from_secs(300)),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -325,6 +329,10 @@ where
             }
             Long("retain-events") => l.retain_events = number(&mut parser, "--retain-events")?,
             Long("retain-bytes") => l.retain_bytes = number(&mut parser, "--retain-bytes")?,
+            Long("retain-idle") => {
+                let idle = seconds_or_zero(&mut parser, "--retain-idle")?;
+                l.retain_idle = (idle > 0).then(|| Duration::from_secs(idle));
+            }
             Long("shutdown-grace") => {
                 l.shutdown_grace =
                     Duration::from_secs(seconds_or_zero(&mut parser, "--shutdown-grace")?)

@@ -123,15 +123,35 @@ const MAX_CHUNK: usize = 16 * 1024;
 pub struct EventArena {
     chunk: BytesMut,
     next_chunk: usize,
+    /// The size the current chunk was allocated with.
+    chunk_size: usize,
+    /// Largest chunk to allocate (0: `MAX_CHUNK`): a session's retention
+    /// budget counts its chunk, so a small budget gets small chunks.
+    cap: usize,
 }
 
 impl EventArena {
+    /// Chunks from now on are at most `max` bytes (at least one event's).
+    pub fn cap_chunks(&mut self, max: usize) {
+        self.cap = max.max(1);
+    }
+
+    /// Bytes of the chunk being filled (0: none yet): pinned as long as
+    /// any event cut from it is retained.
+    pub fn chunk_capacity(&self) -> usize {
+        self.chunk_size
+    }
+
     /// `bytes`, copied into the current chunk (a new one when it is full).
     fn copy(&mut self, bytes: &[u8]) -> Bytes {
         if self.chunk.capacity() - self.chunk.len() < bytes.len() {
-            let size = self.next_chunk.clamp(FIRST_CHUNK, MAX_CHUNK);
+            let mut size = self.next_chunk.clamp(FIRST_CHUNK, MAX_CHUNK);
+            if self.cap > 0 {
+                size = size.min(self.cap);
+            }
             self.next_chunk = size * 2;
             self.chunk = BytesMut::with_capacity(size.max(bytes.len()));
+            self.chunk_size = self.chunk.capacity();
         }
         self.chunk.extend_from_slice(bytes);
         self.chunk.split().freeze()

@@ -163,6 +163,9 @@ pub struct TurnMetrics {
     pub duration: Histogram,
     /// `token` events broadcast.
     pub tokens: u64,
+    /// Sessions that dropped their retained events, idle without clients
+    /// (`--retain-idle`).
+    pub retained_dropped: u64,
 }
 
 impl Default for TurnMetrics {
@@ -176,6 +179,7 @@ impl Default for TurnMetrics {
             approval_required: 0,
             duration: Histogram::new(TURN_BUCKETS),
             tokens: 0,
+            retained_dropped: 0,
         }
     }
 }
@@ -227,6 +231,12 @@ impl TurnMetrics {
             "counter",
             "Token events broadcast.",
             self.tokens,
+        );
+        e.single(
+            "autopoiesis_retained_dropped_total",
+            "counter",
+            "Sessions that dropped their retained events after --retain-idle without a client.",
+            self.retained_dropped,
         );
     }
 }

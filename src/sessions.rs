@@ -72,6 +72,17 @@ impl Session {
         &self.approvals
     }
 
+    /// Drops the retained events and the arena chunk they were cut from:
+    /// RAM a session without clients keeps for a resume nobody may ask
+    /// for. Returns whether there was anything to drop.
+    pub fn drop_retained(&mut self) -> bool {
+        let had = !self.retained.is_empty() || self.arena.chunk_capacity() > 0;
+        self.retained = VecDeque::new();
+        self.retained_bytes = 0;
+        self.arena = EventArena::default();
+        had
+    }
+
     /// The events after `since`, or None when the client must resync:
     /// some of them are no longer retained, or `since` is above any `seq`
     /// this session gave (the client saw another incarnation of it).
@@ -97,8 +108,9 @@ pub struct SessionInfo<'a> {
     pub message_count: usize,
 }
 
-/// Sessions moved to the grown table per loop iteration (32 bytes each).
-const GROWTH_STEP_PER_ITERATION: usize = 1024;
+/// Loop time given to moving sessions to the grown table per iteration
+/// (Redis' `dictRehashMilliseconds`).
+const GROWTH_BUDGET_PER_ITERATION: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Capacity of the event scratch buffer kept between broadcasts.
 const SCRATCH_KEPT: usize = 64 * 1024;
@@ -110,7 +122,11 @@ const SEQ_BLOCK: u64 = 1024;
 #[derive(Clone, Copy, Debug)]
 pub struct Retention {
     pub events: usize,
+    /// Bytes of retained events, counting the arena chunk being filled.
     pub bytes: usize,
+    /// With no subscriber this long, a session drops its retained events
+    /// (a later resume gets `resync`). None: never.
+    pub idle: Option<std::time::Duration>,
 }
 
 /// Creating a session would pass `--max-sessions`.
@@ -150,6 +166,7 @@ impl SessionTable {
             Retention {
                 events: 1000,
                 bytes: 1 << 20,
+                idle: None,
             },
         )
     }
@@ -528,6 +545,8 @@ impl SessionTable {
         let session = self.sessions.get_mut(id)?;
         let subscribers = self.subscribers.get(id).map_or(&[][..], Vec::as_slice);
         let mut last = None;
+        // A quarter of the budget at most goes to the chunk being filled.
+        session.arena.cap_chunks(self.retention.bytes / 4);
         for data in data {
             session.seq += 1;
             let seq = session.seq;
@@ -557,8 +576,13 @@ impl SessionTable {
             }
             session.retained_bytes += event.size();
             session.retained.push_back((seq, event.clone()));
+            // The chunk being filled is pinned whatever is retained: it
+            // counts (a session holds at most one more partly used chunk,
+            // the oldest event's, see `EventArena`).
+            let pinned = session.arena.chunk_capacity();
             while session.retained.len() > self.retention.events
-                || (session.retained_bytes > self.retention.bytes && session.retained.len() > 1)
+                || (session.retained_bytes + pinned > self.retention.bytes
+                    && session.retained.len() > 1)
             {
                 if let Some((_, old)) = session.retained.pop_front() {
                     session.retained_bytes -= old.size();
@@ -579,7 +603,8 @@ impl SessionTable {
     /// Moves a budget of entries if the table is growing (one loop
     /// iteration's share; inserts and removes move some too).
     pub fn maintain(&mut self) {
-        self.sessions.step(&self.order, GROWTH_STEP_PER_ITERATION);
+        self.sessions
+            .step_for(&self.order, GROWTH_BUDGET_PER_ITERATION);
     }
 
     /// Ids of sessions with a turn running or queued.

@@ -707,3 +707,46 @@ fn a_compaction_keeps_what_was_written_while_it_ran() {
     assert_eq!(history(&s, "live12").len(), 2);
     assert!(std::fs::metadata(&journal).unwrap().len() < full);
 }
+
+/// `--retain-idle`: once a session has had no client that long, its
+/// retained events go; a later resume from before them gets `resync`, and
+/// one that saw everything just goes on live.
+#[test]
+fn retained_events_go_after_retain_idle_without_a_client_and_a_resume_resyncs() {
+    let s = Server::start(&["--retain-idle", "1"]);
+    let mut ws = s.ws("/api/ws/idle");
+    let all = turn(&mut ws, "a b");
+    assert_eq!(all.len(), 3);
+    // While a client is attached the events stay (a resume replays them).
+    let mut again = s.ws("/api/ws/idle?since=1");
+    assert_eq!(next_json(&mut again), all[1]);
+    drop(again);
+    drop(ws);
+    // Wait for the sweep to report the drop (an event, not a fixed sleep).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let metrics = String::from_utf8_lossy(&s.get("/metrics").body).into_owned();
+        let dropped = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("autopoiesis_retained_dropped_total "))
+            .map(|v| v.trim().parse::<f64>().unwrap());
+        if dropped.is_some_and(|n| n >= 1.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never dropped:\n{metrics}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut old = s.ws("/api/ws/idle?since=1");
+    assert_eq!(
+        next_json(&mut old),
+        json!({"op": "resync", "data": {"since": 1}})
+    );
+    // Up to date: nothing to replay, nothing to resync; numbering goes on.
+    let mut latest = s.ws("/api/ws/idle?since=3");
+    let live = turn(&mut old, "c");
+    assert_eq!(live[0]["seq"], 4);
+    assert_eq!(next_json(&mut latest), live[0]);
+}

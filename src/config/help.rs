@@ -53,6 +53,7 @@ Options:
   --fsync always|batch|never  when the journal is forced to disk (default batch)
   --retain-events N           broadcast events kept per session for ?since= resume (default 1000)
   --retain-bytes N            ... and at most this many bytes of them (default 1048576)
+  --retain-idle SECS          drop them once a session has had no client this long, 0 = never (default 300)
   --shutdown-grace SECS       on SIGTERM/SIGINT, running turns get this long to finish (default 10)
   --access-log                log one line per request or upgrade to stderr (peer, method,
                               path without query, status, bytes, microseconds)

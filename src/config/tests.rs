@@ -41,6 +41,7 @@ fn durations_are_bounded() {
         "--keepalive-timeout",
         "--shutdown-grace",
         "--session-ttl",
+        "--retain-idle",
         "--ws-idle-timeout",
         "--upstream-timeout",
     ] {
@@ -165,6 +166,11 @@ fn limits_are_flags() {
     assert_eq!(c.limits.session_ttl, None);
     assert_eq!(c.limits.header_timeout, Duration::from_secs(3));
     assert_eq!(c.limits.max_connections, 5);
+    assert_eq!(c.limits.retain_idle, Some(Duration::from_secs(300)));
+    let c = serve(&["serve", "--retain-idle", "0"], &[]);
+    assert_eq!(c.limits.retain_idle, None);
+    let c = serve(&["serve", "--retain-idle", "7"], &[]);
+    assert_eq!(c.limits.retain_idle, Some(Duration::from_secs(7)));
 }
 
 #[test]

@@ -1,17 +1,26 @@
-//! The TTL sweep (`--session-ttl`): stale sessions found a budget at a
-//! time, in creation order, so a pass never takes time proportional to the
-//! sessions held.
+//! The idle sweep: stale sessions removed (`--session-ttl`), and retained
+//! events dropped by sessions without clients (`--retain-idle`), found a
+//! budget at a time, in creation order, so a pass never takes time
+//! proportional to the sessions held.
 
 use std::time::{Duration, Instant};
 
 use super::SessionTable;
 
 impl SessionTable {
-    /// One step of the TTL sweep: looks at up to `budget` sessions from
-    /// where the last step stopped (in creation order) and removes those
-    /// with no subscriber, no turn and no activity for `ttl`. Returns how
-    /// many went and whether the pass over every session is complete.
-    pub fn sweep_step(&mut self, now: Instant, ttl: Duration, budget: usize) -> (usize, bool) {
+    /// One step of the idle sweep: looks at up to `budget` sessions from
+    /// where the last step stopped (in creation order); of those with no
+    /// subscriber and no turn, removes the ones idle for `ttl` and drops
+    /// the retained events of the ones idle for the retention's `idle`.
+    /// Returns how many went and whether the pass over every session is
+    /// complete.
+    pub fn sweep_step(
+        &mut self,
+        now: Instant,
+        ttl: Option<Duration>,
+        budget: usize,
+    ) -> (usize, bool) {
+        let retain_idle = self.retention.idle;
         let from = self.sweep_cursor.unwrap_or(0);
         let mut stale = Vec::new();
         let mut next = None;
@@ -20,15 +29,18 @@ impl SessionTable {
                 next = Some(ordinal);
                 break;
             }
-            let Some(s) = self.sessions.get(id) else {
+            let clients = self.subscribers.contains_key(id.as_str());
+            let Some(s) = self.sessions.get_mut(id) else {
                 continue;
             };
-            if s.running.is_none()
-                && s.queue.is_empty()
-                && !self.subscribers.contains_key(id.as_str())
-                && now.saturating_duration_since(s.last_activity) >= ttl
-            {
+            if s.running.is_some() || !s.queue.is_empty() || clients {
+                continue;
+            }
+            let idle = now.saturating_duration_since(s.last_activity);
+            if ttl.is_some_and(|ttl| idle >= ttl) {
                 stale.push(id.clone());
+            } else if retain_idle.is_some_and(|r| idle >= r) && s.drop_retained() {
+                self.metrics.retained_dropped += 1;
             }
         }
         for id in &stale {
@@ -42,7 +54,7 @@ impl SessionTable {
     pub fn sweep(&mut self, now: Instant, ttl: Duration) -> usize {
         let mut removed = 0;
         loop {
-            let (n, done) = self.sweep_step(now, ttl, usize::MAX);
+            let (n, done) = self.sweep_step(now, Some(ttl), usize::MAX);
             removed += n;
             if done {
                 return removed;

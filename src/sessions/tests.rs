@@ -220,7 +220,7 @@ fn a_sweep_goes_a_budget_at_a_time() {
     let ttl = Duration::from_secs(50);
     let mut steps = vec![];
     loop {
-        let (removed, done) = t.sweep_step(later, ttl, 3);
+        let (removed, done) = t.sweep_step(later, Some(ttl), 3);
         steps.push(removed);
         if done {
             break;
@@ -232,7 +232,7 @@ fn a_sweep_goes_a_budget_at_a_time() {
     assert!(t.get("s4").is_some());
     // The next pass starts from the beginning again.
     t.get_or_create("new", later).unwrap();
-    assert_eq!(t.sweep_step(later + ttl, ttl, 100), (1, true));
+    assert_eq!(t.sweep_step(later + ttl, Some(ttl), 100), (1, true));
 }
 
 #[test]
@@ -247,4 +247,90 @@ fn sweep_spares_watched_and_recent_sessions() {
     assert_eq!(t.sweep(later, Duration::from_secs(50)), 1);
     assert!(t.get("old").is_none());
     assert!(t.get("watched").is_some() && t.get("new").is_some());
+}
+
+/// A table whose sessions drop retained events after 10 s without a client.
+fn retaining_for_10s() -> SessionTable {
+    SessionTable::with_retention(
+        10,
+        Retention {
+            events: 1000,
+            bytes: 1 << 20,
+            idle: Some(Duration::from_secs(10)),
+        },
+    )
+}
+
+#[test]
+fn retained_events_go_once_a_session_has_had_no_client_for_retain_idle() {
+    let now = Instant::now();
+    let mut t = retaining_for_10s();
+    let mut sink = Recorder::default();
+    let watcher = ConnId { slot: 1, serial: 1 };
+    for id in ["watched", "alone"] {
+        t.get_or_create(id, now).unwrap();
+        t.broadcast(id, "token", events::Content { content: "hi" }, &mut sink);
+        t.broadcast(id, "token", events::Content { content: "there" }, &mut sink);
+    }
+    t.subscribe("watched", watcher);
+    let later = now + Duration::from_secs(11);
+    assert_eq!(t.sweep_step(later, None, 100), (0, true));
+    // Kept where a client is attached; the resume still replays.
+    assert_eq!(
+        t.get("watched").unwrap().events_after(0).unwrap().count(),
+        2
+    );
+    // Dropped where none is: a resume from before now gets `resync`,
+    // one that is up to date gets nothing (and no resync).
+    let alone = t.get("alone").unwrap();
+    assert!(alone.events_after(0).is_none());
+    assert_eq!(alone.events_after(2).unwrap().count(), 0);
+    assert_eq!(t.metrics.retained_dropped, 1);
+    // Numbering goes on from where it was.
+    let seq = t.broadcast(
+        "alone",
+        "token",
+        events::Content { content: "x" },
+        &mut sink,
+    );
+    assert_eq!(seq, Some(3));
+    // A session idle for less than the limit keeps its events.
+    t.unsubscribe("watched", watcher);
+    if let Some(s) = t.get_mut("watched") {
+        s.last_activity = later;
+    }
+    t.sweep_step(later + Duration::from_secs(5), None, 100);
+    assert_eq!(
+        t.get("watched").unwrap().events_after(0).unwrap().count(),
+        2
+    );
+    t.sweep_step(later + Duration::from_secs(10), None, 100);
+    assert!(t.get("watched").unwrap().events_after(0).is_none());
+}
+
+#[test]
+fn retained_bytes_count_the_chunk_being_filled() {
+    let now = Instant::now();
+    let mut t = SessionTable::with_retention(
+        10,
+        Retention {
+            events: 1000,
+            bytes: 4096,
+            idle: None,
+        },
+    );
+    let mut sink = Recorder::default();
+    t.get_or_create("s", now).unwrap();
+    for _ in 0..2000 {
+        t.broadcast("s", "token", events::Content { content: "word" }, &mut sink);
+    }
+    let s = t.get("s").unwrap();
+    let pinned = s.arena.chunk_capacity();
+    assert!(pinned > 0);
+    assert!(
+        s.retained_bytes + pinned <= 4096,
+        "{} retained + {pinned} chunk",
+        s.retained_bytes
+    );
+    assert!(s.retained.len() > 1);
 }
