@@ -58,6 +58,9 @@ pub struct App {
     engine: Engine,
     next_turn_id: u64,
     next_sweep: Instant,
+    /// The sweep pass under way freed something; the last pass did.
+    freed_in_pass: bool,
+    pass_freed: bool,
     health_body: Vec<u8>,
     page: crate::page::ChatPage,
 }
@@ -92,6 +95,8 @@ impl App {
             engine,
             next_turn_id: 0,
             next_sweep: now,
+            freed_in_pass: false,
+            pass_freed: false,
             health_body,
             page: crate::page::ChatPage::new(),
         };
@@ -660,6 +665,12 @@ impl App {
         self.next_turn_id
     }
 
+    /// Whether the sweep pass that just ended freed sessions or retained
+    /// events (asked once: the reactor then hands the memory back).
+    pub fn take_pass_freed(&mut self) -> bool {
+        std::mem::take(&mut self.pass_freed)
+    }
+
     /// When [`sweep`](Self::sweep) next wants to run.
     pub fn next_sweep(&self) -> Instant {
         self.next_sweep
@@ -679,11 +690,14 @@ impl App {
             self.next_sweep = now + self.sweep_interval();
             return 0;
         }
+        let dropped = self.sessions.metrics.retained_dropped;
         let (removed, done) = self.sessions.sweep_step(now, ttl, SWEEP_BUDGET);
+        self.freed_in_pass |= removed > 0 || self.sessions.metrics.retained_dropped > dropped;
         // A pass under way keeps `next_sweep` due, so the loop comes back
         // at once for the next budget.
         if done {
             self.next_sweep = now + self.sweep_interval();
+            self.pass_freed = std::mem::take(&mut self.freed_in_pass);
         }
         removed
     }

@@ -121,6 +121,12 @@ pub trait Service {
         0
     }
 
+    /// Whether the sweep pass that just ended freed memory worth handing
+    /// back to the OS (asked once per pass).
+    fn take_pass_freed(&mut self) -> bool {
+        false
+    }
+
     /// Hands pending state changes to the journal (through `sink.persist`).
     fn persist_pending(&mut self, _sink: &mut dyn Sink) {}
 

@@ -70,6 +70,10 @@ impl Service for App {
         App::sweep(self, now)
     }
 
+    fn take_pass_freed(&mut self) -> bool {
+        App::take_pass_freed(self)
+    }
+
     fn persist_pending(&mut self, sink: &mut dyn Sink) {
         App::persist_pending(self, sink)
     }
