@@ -74,7 +74,11 @@ impl Server {
             .args(["serve", "--port", "0"])
             .args(args)
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(match std::env::var_os("BENCH_SERVER_LOG") {
+                Some(path) => std::fs::File::create(path)
+                    .map_or_else(|_| std::process::Stdio::null(), Into::into),
+                None => std::process::Stdio::null(),
+            })
             .spawn()
             .unwrap_or_else(|e| panic!("start {bin}: {e} (build it with cargo build --release)"));
         let mut line = String::new();
