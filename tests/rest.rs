@@ -367,7 +367,7 @@ fn stale_sessions_are_swept() {
 /// closes after it.
 #[test]
 fn a_big_history_arrives_whole_over_several_iterations() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let s = Server::start(&[]);
     let word = "word ".repeat(150_000); // 750 KB per message
     let mut c = s.connect();
@@ -388,19 +388,7 @@ fn a_big_history_arrives_whole_over_several_iterations() {
     assert_eq!(messages[3]["parts"][0]["content"], word.as_str());
     assert_eq!(read_response(&mut c).unwrap().status, 200);
     // Closed after it: everything before the EOF.
-    let mut c = s.connect();
-    c.write_all(&raw_request(
-        "GET",
-        "/api/sessions/big/history",
-        None,
-        &[("Connection", "close")],
-    ))
-    .unwrap();
-    let mut all = Vec::new();
-    c.read_to_end(&mut all).unwrap();
-    let body_at = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    assert_eq!(all.len() - body_at, h.body.len());
-    assert_eq!(&all[body_at..], &h.body[..]);
+    assert_eq!(body_before_close(&s, "big"), h.body);
 }
 
 /// A history of many short messages is produced a slice at a time as the
@@ -408,7 +396,7 @@ fn a_big_history_arrives_whole_over_several_iterations() {
 /// answered only after it, and on a connection that closes after it.
 #[test]
 fn a_history_of_many_short_messages_arrives_whole_and_in_order() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let s = Server::start(&[]);
     let mut c = s.connect();
     // 400 turns of ~1 KB: ~900 KB of history in 800 messages.
@@ -440,16 +428,19 @@ fn a_history_of_many_short_messages_arrives_whole_and_in_order() {
     assert_eq!(read_response(&mut c).unwrap().json()["status"], "ok");
     assert_eq!(read_response(&mut c).unwrap().body, h.body);
     // Closed after it: everything before the EOF.
+    assert_eq!(body_before_close(&s, "many"), h.body);
+}
+
+/// Session `id`'s history body read on a connection the server closes
+/// after it (`Connection: close`): all that arrived before the EOF.
+fn body_before_close(s: &Server, id: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
     let mut c = s.connect();
-    c.write_all(&raw_request(
-        "GET",
-        "/api/sessions/many/history",
-        None,
-        &[("Connection", "close")],
-    ))
-    .unwrap();
+    let path = format!("/api/sessions/{id}/history");
+    c.write_all(&raw_request("GET", &path, None, &[("Connection", "close")]))
+        .unwrap();
     let mut all = Vec::new();
     c.read_to_end(&mut all).unwrap();
     let body_at = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    assert_eq!(&all[body_at..], &h.body[..]);
+    all.split_off(body_at)
 }
