@@ -131,9 +131,19 @@ pub struct EventArena {
 }
 
 impl EventArena {
-    /// Chunks from now on are at most `max` bytes (at least one event's).
-    pub fn cap_chunks(&mut self, max: usize) {
-        self.cap = max.max(1);
+    /// An arena whose chunks are at most `max` bytes (or one event's, when
+    /// an event is larger).
+    pub fn capped(max: usize) -> Self {
+        EventArena {
+            cap: max.max(1),
+            ..EventArena::default()
+        }
+    }
+
+    /// Lets go of the chunk being filled and starts small again, keeping
+    /// the cap.
+    pub fn clear(&mut self) {
+        *self = EventArena::capped(self.cap);
     }
 
     /// Bytes of the chunk being filled (0: none yet): pinned as long as

@@ -79,7 +79,7 @@ impl Session {
         let had = !self.retained.is_empty() || self.arena.chunk_capacity() > 0;
         self.retained = VecDeque::new();
         self.retained_bytes = 0;
-        self.arena = EventArena::default();
+        self.arena.clear();
         had
     }
 
@@ -244,7 +244,9 @@ impl SessionTable {
             seq_reserved: 0,
             retained: VecDeque::new(),
             retained_bytes: 0,
-            arena: EventArena::default(),
+            // A quarter of the retention budget at most goes to the chunk
+            // being filled (it counts towards the budget).
+            arena: EventArena::capped(self.retention.bytes / 4),
             journal_bytes: 0,
             last_activity: now,
             running: None,
@@ -545,8 +547,6 @@ impl SessionTable {
         let session = self.sessions.get_mut(id)?;
         let subscribers = self.subscribers.get(id).map_or(&[][..], Vec::as_slice);
         let mut last = None;
-        // A quarter of the budget at most goes to the chunk being filled.
-        session.arena.cap_chunks(self.retention.bytes / 4);
         for data in data {
             session.seq += 1;
             let seq = session.seq;
