@@ -25,6 +25,7 @@ mod approvals;
 mod as_service;
 mod auth;
 mod chat_body;
+mod history;
 mod routes;
 
 pub use auth::key_matches;
@@ -74,6 +75,7 @@ impl App {
             events: config.limits.retain_events,
             bytes: config.limits.retain_bytes,
             idle: config.limits.retain_idle,
+            history_idle: config.limits.history_idle,
         };
         let sessions = SessionTable::with_retention(config.limits.max_sessions, retention);
         let engine = Engine {
@@ -112,7 +114,7 @@ impl App {
     /// at most about one interval after its TTL or retention idle time.
     fn sweep_interval(&self) -> Duration {
         let l = &self.config.limits;
-        [l.session_ttl, l.retain_idle]
+        [l.session_ttl, l.retain_idle, l.history_idle]
             .into_iter()
             .flatten()
             .fold(SWEEP_EVERY, Duration::min)
@@ -210,16 +212,7 @@ impl App {
             }
             Route::Sessions => Response::json(200, self.sessions.list_json()),
             Route::History(id) if !valid_session_id(id) => invalid_id(),
-            Route::History(id) => match self.sessions.get(id) {
-                Some(s) => {
-                    // A snapshot of the messages (shared, not copied), produced
-                    // a slice at a time as the socket takes it.
-                    let body = crate::http::body::history(id, s.messages());
-                    self.touch(id, now);
-                    Response::json(200, Vec::new()).with_rest(body)
-                }
-                None => session_not_found(),
-            },
+            Route::History(id) => return self.history(id, from, now),
             Route::Session(id) if !valid_session_id(id) => invalid_id(),
             Route::Session(id) => {
                 // Deleting a session cancels its turns (their REST callers get 409).
@@ -328,7 +321,16 @@ impl App {
             &[("version", env!("CARGO_PKG_VERSION"))],
             1,
         );
-        self.sessions.metrics.write(self.sessions.len(), &mut out);
+        let resident = crate::sessions::hot_sessions();
+        self.sessions
+            .metrics
+            .write(self.sessions.len(), resident, &mut out);
+        out.single(
+            "autopoiesis_history_loads_in_flight",
+            "gauge",
+            "Cold histories being read back from the journal now.",
+            self.sessions.loads_in_flight(),
+        );
         sink.write_metrics(&mut out);
         Response::typed(200, crate::metrics::CONTENT_TYPE, out.into_bytes())
     }
@@ -461,7 +463,7 @@ impl App {
     }
 
     /// Rebuilds sessions from the journal (at start).
-    pub fn restore(&mut self, records: Vec<(crate::journal::Change, u64)>, now: Instant) {
+    pub fn restore(&mut self, records: Vec<crate::journal::Record>, now: Instant) {
         self.sessions.restore(records, now);
     }
 
@@ -686,13 +688,17 @@ impl App {
             return 0;
         }
         let ttl = self.config.limits.session_ttl;
-        if ttl.is_none() && self.config.limits.retain_idle.is_none() {
+        let l = &self.config.limits;
+        if ttl.is_none() && l.retain_idle.is_none() && l.history_idle.is_none() {
             self.next_sweep = now + self.sweep_interval();
             return 0;
         }
-        let dropped = self.sessions.metrics.retained_dropped;
+        let m = &self.sessions.metrics;
+        let freed_before = m.retained_dropped + m.histories_evicted;
         let (removed, done) = self.sessions.sweep_step(now, ttl, SWEEP_BUDGET);
-        self.freed_in_pass |= removed > 0 || self.sessions.metrics.retained_dropped > dropped;
+        let m = &self.sessions.metrics;
+        self.freed_in_pass |=
+            removed > 0 || m.retained_dropped + m.histories_evicted > freed_before;
         // A pass under way keeps `next_sweep` due, so the loop comes back
         // at once for the next budget.
         if done {

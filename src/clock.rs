@@ -32,6 +32,62 @@ pub fn rfc3339_micros(t: SystemTime) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A wall-clock instant in microseconds since the Unix epoch: a session's
+/// `created_at` in 8 bytes instead of a 27-byte string, formatted by
+/// [`rfc3339_micros`] when shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Stamp(u64);
+
+impl Stamp {
+    pub fn now() -> Stamp {
+        Stamp::of(SystemTime::now())
+    }
+
+    pub fn of(t: SystemTime) -> Stamp {
+        let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        Stamp(u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
+    }
+
+    /// The text [`rfc3339_micros`] writes, read back; None for any other
+    /// text (it must round-trip exactly).
+    pub fn parse(text: &str) -> Option<Stamp> {
+        let b = text.as_bytes();
+        if b.len() != 27 {
+            return None;
+        }
+        let num = |from: usize, to: usize| -> Option<u64> {
+            let digits = b.get(from..to)?;
+            digits.iter().try_fold(0u64, |n, &d| {
+                d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+            })
+        };
+        let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+        let (h, m, sec, micros) = (num(11, 13)?, num(14, 16)?, num(17, 19)?, num(20, 26)?);
+        if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 59 {
+            return None;
+        }
+        let days = u64::try_from(days_from_civil(year as i64, month as u32, day as u32)).ok()?;
+        let stamp = Stamp((((days * 24 + h) * 60 + m) * 60 + sec) * 1_000_000 + micros);
+        (stamp.to_rfc3339() == text).then_some(stamp)
+    }
+
+    pub fn to_rfc3339(self) -> String {
+        rfc3339_micros(UNIX_EPOCH + std::time::Duration::from_micros(self.0))
+    }
+}
+
+/// (year, month 1..=12, day 1..=31) → days since 1970-01-01, the inverse
+/// of [`civil_from_days`].
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400; // [0, 399]
+    let mp = (i64::from(m) + 9) % 12; // March = 0
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1; // [0, 365]
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy; // [0, 146096]
+    era * 146_097 + doe - 719_468
+}
+
 /// Writes `n` as decimal into all of `field`, zero-padded on the left.
 fn put_digits(field: &mut [u8], mut n: u32) {
     for b in field.iter_mut().rev() {
@@ -115,6 +171,33 @@ mod tests {
         assert_eq!(at(4_107_542_400, 0), "2100-03-01T00:00:00.000000Z");
         assert_eq!(at(1_771_234_212, 123_456), "2026-02-16T09:30:12.123456Z");
         assert_eq!(at(253_402_300_799, 999_999), "9999-12-31T23:59:59.999999Z");
+    }
+
+    #[test]
+    fn stamps_round_trip_their_text_and_refuse_any_other() {
+        for (secs, micros) in [
+            (0, 0),
+            (951_782_400, 1),
+            (4_107_542_400, 0),
+            (1_771_234_212, 123_456),
+            (253_402_300_799, 999_999),
+        ] {
+            let text = at(secs, micros);
+            let stamp = Stamp::parse(&text).unwrap();
+            assert_eq!(stamp.to_rfc3339(), text);
+        }
+        let now = Stamp::now();
+        assert_eq!(Stamp::parse(&now.to_rfc3339()), Some(now));
+        for bad in [
+            "",
+            "2026-02-30T00:00:00.000000Z",
+            "2026-02-16T09:30:12.123456+00:00",
+            "2026-02-16 09:30:12.123456Z",
+            "2026-13-16T09:30:12.123456Z",
+            "2026-02-16T09:30:12.12345xZ",
+        ] {
+            assert_eq!(Stamp::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

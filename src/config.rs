@@ -123,6 +123,10 @@ pub struct Limits {
     /// A session with no WebSocket or SSE client this long drops its
     /// retained events (None: never).
     pub retain_idle: Option<Duration>,
+    /// A session with no client and no turn this long keeps only its
+    /// directory entry in RAM; its history is read back from the journal
+    /// when needed (None: never; always None with `--in-memory`).
+    pub history_idle: Option<Duration>,
     /// How long running turns may finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
 }
@@ -145,6 +149,7 @@ impl Default for Limits {
             retain_events: 1000,
             retain_bytes: 1024 * 1024,
             retain_idle: Some(Duration::from_secs(300)),
+            history_idle: Some(Duration::from_secs(900)),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -333,6 +338,10 @@ where
                 let idle = seconds_or_zero(&mut parser, "--retain-idle")?;
                 l.retain_idle = (idle > 0).then(|| Duration::from_secs(idle));
             }
+            Long("history-idle") => {
+                let idle = seconds_or_zero(&mut parser, "--history-idle")?;
+                l.history_idle = (idle > 0).then(|| Duration::from_secs(idle));
+            }
             Long("shutdown-grace") => {
                 l.shutdown_grace =
                     Duration::from_secs(seconds_or_zero(&mut parser, "--shutdown-grace")?)
@@ -385,6 +394,8 @@ where
         flag_origins
     };
     config.data_dir = if in_memory {
+        // No journal to read a history back from: all of it stays in RAM.
+        config.limits.history_idle = None;
         None
     } else {
         let dir = data_dir.or_else(|| crate::journal::default_data_dir(&env));

@@ -267,7 +267,10 @@ pub fn worker_lines(data: &[u8]) {
 /// `journal_replay`: arbitrary journal bytes through the replay that runs
 /// at start: never a panic; what it accepts re-encodes to the same
 /// records; and cutting the file at the valid length replays the same.
+/// Each accepted `m` record's chain is read back as a cold read would
+/// (never a panic; a history only when every link checks out).
 pub fn journal_replay(data: &[u8]) {
+    use crate::journal::{chain, Change, Loc};
     let Ok(replayed) = crate::journal::replay(data) else {
         return;
     };
@@ -279,12 +282,29 @@ pub fn journal_replay(data: &[u8]) {
     let reencoded: Vec<u8> = replayed
         .changes
         .iter()
-        .flat_map(|(c, _)| crate::journal::encode(c))
+        .flat_map(|r| crate::journal::encode_linked(&r.change, r.prev))
         .collect();
     let third = crate::journal::replay(&reencoded).expect("re-encoded records replay");
-    let changes =
-        |r: crate::journal::Replay| r.changes.into_iter().map(|(c, _)| c).collect::<Vec<_>>();
-    assert_eq!(changes(third), changes(replayed));
+    assert_eq!(third.changes, replayed.changes);
+    let mut offset = 0;
+    for record in replayed.changes.iter().take(16) {
+        let at = Loc {
+            offset,
+            len: record.size as u32,
+        };
+        offset += record.size;
+        if let Change::Messages { id, messages, .. } = &record.change {
+            let read = |from: u64, buf: &mut [u8]| {
+                let from = usize::try_from(from).unwrap_or(usize::MAX);
+                let got = data
+                    .get(from..from.saturating_add(buf.len()))
+                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+                buf.copy_from_slice(got);
+                Ok(())
+            };
+            let _ = chain::read_history(id, at, messages.len(), read);
+        }
+    }
 }
 
 /// `agui_run`: an AG-UI run, both halves. The input up to the first NUL is

@@ -166,6 +166,13 @@ pub struct TurnMetrics {
     /// Sessions that dropped their retained events, idle without clients
     /// (`--retain-idle`).
     pub retained_dropped: u64,
+    /// Cold histories read back from the journal, and those that could
+    /// not be; how long each took, asked to answered.
+    pub history_loads_ok: u64,
+    pub history_loads_failed: u64,
+    pub history_load: Histogram,
+    /// Histories that left RAM after `--history-idle`.
+    pub histories_evicted: u64,
 }
 
 impl Default for TurnMetrics {
@@ -180,6 +187,10 @@ impl Default for TurnMetrics {
             duration: Histogram::new(TURN_BUCKETS),
             tokens: 0,
             retained_dropped: 0,
+            history_loads_ok: 0,
+            history_loads_failed: 0,
+            history_load: Histogram::new(FSYNC_BUCKETS),
+            histories_evicted: 0,
         }
     }
 }
@@ -194,8 +205,16 @@ impl TurnMetrics {
         }
     }
 
-    pub fn write(&self, sessions: usize, e: &mut Exposition) {
+    /// `sessions` held, `resident` of them holding more than their
+    /// directory entry in RAM.
+    pub fn write(&self, sessions: usize, resident: usize, e: &mut Exposition) {
         e.single("autopoiesis_sessions", "gauge", "Sessions held.", sessions);
+        e.single(
+            "autopoiesis_sessions_resident",
+            "gauge",
+            "Sessions holding more than their directory entry in RAM (a history, retained events, a turn).",
+            resident,
+        );
         e.family(
             "autopoiesis_turns_total",
             "counter",
@@ -237,6 +256,32 @@ impl TurnMetrics {
             "counter",
             "Sessions that dropped their retained events after --retain-idle without a client.",
             self.retained_dropped,
+        );
+        e.single(
+            "autopoiesis_histories_evicted_total",
+            "counter",
+            "Histories that left RAM after --history-idle (read back from the journal when needed).",
+            self.histories_evicted,
+        );
+        e.family(
+            "autopoiesis_history_loads_total",
+            "counter",
+            "Cold histories read back from the journal, by outcome.",
+        );
+        for (outcome, n) in [
+            ("ok", self.history_loads_ok),
+            ("error", self.history_loads_failed),
+        ] {
+            e.sample(
+                "autopoiesis_history_loads_total",
+                &[("outcome", outcome)],
+                n,
+            );
+        }
+        e.histogram(
+            "autopoiesis_history_load_seconds",
+            "Time from a cold history's read being asked for to its answer.",
+            &self.history_load,
         );
     }
 }

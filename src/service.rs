@@ -16,7 +16,8 @@ use std::time::Instant;
 
 use crate::agent::AgentEvent;
 use crate::http::{Request, Response};
-use crate::journal::Change;
+use crate::journal::Record;
+use crate::sessions::HistoryRead;
 use crate::sink::{ConnId, Sink};
 
 /// What the reactor does with a request.
@@ -139,16 +140,42 @@ pub trait Service {
     fn begin_snapshot(&mut self) {}
 
     /// The next part of the live state as journal records (about `budget`
-    /// bytes); true when all of it has been given.
-    fn snapshot_step(&mut self, _budget: usize) -> (Vec<u8>, bool) {
-        (Vec::new(), true)
+    /// bytes) for the new file at offset `base`; true when all of it has
+    /// been given. Err: the compaction must give up (a history it needed
+    /// could not be read).
+    fn snapshot_step(
+        &mut self,
+        _budget: usize,
+        _base: u64,
+        _now: Instant,
+    ) -> Result<(Vec<u8>, bool), String> {
+        Ok((Vec::new(), true))
     }
 
     /// Compaction is over (done or given up).
     fn end_snapshot(&mut self) {}
 
     /// Rebuilds state from journal records (at start).
-    fn restore(&mut self, _records: Vec<(Change, u64)>, _now: Instant) {}
+    fn restore(&mut self, _records: Vec<Record>, _now: Instant) {}
+
+    /// Cold histories to read back from the journal, asked for since the
+    /// last call (the reactor's reader thread reads them).
+    fn take_history_reads(&mut self) -> Vec<HistoryRead> {
+        Vec::new()
+    }
+
+    /// The reader's answer to one of them.
+    fn history_read(
+        &mut self,
+        _read: HistoryRead,
+        _result: Result<Vec<String>, String>,
+        _now: Instant,
+        _sink: &mut dyn Sink,
+    ) {
+    }
+
+    /// A compaction's new file became the journal.
+    fn journal_switched(&mut self) {}
 
     /// Journals what a clean shutdown should leave exact (`seq`s).
     fn record_exact_seqs(&mut self) {}

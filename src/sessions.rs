@@ -9,9 +9,11 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+mod cold;
 mod map;
 mod snapshot;
 mod sweep;
+pub use cold::{HistoryRead, LoadOutcome, Loaded};
 use map::GrowingMap;
 use std::time::Instant;
 
@@ -22,49 +24,157 @@ use bytes::Bytes;
 use crate::approvals::PendingCall;
 use crate::clock;
 use crate::events::{Event, EventArena, EventData};
-use crate::journal::Change;
+use crate::journal::{Change, Loc, Record, ToAppend};
 use crate::sink::{ConnId, Sink};
 use crate::turns::Turn;
 
-/// One conversation.
+/// One conversation: its directory entry, always in RAM, and what it holds
+/// while in use ([`Hot`]), dropped once it is idle.
+///
+/// The entry is what the listing, `seq` numbering and a cold read need:
+/// a history that left RAM is found again from `heads` (its last `m`
+/// record in the journal; see [`crate::journal::chain`]).
 #[derive(Debug)]
 pub struct Session {
     pub created_at: String,
     /// Position in creation order (the listing order).
     ordinal: u64,
-    /// pydantic-ai `ModelMessage`s, each kept as its JSON text: the history
-    /// endpoint splices them without re-serializing.
-    messages: Vec<Bytes>,
     /// The last `seq` given to a broadcast event of this session.
     pub seq: u64,
     /// The journal promises no `seq` up to this was used: after a crash,
     /// numbering resumes above it, so no `seq` is ever given twice.
     seq_reserved: u64,
-    /// Recent broadcast events, for `?since=` resume (bounded).
-    retained: VecDeque<(u64, Event)>,
-    retained_bytes: usize,
-    /// Where its broadcast events are written (see [`EventArena`]).
-    arena: EventArena,
     /// Bytes of this session's records in the journal (for compaction).
     journal_bytes: u64,
     pub last_activity: Instant,
-    /// The turn streaming now, if any.
-    pub running: Option<Turn>,
-    /// Turns waiting for `running` to finish, in arrival order.
-    pub queue: VecDeque<Turn>,
+    /// Messages in the history, resident or not.
+    message_count: usize,
+    /// Where its last `m` record is, in each of the two journal files (the
+    /// journal, and the new file a compaction writes; see
+    /// `SessionTable::file`). [`NO_HEAD`]: none yet; [`BROKEN`]: its
+    /// records are not chained (an older journal), so its history stays in
+    /// RAM until a compaction rewrites it.
+    heads: [Loc; 2],
     /// Tool calls waiting for a person's decision (empty: none). While
     /// there are any, no new message is taken.
     approvals: Vec<PendingCall>,
+    hot: Option<Box<Hot>>,
 }
 
+/// What a session holds only while it is in use.
+#[derive(Debug)]
+struct Hot {
+    /// pydantic-ai `ModelMessage`s, each kept as its JSON text: the history
+    /// endpoint splices them without re-serializing. None: in the journal
+    /// only (a cold history).
+    messages: Option<Vec<Bytes>>,
+    /// Recent broadcast events, for `?since=` resume (bounded).
+    retained: VecDeque<(u64, Event)>,
+    retained_bytes: usize,
+    /// Where its broadcast events are written (see [`EventArena`]); made
+    /// at the first broadcast.
+    arena: Option<EventArena>,
+    /// The turn streaming now, if any.
+    running: Option<Turn>,
+    /// Turns waiting for `running` to finish, in arrival order.
+    queue: VecDeque<Turn>,
+}
+
+thread_local! {
+    /// Sessions holding a [`Hot`] part, for `autopoiesis_sessions_resident`:
+    /// counted as they are made and dropped, so a scrape never walks the
+    /// table. Per thread, as the table is the loop thread's own.
+    static HOT_SESSIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Sessions of this thread's table holding more than a directory entry.
+pub fn hot_sessions() -> usize {
+    HOT_SESSIONS.with(std::cell::Cell::get)
+}
+
+impl Default for Hot {
+    fn default() -> Hot {
+        HOT_SESSIONS.with(|n| n.set(n.get() + 1));
+        Hot {
+            messages: None,
+            retained: VecDeque::new(),
+            retained_bytes: 0,
+            arena: None,
+            running: None,
+            queue: VecDeque::new(),
+        }
+    }
+}
+
+impl Drop for Hot {
+    fn drop(&mut self) {
+        HOT_SESSIONS.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
+
+impl Hot {
+    /// Holds nothing a directory entry does not (an empty or cold history).
+    fn is_idle(&self) -> bool {
+        self.messages.as_ref().is_none_or(Vec::is_empty)
+            && self.retained.is_empty()
+            && self.arena.is_none()
+            && self.running.is_none()
+            && self.queue.is_empty()
+    }
+}
+
+/// No `m` record of the session in that journal file.
+pub const NO_HEAD: Loc = Loc { offset: 0, len: 0 };
+/// The session's `m` records in that file are not chained.
+pub const BROKEN: Loc = Loc {
+    offset: u64::MAX,
+    len: 0,
+};
+
 impl Session {
-    /// The history, each `ModelMessage` as its JSON text.
-    pub fn messages(&self) -> &[Bytes] {
-        &self.messages
+    fn new(created_at: String, ordinal: u64, now: Instant) -> Session {
+        Session {
+            created_at,
+            ordinal,
+            seq: 0,
+            seq_reserved: 0,
+            journal_bytes: 0,
+            last_activity: now,
+            message_count: 0,
+            heads: [NO_HEAD; 2],
+            approvals: Vec::new(),
+            hot: None,
+        }
+    }
+
+    fn hot(&mut self) -> &mut Hot {
+        self.hot.get_or_insert_with(Box::default)
+    }
+
+    /// Drops what the session holds in use if none of it is left.
+    fn shed(&mut self) {
+        if self.hot.as_ref().is_some_and(|h| h.is_idle()) {
+            self.hot = None;
+        }
+    }
+
+    /// The history, each `ModelMessage` as its JSON text; None while it is
+    /// in the journal only (see [`SessionTable::want_history`]).
+    pub fn messages(&self) -> Option<&[Bytes]> {
+        match self.hot.as_ref().and_then(|h| h.messages.as_deref()) {
+            Some(m) => Some(m),
+            None if self.message_count == 0 => Some(&[]),
+            None => None,
+        }
     }
 
     pub fn message_count(&self) -> usize {
-        self.messages.len()
+        self.message_count
+    }
+
+    /// Whether more than the directory entry is in RAM.
+    pub fn is_hot(&self) -> bool {
+        self.hot.is_some()
     }
 
     /// The tool calls waiting for approval (empty: none).
@@ -72,14 +182,61 @@ impl Session {
         &self.approvals
     }
 
+    pub fn running(&self) -> Option<&Turn> {
+        self.hot.as_ref()?.running.as_ref()
+    }
+
+    pub fn running_mut(&mut self) -> Option<&mut Turn> {
+        self.hot.as_mut()?.running.as_mut()
+    }
+
+    pub fn take_running(&mut self) -> Option<Turn> {
+        self.hot.as_mut()?.running.take()
+    }
+
+    pub fn set_running(&mut self, turn: Turn) {
+        self.hot().running = Some(turn);
+    }
+
+    /// Turns waiting behind the running one.
+    pub fn queued(&self) -> usize {
+        self.hot.as_ref().map_or(0, |h| h.queue.len())
+    }
+
+    pub fn push_queued(&mut self, turn: Turn) {
+        self.hot().queue.push_back(turn);
+    }
+
+    pub fn pop_queued(&mut self) -> Option<Turn> {
+        self.hot.as_mut()?.queue.pop_front()
+    }
+
+    pub fn take_queue(&mut self) -> VecDeque<Turn> {
+        self.hot
+            .as_mut()
+            .map(|h| std::mem::take(&mut h.queue))
+            .unwrap_or_default()
+    }
+
+    /// A turn runs or waits.
+    pub fn is_busy(&self) -> bool {
+        self.hot
+            .as_ref()
+            .is_some_and(|h| h.running.is_some() || !h.queue.is_empty())
+    }
+
     /// Drops the retained events and the arena chunk they were cut from:
     /// RAM a session without clients keeps for a resume nobody may ask
     /// for. Returns whether there was anything to drop.
     pub fn drop_retained(&mut self) -> bool {
-        let had = !self.retained.is_empty() || self.arena.chunk_capacity() > 0;
-        self.retained = VecDeque::new();
-        self.retained_bytes = 0;
-        self.arena.clear();
+        let Some(hot) = self.hot.as_mut() else {
+            return false;
+        };
+        let had = !hot.retained.is_empty() || hot.arena.is_some();
+        hot.retained = VecDeque::new();
+        hot.retained_bytes = 0;
+        hot.arena = None;
+        self.shed();
         had
     }
 
@@ -87,13 +244,17 @@ impl Session {
     /// some of them are no longer retained, or `since` is above any `seq`
     /// this session gave (the client saw another incarnation of it).
     pub fn events_after(&self, since: u64) -> Option<impl Iterator<Item = &Event>> {
-        let first = self.retained.front().map_or(self.seq + 1, |(seq, _)| *seq);
+        let retained = self.hot.as_ref().map(|h| &h.retained);
+        let first = retained
+            .and_then(|r| r.front())
+            .map_or(self.seq + 1, |(seq, _)| *seq);
         if since > self.seq || (since < self.seq && since + 1 < first) {
             return None;
         }
         Some(
-            self.retained
-                .iter()
+            retained
+                .into_iter()
+                .flatten()
                 .filter(move |(seq, _)| *seq > since)
                 .map(|(_, f)| f),
         )
@@ -127,6 +288,9 @@ pub struct Retention {
     /// With no subscriber this long, a session drops its retained events
     /// (a later resume gets `resync`). None: never.
     pub idle: Option<std::time::Duration>,
+    /// With no subscriber and no turn this long, a session's history
+    /// leaves RAM (read back from the journal when needed). None: never.
+    pub history_idle: Option<std::time::Duration>,
 }
 
 /// Creating a session would pass `--max-sessions`.
@@ -148,11 +312,20 @@ pub struct SessionTable {
     pending: Vec<Change>,
     /// Bytes of journal records that describe live state.
     journal_live: u64,
+    /// Which of a session's two `heads` is the journal's (the other is a
+    /// compaction's new file); flips when the new file becomes the journal.
+    file: usize,
+    /// Cold histories being read back, by session id.
+    loads: HashMap<String, cold::Load>,
+    /// Reads asked for and not yet handed to the reader.
+    reads: Vec<HistoryRead>,
     /// Compaction under way: sessions with an ordinal below this are in the
     /// new file.
     compaction_cursor: Option<u64>,
     /// A session partly written: its ordinal and how many messages.
     compaction_partial: Option<(u64, usize)>,
+    /// A history the compaction needed could not be read: it gives up.
+    compaction_failed: Option<String>,
     /// Where the TTL sweep under way goes on (an ordinal), if one is.
     sweep_cursor: Option<u64>,
     /// Turns running, queued and ended; tokens broadcast.
@@ -167,6 +340,7 @@ impl SessionTable {
                 events: 1000,
                 bytes: 1 << 20,
                 idle: None,
+                history_idle: None,
             },
         )
     }
@@ -182,10 +356,14 @@ impl SessionTable {
             retention,
             pending: Vec::new(),
             journal_live: 0,
+            file: 0,
+            loads: HashMap::new(),
+            reads: Vec::new(),
             metrics: Default::default(),
             sweep_cursor: None,
             compaction_cursor: None,
             compaction_partial: None,
+            compaction_failed: None,
         }
     }
 
@@ -236,23 +414,7 @@ impl SessionTable {
         let ordinal = self.next_ordinal;
         self.next_ordinal += 1;
         self.order.insert(ordinal, id.to_owned());
-        let session = Session {
-            created_at,
-            ordinal,
-            messages: Vec::new(),
-            seq: 0,
-            seq_reserved: 0,
-            retained: VecDeque::new(),
-            retained_bytes: 0,
-            // A quarter of the retention budget at most goes to the chunk
-            // being filled (it counts towards the budget).
-            arena: EventArena::capped(self.retention.bytes / 4),
-            journal_bytes: 0,
-            last_activity: now,
-            running: None,
-            queue: VecDeque::new(),
-            approvals: Vec::new(),
-        };
+        let session = Session::new(created_at, ordinal, now);
         self.sessions.insert(id.to_owned(), session, &self.order);
     }
 
@@ -314,13 +476,19 @@ impl SessionTable {
         Ok(())
     }
 
+    /// Applies an `m` record to session `id`: in RAM when its history is,
+    /// else only to its count (the journal holds the messages).
     fn apply_messages(&mut self, id: &str, messages: Vec<String>, replace_from: Option<u64>) {
         let Some(s) = self.sessions.get_mut(id) else {
             return;
         };
+        let resident = s.messages().is_some();
         if let Some(from) = replace_from {
             let from = usize::try_from(from).unwrap_or(usize::MAX);
-            s.messages.truncate(from);
+            s.message_count = s.message_count.min(from);
+            if let Some(m) = s.hot.as_mut().and_then(|h| h.messages.as_mut()) {
+                m.truncate(from);
+            }
             // A compaction that had copied this session past the cut got
             // this record too (see `mirrored`): it has the whole history now.
             if let Some((ordinal, done)) = self.compaction_partial {
@@ -329,7 +497,12 @@ impl SessionTable {
                 }
             }
         }
-        s.messages.extend(messages.into_iter().map(Bytes::from));
+        s.message_count += messages.len();
+        // A cold history stays cold: the record is its newest link.
+        if resident || s.message_count == messages.len() {
+            let kept = s.hot().messages.get_or_insert_with(Vec::new);
+            kept.extend(messages.into_iter().map(Bytes::from));
+        }
     }
 
     /// Takes session `id`'s pending approvals (a person decided) for the
@@ -354,13 +527,45 @@ impl SessionTable {
         self.persist_pending(sink).map(drop)
     }
 
-    /// Journals the pending changes, all or none; returns them.
+    /// Journals the pending changes, all or none; returns them. An `m`
+    /// record is linked to its session's previous one, in the journal and
+    /// (mirrored) in a compaction's new file, and becomes the session's
+    /// head in each.
     fn persist_pending(&mut self, sink: &mut dyn Sink) -> Result<Vec<Change>, String> {
         let changes = std::mem::take(&mut self.pending);
-        let batch: Vec<(&Change, bool)> = changes.iter().map(|c| (c, self.mirrored(c))).collect();
-        let sizes = sink.persist(&batch)?;
-        for (change, bytes) in changes.iter().zip(sizes) {
-            self.account(change, bytes);
+        let (file, other) = (self.file, 1 - self.file);
+        let batch: Vec<ToAppend> = changes
+            .iter()
+            .map(|change| {
+                let mirror = self.mirrored(change);
+                let heads = match change {
+                    Change::Messages { id, .. } => self.sessions.get(id).map(|s| s.heads),
+                    _ => None,
+                };
+                let link = |head: Loc| (head.len > 0).then_some(head);
+                ToAppend {
+                    change,
+                    prev: heads.and_then(|h| link(h[file])),
+                    mirror,
+                    mirror_prev: heads.and_then(|h| link(h[other])),
+                }
+            })
+            .collect();
+        let appended = sink.persist(&batch)?;
+        for (change, at) in changes.iter().zip(appended) {
+            self.account(change, u64::from(at.at.len));
+            if let Change::Messages { id, .. } = change {
+                if let Some(s) = self.sessions.get_mut(id) {
+                    // Journaled (an in-memory table has no records) and
+                    // chained (an older journal's history stays in RAM).
+                    if at.at.len > 0 && s.heads[file] != BROKEN {
+                        s.heads[file] = at.at;
+                    }
+                    if let Some(m) = at.mirrored_at {
+                        s.heads[other] = m;
+                    }
+                }
+            }
         }
         Ok(changes)
     }
@@ -392,10 +597,17 @@ impl SessionTable {
         self.journal_live + 64 * self.sessions.len() as u64
     }
 
-    /// Rebuilds state from journal records (at start), each with its size
-    /// in the journal.
-    pub fn restore(&mut self, records: Vec<(Change, u64)>, now: Instant) {
-        for (change, bytes) in records {
+    /// Rebuilds state from the journal's records (at start), in file
+    /// order from offset 0. Histories whose records are chained start
+    /// cold: only their directory entries stay in RAM.
+    pub fn restore(&mut self, records: Vec<Record>, now: Instant) {
+        let mut offset = 0;
+        for Record { change, size, prev } in records {
+            let loc = Loc {
+                offset,
+                len: u32::try_from(size).unwrap_or(0),
+            };
+            offset += size;
             match change {
                 Change::Created { id, at } => {
                     if let Some(old) = self.sessions.remove(&id) {
@@ -403,7 +615,7 @@ impl SessionTable {
                     }
                     self.insert(&id, at, now);
                     if let Some(s) = self.sessions.get_mut(&id) {
-                        s.journal_bytes = bytes;
+                        s.journal_bytes = size;
                     }
                 }
                 Change::Messages {
@@ -411,15 +623,22 @@ impl SessionTable {
                     messages,
                     replace_from,
                 } => {
-                    self.apply_messages(&id, messages, replace_from);
                     if let Some(s) = self.sessions.get_mut(&id) {
-                        s.journal_bytes += bytes;
+                        s.journal_bytes += size;
+                        let head = &mut s.heads[0];
+                        let linked = prev.unwrap_or(NO_HEAD) == *head;
+                        *head = if linked && *head != BROKEN {
+                            loc
+                        } else {
+                            BROKEN
+                        };
                     }
+                    self.apply_messages(&id, messages, replace_from);
                 }
                 Change::Approvals { id, calls } => {
                     if let Some(s) = self.sessions.get_mut(&id) {
                         s.approvals = calls;
-                        s.journal_bytes += bytes;
+                        s.journal_bytes += size;
                     }
                 }
                 Change::Seq { id, seq } => {
@@ -438,7 +657,15 @@ impl SessionTable {
                 }
             }
         }
+        self.file = 0;
         self.journal_live = self.sessions.values().map(|s| s.journal_bytes).sum();
+        if self.retention.history_idle.is_some() {
+            for id in self.order.values() {
+                if let Some(s) = self.sessions.get_mut(id) {
+                    cold::evict(s, 0);
+                }
+            }
+        }
     }
 
     /// Records every session's exact `seq`, so a clean restart continues
@@ -482,9 +709,10 @@ impl SessionTable {
 
     /// The whole history body in one buffer (tests, small histories); the
     /// response produces it a slice at a time ([`crate::http::body`]).
+    /// None: no such session, or its history is not in RAM.
     pub fn history_json(&self, id: &str) -> Option<Vec<u8>> {
         let s = self.sessions.get(id)?;
-        Some(crate::http::body::history_json(id, &s.messages))
+        Some(crate::http::body::history_json(id, s.messages()?))
     }
 
     pub fn subscribe(&mut self, id: &str, conn: ConnId) {
@@ -561,8 +789,13 @@ impl SessionTable {
             if op == "token" {
                 self.metrics.tokens += 1;
             }
-            let mut event =
-                Event::new_in(&mut session.arena, &mut self.scratch, op, data, Some(seq));
+            let hot = session.hot.get_or_insert_with(Box::default);
+            // A quarter of the retention budget at most goes to the chunk
+            // being filled (it counts towards the budget).
+            let arena = hot
+                .arena
+                .get_or_insert_with(|| EventArena::capped(self.retention.bytes / 4));
+            let mut event = Event::new_in(arena, &mut self.scratch, op, data, Some(seq));
             // A turn's end, a decision on approvals, and any `seq` beyond
             // what the journal promised, go out only once the journal has
             // them (no `seq` is ever reused).
@@ -574,18 +807,17 @@ impl SessionTable {
             {
                 event = event.acknowledging();
             }
-            session.retained_bytes += event.size();
-            session.retained.push_back((seq, event.clone()));
+            hot.retained_bytes += event.size();
+            hot.retained.push_back((seq, event.clone()));
             // The chunk being filled is pinned whatever is retained: it
             // counts (a session holds at most one more partly used chunk,
             // the oldest event's, see `EventArena`).
-            let pinned = session.arena.chunk_capacity();
-            while session.retained.len() > self.retention.events
-                || (session.retained_bytes + pinned > self.retention.bytes
-                    && session.retained.len() > 1)
+            let pinned = arena.chunk_capacity();
+            while hot.retained.len() > self.retention.events
+                || (hot.retained_bytes + pinned > self.retention.bytes && hot.retained.len() > 1)
             {
-                if let Some((_, old)) = session.retained.pop_front() {
-                    session.retained_bytes -= old.size();
+                if let Some((_, old)) = hot.retained.pop_front() {
+                    hot.retained_bytes -= old.size();
                 }
             }
             for &conn in subscribers.iter().chain(also.as_ref()) {
@@ -611,7 +843,7 @@ impl SessionTable {
     pub fn busy_ids(&self) -> Vec<String> {
         self.sessions
             .iter()
-            .filter(|(_, s)| s.running.is_some() || !s.queue.is_empty())
+            .filter(|(_, s)| s.is_busy())
             .map(|(id, _)| id.clone())
             .collect()
     }
@@ -621,7 +853,7 @@ fn info<'a>(id: &'a str, s: &'a Session) -> SessionInfo<'a> {
     SessionInfo {
         id,
         created_at: &s.created_at,
-        message_count: s.messages.len(),
+        message_count: s.message_count,
     }
 }
 
@@ -643,3 +875,5 @@ pub fn valid_session_id(id: &str) -> bool {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_cold;

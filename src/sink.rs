@@ -9,7 +9,7 @@ use bytes::Bytes;
 use crate::agent::AgentJob;
 use crate::events::Event;
 use crate::http::Response;
-use crate::journal::Change;
+use crate::journal::{Appended, Change, Loc, ToAppend};
 use crate::metrics::Exposition;
 
 /// A connection, as the core knows it: its slab slot plus a serial number
@@ -43,10 +43,11 @@ pub trait Sink {
     /// let it exit by itself (briefly); otherwise kill it now.
     fn stop_agent(&mut self, turn: u64, graceful: bool);
     /// Write state changes to the journal, in one write (a no-op when in
-    /// memory): all saved or none. Each change's `bool`: a compaction under
-    /// way needs it in its new file too. Returns each one's size in bytes;
-    /// Err says why they could not be saved.
-    fn persist(&mut self, changes: &[(&Change, bool)]) -> Result<Vec<u64>, String>;
+    /// memory: each then is at an empty [`Loc`]): all saved or none, each
+    /// `m` record linked to its session's previous one, and mirrored to a
+    /// compaction's new file when it says so. Returns where each went; Err
+    /// says why they could not be saved.
+    fn persist(&mut self, changes: &[ToAppend]) -> Result<Vec<Appended>, String>;
     /// Writes the transport's metrics for a scrape: connections, requests,
     /// events sent, closes, the journal, the process.
     fn write_metrics(&mut self, out: &mut Exposition);
@@ -65,6 +66,9 @@ pub struct Recorder {
     pub agents_started: Vec<AgentJob>,
     pub agents_stopped: Vec<(u64, bool)>,
     pub persisted: Vec<Change>,
+    /// The records persisted, as a journal file holds them (each `m`
+    /// linked to its session's previous one): cold reads in tests read it.
+    pub journal: Vec<u8>,
     /// The changes persisted that a compaction's new file gets too.
     pub mirrored: Vec<Change>,
     /// When set, `persist` fails with this reason.
@@ -119,20 +123,27 @@ impl Sink for Recorder {
         self.agents_stopped.push((turn, graceful));
     }
     fn write_metrics(&mut self, _out: &mut Exposition) {}
-    fn persist(&mut self, changes: &[(&Change, bool)]) -> Result<Vec<u64>, String> {
-        match &self.persist_error {
-            Some(why) => Err(why.clone()),
-            None => {
-                self.persisted
-                    .extend(changes.iter().map(|&(c, _)| c.clone()));
-                self.mirrored.extend(
-                    changes
-                        .iter()
-                        .filter(|&&(_, mirrored)| mirrored)
-                        .map(|&(c, _)| c.clone()),
-                );
-                Ok(vec![0; changes.len()])
-            }
+    fn persist(&mut self, changes: &[ToAppend]) -> Result<Vec<Appended>, String> {
+        if let Some(why) = &self.persist_error {
+            return Err(why.clone());
         }
+        let mut appended = Vec::with_capacity(changes.len());
+        for append in changes {
+            self.persisted.push(append.change.clone());
+            if append.mirror {
+                self.mirrored.push(append.change.clone());
+            }
+            let record = crate::journal::encode_linked(append.change, append.prev);
+            let at = Loc {
+                offset: self.journal.len() as u64,
+                len: record.len() as u32,
+            };
+            self.journal.extend(record);
+            appended.push(Appended {
+                at,
+                mirrored_at: None,
+            });
+        }
+        Ok(appended)
     }
 }

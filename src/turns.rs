@@ -96,6 +96,12 @@ struct Resume {
 }
 
 impl Turn {
+    /// Whether it has started (its request recorded, its agent asked);
+    /// a turn that waits for its history to be read back has not.
+    pub fn has_begun(&self) -> bool {
+        self.transcript.is_some()
+    }
+
     pub fn new(id: u64, prompt: String, waiter: Option<ConnId>) -> Self {
         Turn {
             id,
@@ -180,12 +186,12 @@ pub fn submit(
     if turn.resume.is_none() && !session.pending_approvals().is_empty() {
         return Err(Refused::ApprovalPending);
     }
-    if session.running.is_none() {
-        session.running = Some(turn);
+    if session.running().is_none() {
+        session.set_running(turn);
         table.metrics.running += 1;
         Ok(true)
-    } else if session.queue.len() < max_queued {
-        session.queue.push_back(turn);
+    } else if session.queued() < max_queued {
+        session.push_queued(turn);
         table.metrics.queued += 1;
         Ok(false)
     } else {
@@ -226,7 +232,17 @@ pub fn step(
     now: Instant,
     engine: &Engine,
 ) -> StepOutcome {
-    let Some(mut turn) = table.get_mut(id).and_then(|s| s.running.take()) else {
+    if !engine.echo
+        && table
+            .get(id)
+            .is_some_and(|s| s.running().is_some_and(|t| t.transcript.is_none()))
+        && !table.want_history(id, now)
+    {
+        // The agent is given the history, which is being read back from
+        // the journal: the turn starts when it is in (see `history_ready`).
+        return StepOutcome::Waiting;
+    }
+    let Some(mut turn) = table.get_mut(id).and_then(|s| s.take_running()) else {
         return StepOutcome::Idle;
     };
     if turn.transcript.is_none() {
@@ -235,7 +251,8 @@ pub fn step(
             true => Vec::new(),
             false => table
                 .get(id)
-                .map(|s| s.messages().iter().map(crate::sessions::text_of).collect())
+                .and_then(|s| s.messages())
+                .map(|m| m.iter().map(crate::sessions::text_of).collect())
                 .unwrap_or_default(),
         };
         if let Err(why) = begin(table, id, &mut turn, &engine.model_name, engine.echo, sink) {
@@ -351,12 +368,12 @@ pub fn agent_event(
         return false;
     };
     // Events of a turn that has already ended (cancelled, deleted) are dropped.
-    if session.running.as_ref().is_none_or(|t| t.id != turn_id) {
+    if session.running().is_none_or(|t| t.id != turn_id) {
         return false;
     }
     session.last_activity = now;
     if event.ends_turn() {
-        let Some(turn) = session.running.take() else {
+        let Some(turn) = session.take_running() else {
             return false;
         };
         let how = match event {
@@ -368,7 +385,7 @@ pub fn agent_event(
         finish(table, id, turn, how, sink);
         return start_next(table, id, now) == StepOutcome::Progress;
     }
-    if let Some(t) = session.running.as_mut().and_then(|t| t.transcript.as_mut()) {
+    if let Some(t) = session.running_mut().and_then(|t| t.transcript.as_mut()) {
         match &event {
             AgentEvent::Token(text) => t.token(text),
             AgentEvent::Thinking(text) => t.thinking(text),
@@ -379,7 +396,7 @@ pub fn agent_event(
         }
     }
     if let Some((op, data)) = event.wire() {
-        let stream = session.running.as_ref().and_then(|t| t.stream);
+        let stream = session.running().and_then(|t| t.stream);
         table.broadcast_to(id, op, data, stream, sink);
     }
     false
@@ -416,7 +433,7 @@ fn begin(
 
 fn put_back(table: &mut SessionTable, id: &str, turn: Turn) {
     if let Some(s) = table.get_mut(id) {
-        s.running = Some(turn);
+        s.set_running(turn);
     }
 }
 
@@ -425,9 +442,9 @@ fn start_next(table: &mut SessionTable, id: &str, now: Instant) -> StepOutcome {
         return StepOutcome::Idle;
     };
     session.last_activity = now;
-    match session.queue.pop_front() {
+    match session.pop_queued() {
         Some(next) => {
-            session.running = Some(next);
+            session.set_running(next);
             table.metrics.queued = table.metrics.queued.saturating_sub(1);
             table.metrics.running += 1;
             StepOutcome::Progress
@@ -579,7 +596,7 @@ fn drop_queued_for_approvals(
     let Some(session) = table.get_mut(id) else {
         return;
     };
-    let queued: Vec<Turn> = session.queue.drain(..).collect();
+    let queued = session.take_queue();
     for turn in queued {
         table.metrics.queued = table.metrics.queued.saturating_sub(1);
         table.metrics.ended(Outcome::Error);
@@ -633,6 +650,28 @@ pub fn agent_failed(
     agent_event(table, id, turn_id, AgentEvent::Error(reason), sink, now)
 }
 
+/// Session `id`'s history could not be read back for its running turn,
+/// which has not started: it ends with `why`. Returns true when another
+/// turn is now due (step the session).
+pub fn history_unreadable(
+    table: &mut SessionTable,
+    id: &str,
+    why: &str,
+    sink: &mut dyn Sink,
+    now: Instant,
+) -> bool {
+    let waiting = table
+        .get(id)
+        .and_then(|s| s.running())
+        .filter(|t| !t.has_begun())
+        .map(|t| t.id);
+    let Some(turn) = waiting else {
+        return false;
+    };
+    let reason = format!("the session's history could not be read: {why}");
+    agent_failed(table, id, turn, reason, sink, now)
+}
+
 /// Stops the running turn of session `id` and drops its queued ones. Each
 /// ends with a broadcast `error` `cancelled`, and a waiting REST caller gets
 /// 409. The running turn's request and the reply streamed so far stay in
@@ -642,10 +681,10 @@ pub fn cancel(table: &mut SessionTable, id: &str, sink: &mut dyn Sink, engine: &
     let Some(session) = table.get_mut(id) else {
         return false;
     };
-    let Some(mut running) = session.running.take() else {
+    let Some(mut running) = session.take_running() else {
         return false;
     };
-    let queued: Vec<Turn> = session.queue.drain(..).collect();
+    let queued = session.take_queue();
     if running.transcript.is_none() {
         // Cancelled before its first step: it still counts as having run.
         let _ = begin(table, id, &mut running, &engine.model_name, false, sink);

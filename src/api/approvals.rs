@@ -130,7 +130,7 @@ impl App {
         now: Instant,
         sink: &mut dyn Sink,
     ) -> Result<(), ()> {
-        if self.sessions.get(id).is_none_or(|s| s.running.is_some()) {
+        if self.sessions.get(id).is_none_or(|s| s.running().is_some()) {
             // Pending calls mean an idle session; this cannot happen.
             return Err(());
         }

@@ -5,8 +5,9 @@ use std::time::Instant;
 use super::App;
 use crate::agent::AgentEvent;
 use crate::http::Request;
-use crate::journal::Change;
+use crate::journal::Record;
 use crate::service::{HttpOutcome, Service};
+use crate::sessions::HistoryRead;
 use crate::sink::{ConnId, Sink};
 
 impl Service for App {
@@ -86,16 +87,39 @@ impl Service for App {
         self.sessions.begin_snapshot()
     }
 
-    fn snapshot_step(&mut self, budget: usize) -> (Vec<u8>, bool) {
-        self.sessions.snapshot_step(budget)
+    fn snapshot_step(
+        &mut self,
+        budget: usize,
+        base: u64,
+        now: Instant,
+    ) -> Result<(Vec<u8>, bool), String> {
+        self.sessions.snapshot_step(budget, base, now)
     }
 
     fn end_snapshot(&mut self) {
         self.sessions.end_snapshot()
     }
 
-    fn restore(&mut self, records: Vec<(Change, u64)>, now: Instant) {
+    fn restore(&mut self, records: Vec<Record>, now: Instant) {
         App::restore(self, records, now)
+    }
+
+    fn take_history_reads(&mut self) -> Vec<HistoryRead> {
+        App::take_history_reads(self)
+    }
+
+    fn history_read(
+        &mut self,
+        read: HistoryRead,
+        result: Result<Vec<String>, String>,
+        now: Instant,
+        sink: &mut dyn Sink,
+    ) {
+        App::history_read(self, read, result, now, sink)
+    }
+
+    fn journal_switched(&mut self) {
+        self.sessions.journal_switched()
     }
 
     fn record_exact_seqs(&mut self) {

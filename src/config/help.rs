@@ -54,6 +54,8 @@ Options:
   --retain-events N           broadcast events kept per session for ?since= resume (default 1000)
   --retain-bytes N            ... and at most this many bytes of them (default 1048576)
   --retain-idle SECS          drop them once a session has had no client this long, 0 = never (default 300)
+  --history-idle SECS         a session with no client and no turn this long keeps its history
+                              in the journal only, read back when needed, 0 = never (default 900)
   --shutdown-grace SECS       on SIGTERM/SIGINT, running turns get this long to finish (default 10)
   --access-log                log one line per request or upgrade to stderr (peer, method,
                               path without query, status, bytes, microseconds)

@@ -6,7 +6,10 @@
 //! 1. *Copying*: each loop iteration writes the next sessions (about
 //!    [`STEP_BYTES`]) to `journal.compact`, in creation order. A record of
 //!    a session already copied goes to both files as it happens; a record
-//!    of one not yet copied is in the copy when its turn comes.
+//!    of one not yet copied is in the copy when its turn comes. A cold
+//!    history is read back first (by the history reader, a few ahead),
+//!    copied, and let go again; if one cannot be read, the compaction
+//!    gives up.
 //! 2. *Switching*: a helper thread syncs the new file, renames it over the
 //!    journal and syncs the directory, while the loop serves on and keeps
 //!    writing every record to both files. Meanwhile no new sync of the old
@@ -95,7 +98,14 @@ impl Server {
             // A mirrored write failed and gave it up.
             return self.give_up("the new file could not be written");
         }
-        let (bytes, done) = self.app.snapshot_step(STEP_BYTES);
+        let base = j.shadow_len().unwrap_or(0);
+        let (bytes, done) = match self.app.snapshot_step(STEP_BYTES, base, Instant::now()) {
+            Ok(step) => step,
+            Err(why) => return self.give_up(&why),
+        };
+        let Some(j) = self.journal.as_mut() else {
+            return;
+        };
         if let Err(e) = j.shadow_write(&bytes) {
             return self.give_up(&e);
         }
@@ -175,6 +185,7 @@ impl Server {
             );
         }
         self.journal_swapped();
+        self.history_reader_switch();
         if let Err(e) = self.start_syncer() {
             crate::error!("{e}; syncing on the loop from now on");
             if let Some(j) = self.journal.as_mut() {

@@ -13,7 +13,7 @@ use super::http::queue_response;
 use crate::agent::AgentJob;
 use crate::events::Event;
 use crate::http::Response;
-use crate::journal::{Change, JournalFile};
+use crate::journal::{Appended, JournalFile, Loc, ToAppend};
 use crate::metrics::{self, CloseReason, Exposition, TransportMetrics};
 use crate::sink::{ConnId, Sink};
 use crate::ws::close;
@@ -216,11 +216,17 @@ impl Sink for ConnSink<'_> {
         self.agent_starts.push(job);
     }
 
-    fn persist(&mut self, changes: &[(&Change, bool)]) -> Result<Vec<u64>, String> {
+    fn persist(&mut self, changes: &[ToAppend]) -> Result<Vec<Appended>, String> {
         *self.records += changes.len() as u64;
         match self.journal {
             Some(j) => j.append(changes),
-            None => Ok(vec![0; changes.len()]),
+            None => Ok(vec![
+                Appended {
+                    at: Loc { offset: 0, len: 0 },
+                    mirrored_at: None,
+                };
+                changes.len()
+            ]),
         }
     }
 

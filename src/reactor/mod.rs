@@ -19,6 +19,7 @@ mod compaction;
 mod conn;
 mod conn_sink;
 mod durability;
+mod history_reader;
 mod http;
 mod sse;
 mod syncer;
@@ -130,6 +131,8 @@ pub struct Server {
     durability: durability::Durability,
     /// A journal compaction under way.
     compaction: compaction::Compaction,
+    /// Reads cold histories back from the journal (None with `--in-memory`).
+    history_reader: Option<history_reader::HistoryReader>,
     /// Requests, events sent, closes (the core's counters live with it).
     metrics: TransportMetrics,
     /// `--access-log`.
@@ -219,6 +222,7 @@ impl Server {
             );
             server.journal = Some(journal);
             server.start_syncer()?;
+            server.start_history_reader()?;
         }
         Ok(server)
     }
@@ -275,6 +279,7 @@ impl Server {
             records: 0,
             durability: durability::Durability::default(),
             compaction: compaction::Compaction::default(),
+            history_reader: None,
             draining_until: None,
             conns: Slab::default(),
             next_serial: 0,
@@ -348,6 +353,7 @@ impl Server {
                     LISTENER => self.accept(now),
                     durability::SYNCER => self.on_synced(now),
                     compaction::COMPACTOR => self.on_compacted(now),
+                    history_reader::READER => self.on_history_read(now),
                     SIGNALS => {
                         if self.on_signals(now) {
                             self.kill_agents();
@@ -728,6 +734,9 @@ impl Server {
         }
         // Two comparisons per iteration; the rewrite itself is rare.
         self.maybe_compact();
+        // Cold histories asked for by this iteration (requests, turns, the
+        // compaction) go to the reader.
+        self.send_history_reads();
         // What this iteration's acknowledgements wait for (with `batch`,
         // the helper's fsync; otherwise nothing).
         self.close_epoch();

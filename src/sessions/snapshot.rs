@@ -3,8 +3,10 @@
 //! reach that file too while it is being written (see
 //! `reactor::compaction`).
 
-use super::{text_of, SessionTable};
-use crate::journal::{self, Change};
+use std::time::Instant;
+
+use super::{cold, text_of, SessionTable, NO_HEAD};
+use crate::journal::{self, Change, Loc};
 
 impl SessionTable {
     /// Compaction starts: sessions are written out a step at a time, in
@@ -12,28 +14,57 @@ impl SessionTable {
     pub fn begin_snapshot(&mut self) {
         self.compaction_cursor = Some(0);
         self.compaction_partial = None;
+        self.compaction_failed = None;
     }
 
-    /// The next sessions' records, about `budget` bytes of them; true when
-    /// every session has been written. From then on, and for the sessions
-    /// already written, each new record is mirrored (`mirrored`):
-    /// the new file gets it too.
-    pub fn snapshot_step(&mut self, budget: usize) -> (Vec<u8>, bool) {
+    /// The next sessions' records, about `budget` bytes of them, for the
+    /// new file at offset `base` (each session's `m` records chained there
+    /// too); true when every session has been written. From then on, and
+    /// for the sessions already written, each new record is mirrored
+    /// (`mirrored`): the new file gets it too.
+    ///
+    /// A cold history is read back first: the step stops before it (and
+    /// asks for it and a few after it), and a later step copies it, then
+    /// lets it go again. Err: a history could not be read, and the
+    /// compaction must give up (the journal stays as it is).
+    pub fn snapshot_step(
+        &mut self,
+        budget: usize,
+        base: u64,
+        now: Instant,
+    ) -> Result<(Vec<u8>, bool), String> {
+        if let Some(why) = self.compaction_failed.take() {
+            return Err(why);
+        }
         let Some(cursor) = self.compaction_cursor else {
-            return (Vec::new(), true);
+            return Ok((Vec::new(), true));
         };
+        let shadow = 1 - self.file;
         let mut out = Vec::new();
         // Where this step stops: a session (ordinal), and how many of its
         // messages are already written (None: not even its creation).
         let mut partial = self.compaction_partial.take();
         let mut next = None;
+        let mut cold_at = None;
+        let mut copied = Vec::new();
+        let empty = Vec::new();
         for (&ordinal, id) in self.order.range(cursor..) {
             if out.len() >= budget {
                 next = Some(ordinal);
                 break;
             }
-            let Some(s) = self.sessions.get(id) else {
+            let Some(s) = self.sessions.get_mut(id) else {
                 continue;
+            };
+            let messages = match s.hot.as_ref().and_then(|h| h.messages.as_ref()) {
+                Some(m) => m,
+                None if s.message_count > 0 => {
+                    // Cold: read it back, then copy it.
+                    cold_at = Some(ordinal);
+                    next = Some(ordinal);
+                    break;
+                }
+                None => &empty,
             };
             let start = match partial.take().filter(|&(o, _)| o == ordinal) {
                 Some((_, done)) => done,
@@ -42,25 +73,36 @@ impl SessionTable {
                         id: id.clone(),
                         at: s.created_at.clone(),
                     }));
+                    s.heads[shadow] = NO_HEAD;
                     0
                 }
             };
             // A long history goes in several records, a budget at a time
-            // (replay appends them in order).
+            // (replay appends them in order), each linked to the one before.
             let mut end = start;
             let mut size = 0;
-            while end < s.messages.len() && (end == start || out.len() + size < budget) {
-                size += s.messages[end].len();
+            while end < messages.len() && (end == start || out.len() + size < budget) {
+                size += messages[end].len();
                 end += 1;
             }
+            let count = messages.len();
             if end > start {
-                out.extend(journal::encode(&Change::Messages {
-                    id: id.clone(),
-                    messages: s.messages[start..end].iter().map(text_of).collect(),
-                    replace_from: None,
-                }));
+                let prev = s.heads[shadow];
+                let record = journal::encode_linked(
+                    &Change::Messages {
+                        id: id.clone(),
+                        messages: messages[start..end].iter().map(text_of).collect(),
+                        replace_from: None,
+                    },
+                    (prev.len > 0).then_some(prev),
+                );
+                s.heads[shadow] = Loc {
+                    offset: base + out.len() as u64,
+                    len: record.len() as u32,
+                };
+                out.extend(record);
             }
-            if end < s.messages.len() {
+            if end < count {
                 // The rest of this session next step; it is not copied yet.
                 self.compaction_partial = Some((ordinal, end));
                 next = Some(ordinal);
@@ -74,7 +116,7 @@ impl SessionTable {
             }
             // What the journal holds as pending: the calls waiting, or
             // those a running resumed turn took (its end clears them).
-            let pending = match s.running.as_ref().and_then(|t| t.decided_calls()) {
+            let pending = match s.running().and_then(|t| t.decided_calls()) {
                 Some(taken) => taken,
                 None => s.pending_approvals(),
             };
@@ -84,10 +126,24 @@ impl SessionTable {
                     calls: pending.to_vec(),
                 }));
             }
+            copied.push(id.clone());
+        }
+        // A history read back only to be copied goes back to the journal.
+        for id in copied {
+            let idle = self
+                .sessions
+                .get(&id)
+                .is_some_and(|s| self.history_idle(&id, s, now));
+            if let (true, Some(s)) = (idle, self.sessions.get_mut(&id)) {
+                cold::evict(s, self.file);
+            }
+        }
+        if let Some(ordinal) = cold_at {
+            self.prefetch_for_compaction(ordinal, now);
         }
         // Done: every session, including ones made from now on, is mirrored.
         self.compaction_cursor = Some(next.unwrap_or(u64::MAX));
-        (out, next.is_none())
+        Ok((out, next.is_none()))
     }
 
     /// Compaction is over (done or given up).

@@ -1,17 +1,20 @@
-//! The idle sweep: stale sessions removed (`--session-ttl`), and retained
-//! events dropped by sessions without clients (`--retain-idle`), found a
+//! The idle sweep: stale sessions removed (`--session-ttl`), retained
+//! events dropped by sessions without clients (`--retain-idle`), and idle
+//! histories sent back to the journal (`--history-idle`), found a
 //! budget at a time, in creation order, so a pass never takes time
 //! proportional to the sessions held.
 
 use std::time::{Duration, Instant};
 
-use super::SessionTable;
+use super::{cold, SessionTable};
 
 impl SessionTable {
     /// One step of the idle sweep: looks at up to `budget` sessions from
     /// where the last step stopped (in creation order); of those with no
     /// subscriber and no turn, removes the ones idle for `ttl` and drops
-    /// the retained events of the ones idle for the retention's `idle`.
+    /// the retained events of the ones idle for the retention's `idle`,
+    /// and the history of the ones idle for its `history_idle` (not while
+    /// a compaction copies: it evicts what it read back itself).
     /// Returns how many went and whether the pass over every session is
     /// complete.
     pub fn sweep_step(
@@ -30,17 +33,26 @@ impl SessionTable {
                 break;
             }
             let clients = self.subscribers.contains_key(id.as_str());
-            let Some(s) = self.sessions.get_mut(id) else {
+            let Some(s) = self.sessions.get(id) else {
                 continue;
             };
-            if s.running.is_some() || !s.queue.is_empty() || clients {
+            if s.is_busy() || clients {
                 continue;
             }
             let idle = now.saturating_duration_since(s.last_activity);
             if ttl.is_some_and(|ttl| idle >= ttl) {
                 stale.push(id.clone());
-            } else if retain_idle.is_some_and(|r| idle >= r) && s.drop_retained() {
+                continue;
+            }
+            let evict = self.compaction_cursor.is_none() && self.history_idle(id, s, now);
+            let Some(s) = self.sessions.get_mut(id) else {
+                continue;
+            };
+            if retain_idle.is_some_and(|r| idle >= r) && s.drop_retained() {
                 self.metrics.retained_dropped += 1;
+            }
+            if evict && cold::evict(s, self.file) {
+                self.metrics.histories_evicted += 1;
             }
         }
         for id in &stale {

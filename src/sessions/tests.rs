@@ -102,7 +102,7 @@ fn a_snapshot_in_small_steps_restores_what_the_table_holds() {
     let mut steps = 0;
     loop {
         // A budget of one byte: one session's creation, or one message.
-        let (bytes, done) = t.snapshot_step(1);
+        let (bytes, done) = t.snapshot_step(1, records.len() as u64, now).unwrap();
         records.extend(bytes);
         steps += 1;
         if steps == 3 {
@@ -143,7 +143,8 @@ fn a_turn_replacing_history_a_compaction_already_copied_reaches_the_new_file() {
     // One byte of budget: the creation and a message, then one message
     // per step.
     for _ in 0..2 {
-        file.extend(t.snapshot_step(1).0);
+        let (bytes, _) = t.snapshot_step(1, file.len() as u64, now).unwrap();
+        file.extend(bytes);
     }
     assert_eq!(t.compaction_partial.map(|(_, done)| done), Some(2));
     // The turn that began at message 1 ends with the agent's account,
@@ -160,7 +161,7 @@ fn a_turn_replacing_history_a_compaction_already_copied_reaches_the_new_file() {
         file.extend(journal::encode(&change));
     }
     loop {
-        let (bytes, done) = t.snapshot_step(1);
+        let (bytes, done) = t.snapshot_step(1, file.len() as u64, now).unwrap();
         file.extend(bytes);
         if done {
             break;
@@ -189,13 +190,13 @@ fn pending_approvals_survive_a_restart_and_a_decision_clears_them() {
         .unwrap();
     let journal: Vec<Change> = sink.persisted.clone();
     let mut restored = SessionTable::new(100);
-    restored.restore(journal.iter().map(|c| (c.clone(), 1)).collect(), now);
+    restored.restore(replayed(&journal), now);
     assert_eq!(restored.get("s").unwrap().pending_approvals(), &calls[..]);
     // Decided: the resumed turn's end writes the clear with its messages.
     assert_eq!(t.take_approvals("s"), calls);
     let journal: Vec<Change> = sink.persisted.clone();
     let mut restored = SessionTable::new(100);
-    restored.restore(journal.iter().map(|c| (c.clone(), 1)).collect(), now);
+    restored.restore(replayed(&journal), now);
     assert_eq!(
         restored.get("s").unwrap().pending_approvals(),
         &calls[..],
@@ -204,7 +205,7 @@ fn pending_approvals_survive_a_restart_and_a_decision_clears_them() {
     t.end_turn("s", vec!["{}".into()], None, Some(Vec::new()), &mut sink)
         .unwrap();
     let mut restored = SessionTable::new(100);
-    restored.restore(sink.persisted.iter().map(|c| (c.clone(), 1)).collect(), now);
+    restored.restore(replayed(&sink.persisted), now);
     assert!(restored.get("s").unwrap().pending_approvals().is_empty());
 }
 
@@ -257,6 +258,7 @@ fn retaining_for_10s() -> SessionTable {
             events: 1000,
             bytes: 1 << 20,
             idle: Some(Duration::from_secs(10)),
+            history_idle: None,
         },
     )
 }
@@ -317,6 +319,7 @@ fn retained_bytes_count_the_chunk_being_filled() {
             events: 1000,
             bytes: 4096,
             idle: None,
+            history_idle: None,
         },
     );
     let mut sink = Recorder::default();
@@ -324,8 +327,8 @@ fn retained_bytes_count_the_chunk_being_filled() {
     for _ in 0..2000 {
         t.broadcast("s", "token", events::Content { content: "word" }, &mut sink);
     }
-    let s = t.get("s").unwrap();
-    let pinned = s.arena.chunk_capacity();
+    let s = t.get("s").unwrap().hot.as_ref().unwrap();
+    let pinned = s.arena.as_ref().unwrap().chunk_capacity();
     assert!(pinned > 0);
     assert!(
         s.retained_bytes + pinned <= 4096,
@@ -333,4 +336,10 @@ fn retained_bytes_count_the_chunk_being_filled() {
         s.retained_bytes
     );
     assert!(s.retained.len() > 1);
+}
+
+/// `changes` as a journal file replays them (unlinked records).
+fn replayed(changes: &[Change]) -> Vec<journal::Record> {
+    let bytes: Vec<u8> = changes.iter().flat_map(journal::encode).collect();
+    journal::replay(&bytes).unwrap().changes
 }

@@ -55,7 +55,7 @@ fn a_turn_ending_in_the_step_that_began_it_is_one_record() {
     assert_eq!(records.len(), 1, "{records:?}");
     assert!(records[0][0].contains("user-prompt"));
     assert!(records[0][1].contains(r#""kind":"response""#));
-    assert_eq!(t.get("s").unwrap().messages().len(), 2);
+    assert_eq!(t.get("s").unwrap().messages().unwrap().len(), 2);
 }
 
 #[test]
@@ -72,7 +72,7 @@ fn a_longer_turn_saves_its_request_at_the_end_of_its_first_step() {
     let records = message_records(&sink);
     assert_eq!(records.len(), 1);
     assert!(records[0][0].contains("user-prompt"));
-    assert_eq!(t.get("s").unwrap().messages().len(), 1);
+    assert_eq!(t.get("s").unwrap().messages().unwrap().len(), 1);
     run_to_idle(&mut t, &mut sink, now);
     let records = message_records(&sink);
     assert_eq!(records.len(), 2);
@@ -94,7 +94,7 @@ fn a_one_step_turn_that_cannot_be_saved_ends_in_an_error_and_leaves_no_history()
         "{last}"
     );
     assert_eq!(sink.responses[0].1.status, 503);
-    assert!(t.get("s").unwrap().messages().is_empty());
+    assert!(t.get("s").unwrap().messages().unwrap().is_empty());
 }
 
 #[test]
@@ -328,6 +328,7 @@ fn the_agents_own_messages_replace_what_was_recorded_of_the_turn() {
         .get("s")
         .unwrap()
         .messages()
+        .unwrap()
         .iter()
         .map(crate::sessions::text_of)
         .collect();
