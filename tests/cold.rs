@@ -161,6 +161,8 @@ fn an_agent_is_given_a_cold_history_read_back() {
     let args = [
         "--history-idle",
         "1",
+        "--retain-idle",
+        "1",
         "--agent",
         "exec",
         "--agent-cmd",
@@ -178,7 +180,7 @@ fn an_agent_is_given_a_cold_history_read_back() {
 #[test]
 fn a_corrupt_record_is_an_error_for_that_session_only() {
     let dir = temp_dir("cold-corrupt");
-    let s = serve(&dir, &["--history-idle", "1"], &[]);
+    let s = serve(&dir, &["--history-idle", "1", "--retain-idle", "1"], &[]);
     chat(&s, "a", "first words");
     chat(&s, "a", "marker-to-corrupt");
     chat(&s, "b", "other session");
