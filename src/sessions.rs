@@ -7,14 +7,14 @@
 //! session is deleted over REST (its next message creates it again, as in
 //! the original server).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 mod cold;
 mod map;
 mod snapshot;
 mod sweep;
 pub use cold::{HistoryRead, LoadOutcome, Loaded};
-use map::GrowingMap;
+use map::Directory;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -22,7 +22,7 @@ use serde::Serialize;
 use bytes::Bytes;
 
 use crate::approvals::PendingCall;
-use crate::clock;
+use crate::clock::{self, Stamp};
 use crate::events::{Event, EventArena, EventData};
 use crate::journal::{Change, Loc, Record, ToAppend};
 use crate::sink::{ConnId, Sink};
@@ -36,7 +36,9 @@ use crate::turns::Turn;
 /// record in the journal; see [`crate::journal::chain`]).
 #[derive(Debug)]
 pub struct Session {
-    pub created_at: String,
+    /// When it was made (written as RFC 3339 when shown: 8 bytes here
+    /// instead of a string allocated beside the entry).
+    pub created_at: Stamp,
     /// Position in creation order (the listing order).
     ordinal: u64,
     /// The last `seq` given to a broadcast event of this session.
@@ -132,7 +134,7 @@ pub const BROKEN: Loc = Loc {
 };
 
 impl Session {
-    fn new(created_at: String, ordinal: u64, now: Instant) -> Session {
+    fn new(created_at: Stamp, ordinal: u64, now: Instant) -> Session {
         Session {
             created_at,
             ordinal,
@@ -265,7 +267,7 @@ impl Session {
 #[derive(Serialize)]
 pub struct SessionInfo<'a> {
     pub id: &'a str,
-    pub created_at: &'a str,
+    pub created_at: String,
     pub message_count: usize,
 }
 
@@ -293,14 +295,22 @@ pub struct Retention {
     pub history_idle: Option<std::time::Duration>,
 }
 
+/// Where a walk over the sessions in creation order (the idle sweep, a
+/// compaction) goes on: a slot of the directory, or past the newest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Walk {
+    At(u32),
+    End,
+}
+
 /// Creating a session would pass `--max-sessions`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct TableFull;
 
 #[derive(Debug)]
 pub struct SessionTable {
-    sessions: GrowingMap<Session>,
-    order: BTreeMap<u64, String>,
+    /// Sessions by id, in creation order.
+    sessions: Directory<Session>,
     next_ordinal: u64,
     subscribers: HashMap<String, Vec<ConnId>>,
     /// Where an event is serialized before it is copied into its session's
@@ -322,12 +332,14 @@ pub struct SessionTable {
     /// Compaction under way: sessions with an ordinal below this are in the
     /// new file.
     compaction_cursor: Option<u64>,
+    /// Where the compaction's walk goes on.
+    compaction_walk: Walk,
     /// A session partly written: its ordinal and how many messages.
     compaction_partial: Option<(u64, usize)>,
     /// A history the compaction needed could not be read: it gives up.
     compaction_failed: Option<String>,
-    /// Where the TTL sweep under way goes on (an ordinal), if one is.
-    sweep_cursor: Option<u64>,
+    /// Where the idle sweep under way goes on, if one is.
+    sweep_cursor: Option<Walk>,
     /// Turns running, queued and ended; tokens broadcast.
     pub metrics: crate::metrics::TurnMetrics,
 }
@@ -347,8 +359,7 @@ impl SessionTable {
 
     pub fn with_retention(max_sessions: usize, retention: Retention) -> Self {
         SessionTable {
-            sessions: GrowingMap::default(),
-            order: BTreeMap::new(),
+            sessions: Directory::default(),
             next_ordinal: 0,
             subscribers: HashMap::new(),
             scratch: Vec::new(),
@@ -362,6 +373,7 @@ impl SessionTable {
             metrics: Default::default(),
             sweep_cursor: None,
             compaction_cursor: None,
+            compaction_walk: Walk::End,
             compaction_partial: None,
             compaction_failed: None,
         }
@@ -400,22 +412,38 @@ impl SessionTable {
             if self.sessions.len() >= self.max_sessions {
                 return Err(TableFull);
             }
-            let created_at = clock::now_rfc3339();
+            let created_at = Stamp::now();
             self.pending.push(Change::Created {
                 id: id.to_owned(),
-                at: created_at.clone(),
+                at: created_at.to_rfc3339(),
             });
             self.insert(id, created_at, now);
         }
         self.sessions.get_mut(id).ok_or(TableFull)
     }
 
-    fn insert(&mut self, id: &str, created_at: String, now: Instant) {
+    fn insert(&mut self, id: &str, created_at: Stamp, now: Instant) {
         let ordinal = self.next_ordinal;
         self.next_ordinal += 1;
-        self.order.insert(ordinal, id.to_owned());
         let session = Session::new(created_at, ordinal, now);
-        self.sessions.insert(id.to_owned(), session, &self.order);
+        self.sessions.insert(id, session);
+    }
+
+    /// Takes session `id` out of the directory, moving any walk that
+    /// stands on it to the next session.
+    fn unlink(&mut self, id: &str) -> Option<Session> {
+        if let Some(slot) = self.sessions.slot_of(id) {
+            let next = self.sessions.next_of(slot).map_or(Walk::End, Walk::At);
+            for walk in [self.sweep_cursor.as_mut(), Some(&mut self.compaction_walk)]
+                .into_iter()
+                .flatten()
+            {
+                if *walk == Walk::At(slot) {
+                    *walk = next;
+                }
+            }
+        }
+        self.sessions.remove(id)
     }
 
     /// Appends `messages` to session `id`'s history, journaled first (with
@@ -573,9 +601,7 @@ impl SessionTable {
     /// Drops a session that was never saved (its creation could not be
     /// journaled): no record of it is written.
     pub fn forget(&mut self, id: &str) {
-        if let Some(session) = self.sessions.remove(id) {
-            self.order.remove(&session.ordinal);
-        }
+        self.unlink(id);
     }
 
     /// Counts a record's `bytes` towards its session's live journal size.
@@ -610,10 +636,16 @@ impl SessionTable {
             offset += size;
             match change {
                 Change::Created { id, at } => {
-                    if let Some(old) = self.sessions.remove(&id) {
-                        self.order.remove(&old.ordinal);
-                    }
-                    self.insert(&id, at, now);
+                    self.unlink(&id);
+                    let stamp = Stamp::parse(&at).unwrap_or_else(|| {
+                        // Only this server writes the journal, in this
+                        // format; anything else is shown as the epoch.
+                        crate::warn!(
+                            "session {id}: created_at {at:?} is not a timestamp this server writes"
+                        );
+                        Stamp::of(std::time::UNIX_EPOCH)
+                    });
+                    self.insert(&id, stamp, now);
                     if let Some(s) = self.sessions.get_mut(&id) {
                         s.journal_bytes = size;
                     }
@@ -651,19 +683,15 @@ impl SessionTable {
                     }
                 }
                 Change::Deleted { id } => {
-                    if let Some(old) = self.sessions.remove(&id) {
-                        self.order.remove(&old.ordinal);
-                    }
+                    self.unlink(&id);
                 }
             }
         }
         self.file = 0;
         self.journal_live = self.sessions.values().map(|s| s.journal_bytes).sum();
         if self.retention.history_idle.is_some() {
-            for id in self.order.values() {
-                if let Some(s) = self.sessions.get_mut(id) {
-                    cold::evict(s, 0);
-                }
+            for s in self.sessions.values_mut() {
+                cold::evict(s, 0);
             }
         }
     }
@@ -671,11 +699,11 @@ impl SessionTable {
     /// Records every session's exact `seq`, so a clean restart continues
     /// the numbering without the gap a crash leaves.
     pub fn record_exact_seqs(&mut self) {
-        for id in self.order.values() {
-            if let Some(s) = self.sessions.get(id) {
+        for slot in self.sessions.order_from(None) {
+            if let Some((id, s)) = self.sessions.at(slot) {
                 if s.seq_reserved > s.seq {
                     self.pending.push(Change::Seq {
-                        id: id.clone(),
+                        id: id.to_owned(),
                         seq: s.seq,
                     });
                 }
@@ -685,8 +713,7 @@ impl SessionTable {
 
     /// Removes the session; its subscribers stay attached to the id.
     pub fn remove(&mut self, id: &str) -> Option<Session> {
-        let session = self.sessions.remove(id)?;
-        self.order.remove(&session.ordinal);
+        let session = self.unlink(id)?;
         self.journal_live = self.journal_live.saturating_sub(session.journal_bytes);
         self.pending.push(Change::Deleted { id: id.to_owned() });
         Some(session)
@@ -700,9 +727,9 @@ impl SessionTable {
     /// `[SessionInfo, ...]` in creation order.
     pub fn list_json(&self) -> Vec<u8> {
         let list: Vec<SessionInfo> = self
-            .order
-            .values()
-            .filter_map(|id| self.sessions.get(id).map(|s| info(id, s)))
+            .sessions
+            .order_from(None)
+            .filter_map(|slot| self.sessions.at(slot).map(|(id, s)| info(id, s)))
             .collect();
         serde_json::to_vec(&list).unwrap_or_else(|_| b"[]".to_vec())
     }
@@ -835,8 +862,7 @@ impl SessionTable {
     /// Moves a budget of entries if the table is growing (one loop
     /// iteration's share; inserts and removes move some too).
     pub fn maintain(&mut self) {
-        self.sessions
-            .step_for(&self.order, GROWTH_BUDGET_PER_ITERATION);
+        self.sessions.step(GROWTH_BUDGET_PER_ITERATION);
     }
 
     /// Ids of sessions with a turn running or queued.
@@ -844,7 +870,7 @@ impl SessionTable {
         self.sessions
             .iter()
             .filter(|(_, s)| s.is_busy())
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| id.to_owned())
             .collect()
     }
 }
@@ -852,7 +878,7 @@ impl SessionTable {
 fn info<'a>(id: &'a str, s: &'a Session) -> SessionInfo<'a> {
     SessionInfo {
         id,
-        created_at: &s.created_at,
+        created_at: s.created_at.to_rfc3339(),
         message_count: s.message_count,
     }
 }

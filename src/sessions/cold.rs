@@ -220,19 +220,17 @@ impl SessionTable {
         self.file = 1 - self.file;
     }
 
-    /// Asks for the cold histories from ordinal `from` on (at most
-    /// [`COMPACTION_PREFETCH`] + 1), for a compaction that copies them.
-    pub(super) fn prefetch_for_compaction(&mut self, from: u64, now: Instant) {
+    /// Asks for the cold histories from slot `from` on, in creation order
+    /// (at most [`COMPACTION_PREFETCH`] + 1), for a compaction that copies
+    /// them.
+    pub(super) fn prefetch_for_compaction(&mut self, from: u32, now: Instant) {
         let cold: Vec<String> = self
-            .order
-            .range(from..)
-            .filter(|(_, id)| {
-                self.sessions
-                    .get(id.as_str())
-                    .is_some_and(|s| s.messages().is_none())
-            })
+            .sessions
+            .order_from(Some(from))
+            .filter_map(|slot| self.sessions.at(slot))
+            .filter(|(_, s)| s.messages().is_none())
             .take(COMPACTION_PREFETCH + 1)
-            .map(|(_, id)| id.clone())
+            .map(|(id, _)| id.to_owned())
             .collect();
         for id in cold {
             self.want(&id, now, true);

@@ -1,59 +1,135 @@
-//! The id → session map, grown without a stall.
+//! The id → session directory: entries in a slab of fixed-size segments,
+//! found through a hash table of 4-byte slot numbers, kept in creation
+//! order by links between slots, grown without a stall.
 //!
-//! A `HashMap` doubles its table in one go when it fills: every entry is
-//! rehashed and moved at once, which at a million sessions stops the loop
-//! for a second or more. This map does what Redis' `dict.c` does instead:
-//! when the live table is full it becomes the *old* table, a table twice
-//! its size becomes live, and entries move across a few at a time — on
-//! every insert, and from the loop's maintenance step — while lookups
-//! look in both. Sessions are boxed, so a move is a 32-byte copy
-//! and freeing the emptied old table is cheap.
+//! Why this shape: an idle session is a directory entry of about 200
+//! bytes, so the per-entry cost of a `HashMap<String, Box<_>>` (a 32-byte
+//! bucket, a key allocation, a box) and a `BTreeMap` for the order would
+//! be most of it. Worse, each of those small allocations was made while
+//! the session's history was, beside it in the heap: once the history left
+//! RAM, they kept its pages from going back to the OS (20 000 idle
+//! sessions held 5.4 KB of RSS each, about a page). Here the table holds
+//! only a `u32` per bucket; an entry, its id (inline when short) and its
+//! order links live in a slab segment of [`SEGMENT`] entries, one
+//! allocation, so RAM follows the entries.
 //!
-//! The work is bounded per loop iteration, not per insert: an insert moves
-//! only [`STEP`] entries (enough that the live table, twice the old one's
-//! size, cannot fill before the old one is empty), and the loop's
-//! maintenance step moves the rest under a time budget (Redis'
-//! `dictRehashMilliseconds`). With 64 moves per insert, 8 clients
-//! pipelining creations made 256 inserts × 64 cache-cold moves in one
-//! iteration: 28–58 ms.
-//!
-//! The moving order is the caller's creation order (the table's
-//! `ordinal → id` index), followed with a cursor, so each step costs
-//! `O(budget · log n)` and never rescans what has moved.
+//! Growing never rehashes in place: when the live table is full it
+//! becomes the *old* table, a table twice its size becomes live, and
+//! entries move across as Redis' `dict.c` moves them: a couple per insert
+//! (so the live table cannot fill before the old one is empty), and the
+//! rest from the loop's maintenance step under a time budget
+//! ([`Directory::step`]), never a fixed share per insert. Moves walk the
+//! slab in order and take the stored hash, so each is a sequential read
+//! and one probe, not a cache miss on the id.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::time::{Duration, Instant};
 
-/// Entries moved to the live table per insert while growing: the live
-/// table has twice the old one's capacity, so two per insert empty the old
-/// one before the live one could fill (and rehash in place, all at once).
-pub const STEP: usize = 2;
+use hashbrown::HashTable;
 
-/// Moves between two looks at the clock in [`GrowingMap::step_for`].
-const MOVES_PER_CLOCK_READ: usize = 128;
+/// Slots per slab segment: adding a segment never copies the others.
+const SEGMENT: usize = 1024;
+
+/// Entries moved per insert while growing: with the live table twice the
+/// old one's size, two per insert empty the old table before the live one
+/// can fill.
+const MOVES_PER_INSERT: usize = 2;
+
+/// Moves between two looks at the clock in [`Directory::step`].
+const MOVES_PER_CLOCK_READ: usize = 256;
+
+/// "No slot" in the order links.
+const NIL: u32 = u32::MAX;
+
+/// Ids up to this long are kept inside the entry (this server's ids are 32
+/// bytes, UUIDs 36); longer ones (up to 128) in an allocation of their own.
+const INLINE_ID: usize = 40;
 
 #[derive(Debug)]
-pub struct GrowingMap<V> {
-    live: HashMap<String, Box<V>>,
-    /// The table being emptied into `live`, and the next ordinal to move.
-    old: Option<(HashMap<String, Box<V>>, u64)>,
+enum Id {
+    Inline(u8, [u8; INLINE_ID]),
+    Heap(Box<str>),
 }
 
-impl<V> Default for GrowingMap<V> {
-    fn default() -> Self {
-        GrowingMap {
-            live: HashMap::new(),
-            old: None,
+impl Id {
+    fn new(id: &str) -> Id {
+        match id.len() {
+            n if n <= INLINE_ID => {
+                let mut bytes = [0; INLINE_ID];
+                bytes[..n].copy_from_slice(id.as_bytes());
+                Id::Inline(n as u8, bytes)
+            }
+            _ => Id::Heap(id.into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Copied from a `&str` whole: always UTF-8.
+            Id::Inline(n, bytes) => std::str::from_utf8(&bytes[..*n as usize]).unwrap_or(""),
+            Id::Heap(id) => id,
+        }
+    }
+
+    fn is(&self, id: &str) -> bool {
+        match self {
+            Id::Inline(n, bytes) => &bytes[..*n as usize] == id.as_bytes(),
+            Id::Heap(own) => &**own == id,
         }
     }
 }
 
-impl<V> GrowingMap<V> {
+#[derive(Debug)]
+struct Slot<V> {
+    hash: u64,
+    id: Id,
+    /// The entries made just before and after this one ([`NIL`]: none).
+    prev: u32,
+    next: u32,
+    value: V,
+}
+
+#[derive(Debug)]
+pub struct Directory<V> {
+    hasher: RandomState,
+    live: HashTable<u32>,
+    /// The table being emptied into `live`, and the next slot to move.
+    old: Option<(HashTable<u32>, usize)>,
+    segments: Vec<Box<[Option<Slot<V>>]>>,
+    /// Slots freed by removals, reused first.
+    free: Vec<u32>,
+    /// Slots ever handed out (the slab's high-water mark).
+    used: usize,
+    len: usize,
+    /// The oldest and newest entries ([`NIL`]: empty).
+    first: u32,
+    last: u32,
+}
+
+impl<V> Default for Directory<V> {
+    fn default() -> Self {
+        Directory {
+            hasher: RandomState::new(),
+            live: HashTable::new(),
+            old: None,
+            segments: Vec::new(),
+            free: Vec::new(),
+            used: 0,
+            len: 0,
+            first: NIL,
+            last: NIL,
+        }
+    }
+}
+
+impl<V> Directory<V> {
     pub fn len(&self) -> usize {
-        self.live.len() + self.old.as_ref().map_or(0, |(o, _)| o.len())
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
     /// Whether entries are still moving to the live table.
@@ -62,96 +138,211 @@ impl<V> GrowingMap<V> {
         self.old.is_some()
     }
 
-    pub fn get(&self, id: &str) -> Option<&V> {
-        match self.live.get(id) {
-            Some(v) => Some(v),
-            None => self.old.as_ref()?.0.get(id).map(|v| &**v),
+    fn slot(&self, i: u32) -> Option<&Slot<V>> {
+        let i = i as usize;
+        self.segments.get(i / SEGMENT)?.get(i % SEGMENT)?.as_ref()
+    }
+
+    fn slot_mut(&mut self, i: u32) -> Option<&mut Slot<V>> {
+        let i = i as usize;
+        self.segments
+            .get_mut(i / SEGMENT)?
+            .get_mut(i % SEGMENT)?
+            .as_mut()
+    }
+
+    /// The slot holding `id`, if any.
+    fn find(&self, id: &str) -> Option<u32> {
+        let hash = self.hasher.hash_one(id);
+        let matches = |&i: &u32| self.slot(i).is_some_and(|s| s.id.is(id));
+        if let Some(&i) = self.live.find(hash, matches) {
+            return Some(i);
         }
+        let (old, _) = self.old.as_ref()?;
+        old.find(hash, matches).copied()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&V> {
+        let i = self.find(id)?;
+        self.slot(i).map(|s| &s.value)
     }
 
     pub fn get_mut(&mut self, id: &str) -> Option<&mut V> {
-        // An id is in one table or the other; when not growing this is one
-        // hash and one probe (this runs for every event broadcast).
-        if let Some((old, _)) = self.old.as_mut() {
-            if let Some(v) = old.get_mut(id) {
-                return Some(&mut **v);
-            }
-        }
-        self.live.get_mut(id).map(|v| &mut **v)
+        let i = self.find(id)?;
+        self.slot_mut(i).map(|s| &mut s.value)
     }
 
     pub fn contains_key(&self, id: &str) -> bool {
-        self.get(id).is_some()
+        self.find(id).is_some()
     }
 
-    /// Inserts a new entry (`id` must not be present). When the live table
-    /// is full, growing starts instead of a rehash in place.
-    pub fn insert(&mut self, id: String, value: V, order: &BTreeMap<u64, String>) {
-        if self.old.is_none() && self.live.len() == self.live.capacity() && !self.live.is_empty() {
-            let bigger = HashMap::with_capacity(self.live.capacity() * 2);
+    /// The entry in slot `i` and its id (for walks in another order,
+    /// such as creation order).
+    pub fn at(&self, i: u32) -> Option<(&str, &V)> {
+        self.slot(i).map(|s| (s.id.as_str(), &s.value))
+    }
+
+    pub fn at_mut(&mut self, i: u32) -> Option<(&str, &mut V)> {
+        self.slot_mut(i).map(|s| (s.id.as_str(), &mut s.value))
+    }
+
+    /// The oldest entry's slot.
+    pub fn first(&self) -> Option<u32> {
+        (self.first != NIL).then_some(self.first)
+    }
+
+    /// The slot of the entry made after the one in slot `i`.
+    pub fn next_of(&self, i: u32) -> Option<u32> {
+        self.slot(i).map(|s| s.next).filter(|&n| n != NIL)
+    }
+
+    /// Slots in creation order from `from` (None: from the oldest).
+    pub fn order_from(&self, from: Option<u32>) -> impl Iterator<Item = u32> + '_ {
+        let start = from.or(self.first()).filter(|&i| self.slot(i).is_some());
+        std::iter::successors(start, |&i| self.next_of(i))
+    }
+
+    /// The slot of `id`, if present.
+    pub fn slot_of(&self, id: &str) -> Option<u32> {
+        self.find(id)
+    }
+
+    /// Inserts a new entry (`id` must not be present); returns its slot.
+    /// When the live table is full, growing starts instead of a rehash in
+    /// place.
+    pub fn insert(&mut self, id: &str, value: V) -> u32 {
+        if self.old.is_none() && self.live.len() == self.live.capacity() {
+            let bigger = HashTable::with_capacity((self.live.capacity() * 2).max(16));
             let full = std::mem::replace(&mut self.live, bigger);
-            let first = order.keys().next().copied().unwrap_or(0);
-            self.old = Some((full, first));
+            if !full.is_empty() {
+                self.old = Some((full, 0));
+            }
         }
-        self.live.insert(id, Box::new(value));
-        self.step(order, STEP);
+        let hash = self.hasher.hash_one(id);
+        let slot = self.take_slot();
+        let i = slot as usize;
+        self.segments[i / SEGMENT][i % SEGMENT] = Some(Slot {
+            hash,
+            id: Id::new(id),
+            prev: self.last,
+            next: NIL,
+            value,
+        });
+        match self.last {
+            NIL => self.first = slot,
+            last => {
+                if let Some(s) = self.slot_mut(last) {
+                    s.next = slot;
+                }
+            }
+        }
+        self.last = slot;
+        let segments = &self.segments;
+        self.live
+            .insert_unique(hash, slot, |&s| hash_of(segments, s));
+        self.len += 1;
+        self.moves(MOVES_PER_INSERT);
+        slot
     }
 
-    /// Removes an entry. Unlike an insert it moves none along: the sweep
-    /// removes 256 per iteration, and 64 moves each made a 3 ms iteration
-    /// while growing; [`step`](Self::step) from the loop keeps growth
-    /// going.
+    fn take_slot(&mut self) -> u32 {
+        if let Some(i) = self.free.pop() {
+            return i;
+        }
+        if self.used == self.segments.len() * SEGMENT {
+            self.segments
+                .push((0..SEGMENT).map(|_| None).collect::<Vec<_>>().into());
+        }
+        self.used += 1;
+        (self.used - 1) as u32
+    }
+
+    /// Removes an entry; its slot is reused by a later insert.
     pub fn remove(&mut self, id: &str) -> Option<V> {
-        let removed = match self.live.remove(id) {
-            Some(v) => Some(v),
-            None => self.old.as_mut().and_then(|(o, _)| o.remove(id)),
+        let hash = self.hasher.hash_one(id);
+        let segments = &self.segments;
+        let matches = |&i: &u32| {
+            let i = i as usize;
+            segments[i / SEGMENT][i % SEGMENT]
+                .as_ref()
+                .is_some_and(|s| s.id.is(id))
         };
-        removed.map(|v| *v)
+        let slot = match self.live.find_entry(hash, matches) {
+            Ok(entry) => entry.remove().0,
+            Err(_) => {
+                let (old, _) = self.old.as_mut()?;
+                old.find_entry(hash, matches).ok()?.remove().0
+            }
+        };
+        let i = slot as usize;
+        let removed = self.segments[i / SEGMENT][i % SEGMENT].take()?;
+        match removed.prev {
+            NIL => self.first = removed.next,
+            p => {
+                if let Some(s) = self.slot_mut(p) {
+                    s.next = removed.next;
+                }
+            }
+        }
+        match removed.next {
+            NIL => self.last = removed.prev,
+            n => {
+                if let Some(s) = self.slot_mut(n) {
+                    s.prev = removed.prev;
+                }
+            }
+        }
+        self.free.push(slot);
+        self.len -= 1;
+        if self.len == 0 {
+            // Everything went: give the slab back.
+            self.segments = Vec::new();
+            self.free = Vec::new();
+            self.used = 0;
+        }
+        Some(removed.value)
     }
 
-    /// Moves up to `budget` entries from the old table, in `order` from
-    /// the cursor; frees the old table once it is empty. Returns whether
-    /// growing is still under way.
-    pub fn step(&mut self, order: &BTreeMap<u64, String>, budget: usize) -> bool {
+    /// Moves up to `n` entries from the old table; frees it once empty.
+    fn moves(&mut self, n: usize) -> bool {
         let Some((old, cursor)) = self.old.as_mut() else {
             return false;
         };
-        let (mut moved, mut visited) = (0, 0);
-        let mut next = *cursor;
-        for (&ordinal, id) in order.range(*cursor..) {
-            // Past the last old entry the order lists only live ones: a
-            // step that went on would walk all of them (tens of ms at the
-            // end of each growth, before this stop).
-            if old.is_empty() {
-                break;
-            }
-            next = ordinal + 1;
-            visited += 1;
-            if let Some((k, v)) = old.remove_entry(id.as_str()) {
-                self.live.insert(k, v);
+        let mut moved = 0;
+        while moved < n && !old.is_empty() && *cursor < self.used {
+            let i = *cursor as u32;
+            *cursor += 1;
+            let Some(hash) = slot_hash(&self.segments, i) else {
+                continue;
+            };
+            if let Ok(entry) = old.find_entry(hash, |&s| s == i) {
+                entry.remove();
+                let segments = &self.segments;
+                self.live.insert_unique(hash, i, |&s| hash_of(segments, s));
                 moved += 1;
             }
-            if moved == budget || visited == budget.saturating_mul(4) {
-                break;
-            }
         }
-        *cursor = next;
-        // Everything in `order` has been visited: what is left (entries
-        // the order does not list, which the table never makes) moves now.
-        let done = old.is_empty() || order.range(next..).next().is_none();
+        let done = old.is_empty() || *cursor >= self.used;
         if done {
+            // Whatever the walk did not meet (none, as every entry has a
+            // slot below `used`) moves now.
             if let Some((rest, _)) = self.old.take() {
-                self.live.extend(rest);
+                for i in rest {
+                    let segments = &self.segments;
+                    let hash = hash_of(segments, i);
+                    self.live.insert_unique(hash, i, |&s| hash_of(segments, s));
+                }
             }
         }
         !done
     }
 
     /// The loop's share of growing: moves entries until `budget` of time
-    /// is spent. Returns whether growing is still under way.
-    pub fn step_for(&mut self, order: &BTreeMap<u64, String>, budget: std::time::Duration) -> bool {
-        let started = std::time::Instant::now();
-        while self.step(order, MOVES_PER_CLOCK_READ) {
+    /// is spent or the old table is empty. Returns whether growing is
+    /// still under way.
+    pub fn step(&mut self, budget: Duration) -> bool {
+        let started = Instant::now();
+        while self.moves(MOVES_PER_CLOCK_READ) {
             if started.elapsed() >= budget {
                 return true;
             }
@@ -159,15 +350,41 @@ impl<V> GrowingMap<V> {
         false
     }
 
-    /// Every entry, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
-        let old = self.old.iter().flat_map(|(o, _)| o.iter());
-        self.live.iter().chain(old).map(|(k, v)| (k, &**v))
+    /// Every entry, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
+        self.segments
+            .iter()
+            .flat_map(|s| s.iter())
+            .flatten()
+            .map(|s| (s.id.as_str(), &s.value))
     }
 
     pub fn values(&self) -> impl Iterator<Item = &V> {
         self.iter().map(|(_, v)| v)
     }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.segments
+            .iter_mut()
+            .flat_map(|s| s.iter_mut())
+            .flatten()
+            .map(|s| &mut s.value)
+    }
+}
+
+fn slot_hash<V>(segments: &[Box<[Option<Slot<V>>]>], i: u32) -> Option<u64> {
+    let i = i as usize;
+    segments
+        .get(i / SEGMENT)?
+        .get(i % SEGMENT)?
+        .as_ref()
+        .map(|s| s.hash)
+}
+
+/// A slot's stored hash (the table's rehash callback; it never runs, as
+/// neither table is inserted into past its capacity).
+fn hash_of<V>(segments: &[Box<[Option<Slot<V>>]>], i: u32) -> u64 {
+    slot_hash(segments, i).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -176,15 +393,10 @@ mod tests {
 
     /// Inserts `k{n}` for n from `first` on until the table starts growing;
     /// returns the next n.
-    fn fill_until_growing(
-        map: &mut GrowingMap<u64>,
-        order: &mut BTreeMap<u64, String>,
-        first: u64,
-    ) -> u64 {
+    fn fill_until_growing(map: &mut Directory<u64>, first: u64) -> u64 {
         let mut i = first;
         while !map.is_growing() {
-            order.insert(i, format!("k{i}"));
-            map.insert(format!("k{i}"), i, order);
+            map.insert(&format!("k{i}"), i);
             i += 1;
         }
         i
@@ -192,13 +404,10 @@ mod tests {
 
     #[test]
     fn grows_a_step_at_a_time_and_finds_everything_meanwhile() {
-        let mut order = BTreeMap::new();
-        let mut map = GrowingMap::default();
+        let mut map = Directory::default();
         let mut grew = false;
         for i in 0..10_000u64 {
-            let id = format!("s{i}");
-            order.insert(i, id.clone());
-            map.insert(id, i, &order);
+            map.insert(&format!("s{i}"), i);
             if map.is_growing() {
                 grew = true;
                 // Mid-growth, old and new entries are both found.
@@ -208,7 +417,7 @@ mod tests {
             assert_eq!(map.len(), i as usize + 1);
         }
         assert!(grew, "10 000 inserts must have grown the table");
-        while map.step(&order, STEP) {}
+        while map.step(Duration::from_secs(1)) {}
         assert!(!map.is_growing());
         for i in 0..10_000u64 {
             assert_eq!(map.get(&format!("s{i}")), Some(&i));
@@ -217,87 +426,96 @@ mod tests {
     }
 
     #[test]
-    fn removes_and_mutates_in_either_table() {
-        let mut order = BTreeMap::new();
-        let mut map = GrowingMap::default();
-        // Fill until growing starts, so some entries sit in the old table.
-        let i = fill_until_growing(&mut map, &mut order, 0);
-        let in_old = (0..i)
-            .rev()
-            .find(|n| !map.live.contains_key(&format!("k{n}")));
-        let in_old = in_old.expect("an entry still in the old table");
-        *map.get_mut(&format!("k{in_old}")).unwrap() += 1000;
-        assert_eq!(map.get(&format!("k{in_old}")), Some(&(in_old + 1000)));
-        let key = format!("k{in_old}");
-        order.remove(&in_old);
-        assert_eq!(map.remove(&key), Some(in_old + 1000));
-        assert_eq!(map.get(&key), None);
-        assert_eq!(map.len(), i as usize - 1);
-        while map.step(&order, 1) {}
-        assert_eq!(map.len(), i as usize - 1);
-    }
-
-    #[test]
-    fn a_step_looks_at_no_more_than_four_times_its_budget() {
-        let mut order = BTreeMap::new();
-        // Ids the order lists that are in neither table (a step skips
-        // them, but must not walk all of them at once).
-        for i in 0..1000u64 {
-            order.insert(i, format!("gone{i}"));
-        }
-        let mut map = GrowingMap::default();
-        let i = fill_until_growing(&mut map, &mut order, 1000);
-        // The insert that started growing stepped once from ordinal 0.
-        let cursor = |m: &GrowingMap<u64>| m.old.as_ref().map_or(u64::MAX, |(_, c)| *c);
-        assert!(cursor(&map) <= 4 * STEP as u64, "{}", cursor(&map));
-        let before = cursor(&map);
-        map.step(&order, 3);
-        assert!(
-            cursor(&map) <= before + 12,
-            "{} -> {}",
-            before,
-            cursor(&map)
-        );
-        // And once the old table is empty, growing ends without walking
-        // the live entries after it.
-        while map.step(&order, 1_000_000) {}
-        assert!(!map.is_growing());
-        assert_eq!(map.len(), (i - 1000) as usize);
-    }
-
-    #[test]
     fn inserts_alone_finish_growing_before_the_live_table_fills() {
-        let mut order = BTreeMap::new();
-        let mut map = GrowingMap::default();
-        let mut i = fill_until_growing(&mut map, &mut order, 0);
-        let capacity = map.live.capacity();
-        // No step from the loop at all: the inserts' own moves suffice.
+        let mut map = Directory::default();
+        let mut i = fill_until_growing(&mut map, 0);
+        let live_capacity = map.live.capacity();
+        // No `step` from the loop at all: inserts move enough themselves.
         while map.is_growing() {
-            order.insert(i, format!("k{i}"));
-            map.insert(format!("k{i}"), i, &order);
+            map.insert(&format!("k{i}"), i);
             i += 1;
-            assert_eq!(map.live.capacity(), capacity, "rehashed in place at {i}");
+            assert_eq!(map.live.capacity(), live_capacity, "rehashed in place");
         }
         assert_eq!(map.len(), i as usize);
     }
 
     #[test]
-    fn a_timed_step_finishes_growing() {
-        let mut order = BTreeMap::new();
-        let mut map = GrowingMap::default();
-        let n = fill_until_growing(&mut map, &mut order, 0);
-        while map.step_for(&order, std::time::Duration::from_millis(1)) {}
-        assert!(!map.is_growing());
-        assert_eq!(map.len(), n as usize);
+    fn removes_and_mutates_in_either_table_and_reuses_slots() {
+        let mut map = Directory::default();
+        let i = fill_until_growing(&mut map, 0);
+        let (old, _) = map.old.as_ref().unwrap();
+        let in_old = *old.iter().next().expect("an entry still in the old table");
+        let key = map.at(in_old).unwrap().0.to_owned();
+        *map.get_mut(&key).unwrap() += 1000;
+        assert_eq!(
+            map.get(&key).map(|v| v % 1000),
+            map.at(in_old).map(|(_, v)| v % 1000)
+        );
+        assert!(map.remove(&key).is_some());
+        assert_eq!(map.get(&key), None);
+        assert_eq!(map.len(), i as usize - 1);
+        // The freed slot is the next one used.
+        assert_eq!(map.insert("again", 7), in_old);
+        assert_eq!(map.get("again"), Some(&7));
+        while map.step(Duration::from_secs(1)) {}
+        assert_eq!(map.len(), i as usize);
+        for n in 0..i {
+            let k = format!("k{n}");
+            assert_eq!(map.get(&k).is_some(), k != key, "{k}");
+        }
     }
 
     #[test]
-    fn a_step_moves_at_most_its_budget() {
-        let mut order = BTreeMap::new();
-        let mut map = GrowingMap::default();
-        fill_until_growing(&mut map, &mut order, 0);
+    fn a_step_stops_at_its_time_budget() {
+        let mut map = Directory::default();
+        fill_until_growing(&mut map, 0);
+        // A zero budget still moves one batch, and no more.
         let before = map.live.len();
-        map.step(&order, 3);
-        assert!(map.live.len() <= before + 3);
+        map.step(Duration::ZERO);
+        assert!(map.live.len() <= before + MOVES_PER_CLOCK_READ);
+    }
+
+    #[test]
+    fn keeps_creation_order_through_removals_and_reused_slots() {
+        let mut map = Directory::default();
+        for i in 0..5u64 {
+            map.insert(&format!("k{i}"), i);
+        }
+        let order = |map: &Directory<u64>| -> Vec<u64> {
+            map.order_from(None)
+                .map(|s| *map.at(s).unwrap().1)
+                .collect()
+        };
+        map.remove("k0");
+        map.remove("k2");
+        map.remove("k4");
+        assert_eq!(order(&map), [1, 3]);
+        // A reused slot goes last, whatever its number.
+        let slot = map.insert("k5", 5);
+        assert_eq!(order(&map), [1, 3, 5]);
+        assert_eq!(map.next_of(slot), None);
+        let k3 = map.slot_of("k3").unwrap();
+        assert_eq!(map.order_from(Some(k3)).count(), 2);
+        // Long ids live outside the entry, short ones in it; both are found.
+        let long = "x".repeat(128);
+        map.insert(&long, 6);
+        assert_eq!(map.get(&long), Some(&6));
+        assert_eq!(map.at(map.slot_of(&long).unwrap()).unwrap().0, long);
+        assert_eq!(order(&map), [1, 3, 5, 6]);
+    }
+
+    #[test]
+    fn emptied_gives_its_slab_back() {
+        let mut map = Directory::default();
+        for i in 0..3000u64 {
+            map.insert(&format!("k{i}"), i);
+        }
+        for i in 0..3000u64 {
+            map.remove(&format!("k{i}"));
+        }
+        assert!(map.is_empty());
+        assert!(map.segments.is_empty() && map.free.is_empty());
+        map.insert("x", 1);
+        assert_eq!(map.get("x"), Some(&1));
     }
 }

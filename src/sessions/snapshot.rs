@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use super::{cold, text_of, SessionTable, NO_HEAD};
+use super::{cold, text_of, SessionTable, Walk, NO_HEAD};
 use crate::journal::{self, Change, Loc};
 
 impl SessionTable {
@@ -13,6 +13,7 @@ impl SessionTable {
     /// creation order (see [`snapshot_step`](Self::snapshot_step)).
     pub fn begin_snapshot(&mut self) {
         self.compaction_cursor = Some(0);
+        self.compaction_walk = self.sessions.first().map_or(Walk::End, Walk::At);
         self.compaction_partial = None;
         self.compaction_failed = None;
     }
@@ -36,32 +37,39 @@ impl SessionTable {
         if let Some(why) = self.compaction_failed.take() {
             return Err(why);
         }
-        let Some(cursor) = self.compaction_cursor else {
+        if self.compaction_cursor.is_none() {
             return Ok((Vec::new(), true));
-        };
+        }
         let shadow = 1 - self.file;
         let mut out = Vec::new();
         // Where this step stops: a session (ordinal), and how many of its
         // messages are already written (None: not even its creation).
         let mut partial = self.compaction_partial.take();
+        // Where the next step starts (None: every session is written).
         let mut next = None;
         let mut cold_at = None;
         let mut copied = Vec::new();
         let empty = Vec::new();
-        for (&ordinal, id) in self.order.range(cursor..) {
+        let mut walk = match self.compaction_walk {
+            Walk::At(slot) => Some(slot),
+            Walk::End => None,
+        };
+        while let Some(slot) = walk {
+            walk = self.sessions.next_of(slot);
             if out.len() >= budget {
-                next = Some(ordinal);
+                next = Some(slot);
                 break;
             }
-            let Some(s) = self.sessions.get_mut(id) else {
+            let Some((id, s)) = self.sessions.at_mut(slot) else {
                 continue;
             };
+            let ordinal = s.ordinal;
             let messages = match s.hot.as_ref().and_then(|h| h.messages.as_ref()) {
                 Some(m) => m,
                 None if s.message_count > 0 => {
                     // Cold: read it back, then copy it.
-                    cold_at = Some(ordinal);
-                    next = Some(ordinal);
+                    cold_at = Some(slot);
+                    next = Some(slot);
                     break;
                 }
                 None => &empty,
@@ -70,8 +78,8 @@ impl SessionTable {
                 Some((_, done)) => done,
                 None => {
                     out.extend(journal::encode(&Change::Created {
-                        id: id.clone(),
-                        at: s.created_at.clone(),
+                        id: id.to_owned(),
+                        at: s.created_at.to_rfc3339(),
                     }));
                     s.heads[shadow] = NO_HEAD;
                     0
@@ -90,7 +98,7 @@ impl SessionTable {
                 let prev = s.heads[shadow];
                 let record = journal::encode_linked(
                     &Change::Messages {
-                        id: id.clone(),
+                        id: id.to_owned(),
                         messages: messages[start..end].iter().map(text_of).collect(),
                         replace_from: None,
                     },
@@ -105,12 +113,12 @@ impl SessionTable {
             if end < count {
                 // The rest of this session next step; it is not copied yet.
                 self.compaction_partial = Some((ordinal, end));
-                next = Some(ordinal);
+                next = Some(slot);
                 break;
             }
             if s.seq_reserved > 0 {
                 out.extend(journal::encode(&Change::Seq {
-                    id: id.clone(),
+                    id: id.to_owned(),
                     seq: s.seq_reserved,
                 }));
             }
@@ -122,27 +130,29 @@ impl SessionTable {
             };
             if !pending.is_empty() {
                 out.extend(journal::encode(&Change::Approvals {
-                    id: id.clone(),
+                    id: id.to_owned(),
                     calls: pending.to_vec(),
                 }));
             }
-            copied.push(id.clone());
+            copied.push(slot);
         }
         // A history read back only to be copied goes back to the journal.
-        for id in copied {
+        for slot in copied {
             let idle = self
                 .sessions
-                .get(&id)
-                .is_some_and(|s| self.history_idle(&id, s, now));
-            if let (true, Some(s)) = (idle, self.sessions.get_mut(&id)) {
+                .at(slot)
+                .is_some_and(|(id, s)| self.history_idle(id, s, now));
+            if let (true, Some((_, s))) = (idle, self.sessions.at_mut(slot)) {
                 cold::evict(s, self.file);
             }
         }
-        if let Some(ordinal) = cold_at {
-            self.prefetch_for_compaction(ordinal, now);
+        if let Some(slot) = cold_at {
+            self.prefetch_for_compaction(slot, now);
         }
         // Done: every session, including ones made from now on, is mirrored.
-        self.compaction_cursor = Some(next.unwrap_or(u64::MAX));
+        let at = next.and_then(|slot| self.sessions.at(slot));
+        self.compaction_cursor = Some(at.map_or(u64::MAX, |(_, s)| s.ordinal));
+        self.compaction_walk = next.map_or(Walk::End, Walk::At);
         Ok((out, next.is_none()))
     }
 

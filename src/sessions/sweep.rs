@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{cold, SessionTable};
+use super::{cold, SessionTable, Walk};
 
 impl SessionTable {
     /// One step of the idle sweep: looks at up to `budget` sessions from
@@ -24,28 +24,39 @@ impl SessionTable {
         budget: usize,
     ) -> (usize, bool) {
         let retain_idle = self.retention.idle;
-        let from = self.sweep_cursor.unwrap_or(0);
-        let mut stale = Vec::new();
-        let mut next = None;
-        for (i, (&ordinal, id)) in self.order.range(from..).enumerate() {
-            if i == budget {
-                next = Some(ordinal);
+        let from = match self.sweep_cursor.unwrap_or(Walk::At(u32::MAX)) {
+            Walk::At(u32::MAX) => None,
+            Walk::At(slot) => Some(slot),
+            Walk::End => {
+                self.sweep_cursor = None;
+                return (0, true);
+            }
+        };
+        // This step's share, in creation order; where the next one starts.
+        let mut slots: Vec<u32> = Vec::new();
+        let mut next = Walk::End;
+        for slot in self.sessions.order_from(from) {
+            if slots.len() == budget {
+                next = Walk::At(slot);
                 break;
             }
-            let clients = self.subscribers.contains_key(id.as_str());
-            let Some(s) = self.sessions.get(id) else {
+            slots.push(slot);
+        }
+        let mut stale = Vec::new();
+        for slot in slots {
+            let Some((id, s)) = self.sessions.at(slot) else {
                 continue;
             };
-            if s.is_busy() || clients {
+            if s.is_busy() || self.subscribers.contains_key(id) {
                 continue;
             }
             let idle = now.saturating_duration_since(s.last_activity);
             if ttl.is_some_and(|ttl| idle >= ttl) {
-                stale.push(id.clone());
+                stale.push(id.to_owned());
                 continue;
             }
             let evict = self.compaction_cursor.is_none() && self.history_idle(id, s, now);
-            let Some(s) = self.sessions.get_mut(id) else {
+            let Some((_, s)) = self.sessions.at_mut(slot) else {
                 continue;
             };
             if retain_idle.is_some_and(|r| idle >= r) && s.drop_retained() {
@@ -55,11 +66,15 @@ impl SessionTable {
                 self.metrics.histories_evicted += 1;
             }
         }
+        self.sweep_cursor = Some(next);
         for id in &stale {
             self.remove(id);
         }
-        self.sweep_cursor = next;
-        (stale.len(), next.is_none())
+        let done = self.sweep_cursor == Some(Walk::End);
+        if done {
+            self.sweep_cursor = None;
+        }
+        (stale.len(), done)
     }
 
     /// A whole TTL sweep at once (tests, small tables).
