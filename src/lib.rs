@@ -41,7 +41,7 @@
 //! | `reactor::conn`, `reactor::conn_sink` | the connection states (HTTP, WebSocket, SSE, closing) and their slab; the reactor's [`sink::Sink`] | the reactor's other parts |
 //! | `reactor::http`, `reactor::websocket`, `reactor::sse` | one transport each: reading, handing to the service, switching protocols (`sse` also carries AG-UI runs) | [`reactor`] |
 //! | `reactor::syncer`, `reactor::durability` | the journal's fsync in a helper thread (pipes in the same poll); acknowledgements held per connection until their records are durable | [`reactor`] (each iteration's end, the sink's barriers) |
-| `reactor::history_reader` | cold histories read back from the journal by a helper thread (a channel each way, a pipe in the same poll to wake the loop) | [`reactor`] (each iteration's end, the reader's readiness, a compaction's switch) |
+//! | `reactor::history_reader` | cold histories read back from the journal by a helper thread (a channel each way, a pipe in the same poll to wake the loop) | [`reactor`] (each iteration's end, the reader's readiness, a compaction's switch) |
 //! | `reactor::compaction` | the journal rewritten a step per iteration into a new file, then synced and renamed by a helper thread | [`reactor`] (each iteration's end) |
 //! | `reactor::timers`, `reactor::access` | deadlines checked once a second; request accounting and the access log | [`reactor`] |
 //! | `reactor::workers` | the worker processes: spawn, pipes, stdin queue, stdout read with backpressure, kill and reap, shutdown | [`reactor`] (the loop, the sink's agent starts and stops) |

@@ -134,6 +134,9 @@ impl Server {
     /// The journal is a new file (a compaction was adopted): reads asked
     /// from now on follow the heads in it.
     pub(super) fn history_reader_switch(&mut self) {
+        // Reads asked for before the switch name places in the old file:
+        // they go first, to be done there.
+        self.send_history_reads();
         self.app.journal_switched();
         let (Some(reader), Some(j)) = (self.history_reader.as_ref(), self.journal.as_ref()) else {
             return;
