@@ -14,7 +14,7 @@ use crate::journal::Loc;
 use crate::turns::Turn;
 
 /// One conversation: its directory entry, always in RAM, and what it holds
-/// while in use ([`Hot`]), dropped once it is idle.
+/// while in use (`Hot`), dropped once it is idle.
 ///
 /// The entry is what the listing, `seq` numbering and a cold read need:
 /// a history that left RAM is found again from `heads` (its last `m`
@@ -146,7 +146,7 @@ impl Session {
     }
 
     /// The history, each `ModelMessage` as its JSON text; None while it is
-    /// in the journal only (see [`SessionTable::want_history`]).
+    /// in the journal only (see [`super::SessionTable::want_history`]).
     pub fn messages(&self) -> Option<&[Bytes]> {
         match self.hot.as_ref().and_then(|h| h.messages.as_deref()) {
             Some(m) => Some(m),
