@@ -17,7 +17,7 @@
 //! | [`http`] | HTTP/1.1 request state machine, chunked bodies, response bytes, a body produced a slice at a time (`http::body`: a session's history, pulled as its socket takes it) | [`reactor`] (per connection), [`api`] (the history body), fuzz targets |
 //! | [`ws`] | the upgrade handshake, server frame encoding, client ops | [`api`], [`reactor`], fuzz targets |
 //! | [`service`] | the [`service::Service`] trait: what the reactor hands requests and messages to, and what it gets back | [`reactor`]; implemented by [`api`] and `examples/ws_echo.rs` |
-//! | [`api`] | [`api::App`]: routing, auth, REST handlers, WebSocket ops, event streams (SSE), the approval routes and op, the AG-UI route, history requests that wait for a cold history (`api::history`) | [`reactor`] through [`service`] |
+//! | [`api`] | [`api::App`]: routing, auth, REST handlers, WebSocket ops, event streams (SSE), the approval routes and op, the AG-UI route, history requests that wait for a cold history (`api::history`), the sweep's schedule (`api::upkeep`) | [`reactor`] through [`service`] |
 //! | [`approvals`] | tool calls waiting for a person: the agent's request read, the decisions checked, their bodies and events | [`agent`] (the request), [`turns`] (pending and resumed turns), [`api`] (deciding), [`journal`] (the `a` record) |
 //! | [`agui`] | AG-UI, sans-IO: a `RunAgentInput` read (prompt or resume → decisions), and one run's translator from its turn's events to AG-UI frames | [`api`] (the input), `reactor::sse` (the run's stream), fuzz targets |
 //! | [`page`] | the built-in chat page (`GET /`), embedded, and its Content-Security-Policy | [`api`] |
@@ -43,6 +43,7 @@
 //! | `reactor::syncer`, `reactor::durability` | the journal's fsync in a helper thread (pipes in the same poll); acknowledgements held per connection until their records are durable | [`reactor`] (each iteration's end, the sink's barriers) |
 //! | `reactor::history_reader` | cold histories read back from the journal by a helper thread (a channel each way, a pipe in the same poll to wake the loop) | [`reactor`] (each iteration's end, the reader's readiness, a compaction's switch) |
 //! | `reactor::compaction` | the journal rewritten a step per iteration into a new file, then synced and renamed by a helper thread | [`reactor`] (each iteration's end) |
+//! | `reactor::listener`, `reactor::shutdown` | accepting under the connection cap (and the open-file limit raised for it); signals: draining running turns, closing every client, the journal's last sync | [`reactor`] (the listener's and the signals' readiness) |
 //! | `reactor::timers`, `reactor::access` | deadlines checked once a second; request accounting and the access log | [`reactor`] |
 //! | `reactor::workers` | the worker processes: spawn, pipes, stdin queue, stdout read with backpressure, kill and reap, shutdown | [`reactor`] (the loop, the sink's agent starts and stops) |
 //! | `reactor::agents` | the I/O half of the `exec` and `openai` agents: child processes and upstream sockets in the same poll, readiness turned into agent events | [`reactor`] |

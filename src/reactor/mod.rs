@@ -21,6 +21,8 @@ mod conn_sink;
 mod durability;
 mod history_reader;
 mod http;
+mod listener;
+mod shutdown;
 mod sse;
 mod syncer;
 mod timers;
@@ -32,7 +34,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
@@ -41,14 +43,12 @@ use tungstenite::protocol::WebSocketConfig;
 use crate::agent::{AgentJob, AgentKind};
 use crate::api::App;
 use crate::config::{Config, Limits};
-use crate::http::{RequestParser, Response};
 use crate::journal::JournalFile;
 use crate::metrics::{CloseReason, TransportMetrics};
 use crate::service::Service;
 use crate::sink::ConnId;
 use crate::ws::close;
-use access::RequestLog;
-use conn::{close_subscriber, ClosingConn, Conn, HttpConn, Slab, State, Transport};
+use conn::{close_subscriber, ClosingConn, Conn, Slab, State};
 use conn_sink::sink;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -148,37 +148,6 @@ pub struct Server {
     workers: Option<workers::Workers>,
 }
 
-/// Raises the soft open-file limit to the hard limit, so that the
-/// connection cap, not the default 1024, bounds the connections.
-fn raise_nofile_limit(want: usize) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let old = lim.rlim_cur;
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                lim.rlim_cur = old;
-            }
-        }
-    }
-    if (lim.rlim_cur as u128) < want as u128 + 32 {
-        crate::warn!(
-            "open-file limit is {} (hard limit {}), below --max-connections {}; \
-             accepts will fail with EMFILE before the cap is reached",
-            lim.rlim_cur,
-            lim.rlim_max,
-            want
-        );
-    }
-}
-
 /// Starts a helper thread (the journal's fsync, a compaction's sync and
 /// rename) one step below the loop in the scheduler: nice 10 for it
 /// alone (Linux nice values are per thread). Where the two share a core
@@ -253,7 +222,7 @@ impl Server {
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(|e| e.to_string())?;
-        raise_nofile_limit(config.limits.max_connections);
+        listener::raise_nofile_limit(config.limits.max_connections);
 
         let limits = config.limits.clone();
         let agent_config = config.agent.clone();
@@ -463,140 +432,6 @@ impl Server {
     fn conn_id(&self, slot: usize) -> Option<ConnId> {
         let serial = self.conns.entries_serial(slot)?;
         Some(ConnId { slot, serial })
-    }
-
-    fn accept(&mut self, now: Instant) {
-        loop {
-            let Some(listener) = &self.listener else {
-                return;
-            };
-            match listener.accept() {
-                Ok((stream, peer)) => {
-                    self.accept_paused = false;
-                    self.admit(stream, peer, now);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.accept_paused = false;
-                    return;
-                }
-                Err(e)
-                    if e.kind() == io::ErrorKind::Interrupted
-                        || e.kind() == io::ErrorKind::ConnectionAborted => {}
-                Err(e) => {
-                    // EMFILE/ENFILE/ENOMEM: the pending connection stays in the
-                    // backlog. Try again when a connection closes or at the next
-                    // tick, never in a tight loop.
-                    if !self.accept_paused {
-                        crate::info!("accept failed, pausing accepts: {e}");
-                    }
-                    self.accept_paused = true;
-                    return;
-                }
-            }
-        }
-    }
-
-    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
-        if self.conns.len() >= self.limits.max_connections {
-            // Over the cap: one best-effort 503 and close, never queued.
-            use std::io::Write;
-            let body = Response::detail(503, "Too many connections").encode(false);
-            let _ = stream.write(&body);
-            let request = RequestLog::unparsed(now);
-            let (log, bytes) = (self.access_log, body.len());
-            access::record(&mut self.metrics, log, Some(peer), &request, 503, bytes);
-            return;
-        }
-        let _ = stream.set_nodelay(true);
-        let slot = self.conns.vacant_slot();
-        // Readable and writable, edge-triggered, once: interest never has to
-        // change, so there is no reregister syscall on the hot path.
-        if self
-            .poll
-            .registry()
-            .register(
-                &mut stream,
-                Token(slot),
-                Interest::READABLE | Interest::WRITABLE,
-            )
-            .is_err()
-        {
-            return;
-        }
-        self.next_serial += 1;
-        let parser = RequestParser::new(self.parser_limits());
-        let mut http = HttpConn::new(Transport::new(stream), parser, now);
-        http.peer = Some(peer);
-        let conn = Conn {
-            serial: self.next_serial,
-            state: State::Http(Box::new(http)),
-        };
-        let inserted = self.conns.insert(conn);
-        self.conns_peak = self.conns_peak.max(self.conns.len());
-        debug_assert_eq!(inserted, slot);
-    }
-
-    /// Returns true when the process should exit now.
-    fn on_signals(&mut self, now: Instant) -> bool {
-        let mut stop = false;
-        let mut child_exited = false;
-        for signal in self.signals.pending() {
-            match signal {
-                SIGCHLD => child_exited = true,
-                _ => stop = true,
-            }
-        }
-        if child_exited {
-            self.reap_agents(now);
-        }
-        if !stop {
-            return false;
-        }
-        if self.shutdown_deadline.is_some() || self.draining_until.is_some() {
-            // Every record already written is whole: the journal is consistent.
-            crate::info!("second signal, exiting now");
-            return true;
-        }
-        crate::info!("shutting down");
-        if let Some(n) = &self.notifier {
-            n.notify("STOPPING=1");
-        }
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
-        }
-        self.draining_until = Some(now + self.limits.shutdown_grace);
-        false
-    }
-
-    /// The end of shutdown: WebSockets close with 1001, idle HTTP
-    /// connections close, busy ones after their response; the exact `seq`
-    /// of every session is journaled.
-    fn close_all(&mut self, now: Instant) {
-        self.shutdown_deadline = Some(now + SHUTDOWN_GRACE);
-        self.app.record_exact_seqs();
-        self.retire_workers(now);
-        for slot in 0..self.conns.capacity() {
-            let Some(conn) = self.conns.get_mut(slot) else {
-                continue;
-            };
-            match &mut conn.state {
-                State::Ws(_) | State::Sse(_) => {
-                    self.metrics.closed(CloseReason::Shutdown);
-                    self.close_client(slot, close::GOING_AWAY, "Server shutting down", now)
-                }
-                State::Http(h) if h.is_idle() && h.io.queued() == 0 => self.begin_close(slot, now),
-                State::Http(h) => h.keep_alive = false,
-                _ => {}
-            }
-        }
-    }
-
-    /// Writes what is pending and forces the journal to disk (any mode).
-    fn sync_journal(&mut self) {
-        self.app.persist_pending(&mut sink!(self));
-        if let Some(j) = &mut self.journal {
-            j.sync_now();
-        }
     }
 
     fn on_ready(&mut self, slot: usize, now: Instant) {
