@@ -451,6 +451,10 @@ impl App {
         }
         self.sessions.subscribe(session_id, conn);
         self.touch(session_id, now);
+        // A client that attaches (or resumes, or is told to resync) will
+        // likely fetch the history or send a message next: a cold history
+        // starts being read back now.
+        self.sessions.want_history(session_id, now);
     }
 
     /// Rebuilds sessions from the journal (at start).

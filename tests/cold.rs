@@ -122,9 +122,11 @@ fn an_idle_history_leaves_ram_and_reads_back_identical() {
     assert_eq!(metric(&s, LOADS_OK), 1.0);
     assert_eq!(metric(&s, RESIDENT), 1.0);
 
-    // Cold again, a new turn: numbering goes on, the history grows.
+    // Cold again; a client that attaches starts the read at once, and
+    // its new turn numbers on from where the session was.
     until_metric(&s, RESIDENT, 0.0);
     let mut ws = s.ws(&format!("/api/ws/c?since={seq}"));
+    until_metric(&s, LOADS_OK, 2.0);
     send_json(
         &mut ws,
         json!({"op": "message", "data": {"content": "later"}}),
