@@ -294,15 +294,7 @@ pub fn journal_replay(data: &[u8]) {
         };
         offset += record.size;
         if let Change::Messages { id, messages, .. } = &record.change {
-            let read = |from: u64, buf: &mut [u8]| {
-                let from = usize::try_from(from).unwrap_or(usize::MAX);
-                let got = data
-                    .get(from..from.saturating_add(buf.len()))
-                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
-                buf.copy_from_slice(got);
-                Ok(())
-            };
-            let _ = chain::read_history(id, at, messages.len(), read);
+            let _ = chain::read_history(id, at, messages.len(), chain::read_in(data));
         }
     }
 }

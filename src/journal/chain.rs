@@ -86,6 +86,19 @@ pub fn read_history(
     Ok(history)
 }
 
+/// `read_at` over journal bytes held in memory (tests, fuzz targets): a
+/// range past the end is `UnexpectedEof`, as a short `pread` would be.
+pub fn read_in(bytes: &[u8]) -> impl FnMut(u64, &mut [u8]) -> std::io::Result<()> + '_ {
+    move |offset, buf| {
+        let from = usize::try_from(offset).unwrap_or(usize::MAX);
+        let got = bytes
+            .get(from..from.saturating_add(buf.len()))
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(got);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,17 +135,6 @@ mod tests {
         }
     }
 
-    fn reader(bytes: &[u8]) -> impl FnMut(u64, &mut [u8]) -> std::io::Result<()> + '_ {
-        move |offset, buf| {
-            let from = offset as usize;
-            let got = bytes
-                .get(from..from + buf.len())
-                .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
-            buf.copy_from_slice(got);
-            Ok(())
-        }
-    }
-
     #[test]
     fn follows_the_links_back_and_folds_in_order_with_cuts() {
         let (bytes, last) = file(&[
@@ -149,9 +151,9 @@ mod tests {
             },
             m("a", &["3'", "4"], Some(2)),
         ]);
-        let got = read_history("a", last["a"], 4, reader(&bytes)).unwrap();
+        let got = read_history("a", last["a"], 4, read_in(&bytes)).unwrap();
         assert_eq!(got, ["\"1\"", "\"2\"", "\"3'\"", "\"4\""]);
-        let got = read_history("b", last["b"], 1, reader(&bytes)).unwrap();
+        let got = read_history("b", last["b"], 1, read_in(&bytes)).unwrap();
         assert_eq!(got, ["\"other\""]);
     }
 
@@ -159,17 +161,17 @@ mod tests {
     fn refuses_a_wrong_session_a_corrupt_record_a_bad_link_and_a_wrong_count() {
         let (mut bytes, last) = file(&[m("a", &["1"], None), m("b", &["2"], None)]);
         // Another session's record.
-        let err = read_history("a", last["b"], 1, reader(&bytes)).unwrap_err();
+        let err = read_history("a", last["b"], 1, read_in(&bytes)).unwrap_err();
         assert!(err.contains("not one of this session's"), "{err}");
         // The count the directory expects.
-        let err = read_history("a", last["a"], 2, reader(&bytes)).unwrap_err();
+        let err = read_history("a", last["a"], 2, read_in(&bytes)).unwrap_err();
         assert!(err.contains("1 messages where 2"), "{err}");
         // Past the end of the file.
         let far = Loc {
             offset: 10_000,
             len: 40,
         };
-        let err = read_history("a", far, 1, reader(&bytes)).unwrap_err();
+        let err = read_history("a", far, 1, read_in(&bytes)).unwrap_err();
         assert!(err.contains("cannot read byte offset 10000"), "{err}");
         // A link that does not point backwards.
         let (looped, _) = file(&[]);
@@ -180,12 +182,12 @@ mod tests {
             len: rec.len() as u32,
         };
         self_link.extend(rec);
-        let err = read_history("a", at, 1, reader(&self_link)).unwrap_err();
+        let err = read_history("a", at, 1, read_in(&self_link)).unwrap_err();
         assert!(err.contains("bad link"), "{err}");
         // A flipped byte.
         let n = bytes.len();
         bytes[n - 3] ^= 1;
-        let err = read_history("b", last["b"], 1, reader(&bytes)).unwrap_err();
+        let err = read_history("b", last["b"], 1, read_in(&bytes)).unwrap_err();
         assert!(err.contains("corrupt record"), "{err}");
     }
 }

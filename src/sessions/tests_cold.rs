@@ -25,24 +25,12 @@ fn msgs(tag: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{{\"m\":\"{tag}-{i}\"}}")).collect()
 }
 
-/// Reads `bytes` as a journal file would be read.
-fn reader(bytes: &[u8]) -> impl FnMut(u64, &mut [u8]) -> std::io::Result<()> + '_ {
-    move |offset, buf| {
-        let from = offset as usize;
-        let got = bytes
-            .get(from..from + buf.len())
-            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
-        buf.copy_from_slice(got);
-        Ok(())
-    }
-}
-
 /// Does every read asked for, against `file`, and hands the answers back.
 fn answer_reads(t: &mut SessionTable, file: &[u8], now: Instant) -> Vec<Loaded> {
     t.take_reads()
         .into_iter()
         .filter_map(|read| {
-            let result = chain::read_history(&read.id, read.head, read.count, reader(file));
+            let result = chain::read_history(&read.id, read.head, read.count, chain::read_in(file));
             t.history_read(read, result, now)
         })
         .collect()
@@ -152,7 +140,12 @@ fn many_first_touches_make_one_read_and_a_read_of_an_older_history_is_asked_agai
     // A message lands while it is read: the answer is for an older
     // history, so it is read again, and the waiters wait for that.
     t.append("s", msgs("late", 1), &mut sink).unwrap();
-    let old = chain::read_history("s", reads[0].head, reads[0].count, reader(&sink.journal));
+    let old = chain::read_history(
+        "s",
+        reads[0].head,
+        reads[0].count,
+        chain::read_in(&sink.journal),
+    );
     assert!(t.history_read(reads[0].clone(), old, later).is_none());
     assert!(t.get("s").unwrap().messages().is_none());
     let loaded = answer_reads(&mut t, &sink.journal, later);
@@ -172,7 +165,7 @@ fn a_session_deleted_while_its_read_is_in_flight_answers_its_waiters_not_found()
     t.wait_for_history("s", waiter, later);
     let read = t.take_reads().remove(0);
     t.remove("s");
-    let result = chain::read_history("s", read.head, read.count, reader(&sink.journal));
+    let result = chain::read_history("s", read.head, read.count, chain::read_in(&sink.journal));
     let loaded = t.history_read(read.clone(), result.clone(), later).unwrap();
     assert_eq!(loaded.outcome, LoadOutcome::Gone);
     assert_eq!(loaded.waiters, [waiter]);
