@@ -220,10 +220,7 @@ fn spawn_switch(
         .register(&mut rx, COMPACTOR, Interest::READABLE)
         .map_err(|e| e.to_string())?;
     // Test-only: a slow disk (the same knob as the sync helper's).
-    let delay = std::env::var("AUTOPOIESIS_TEST_SYNC_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(std::time::Duration::from_millis);
+    let delay = super::test_delay("AUTOPOIESIS_TEST_SYNC_DELAY_MS");
     let thread = super::spawn_helper("journal-compact", move || {
         if let Some(d) = delay {
             std::thread::sleep(d);

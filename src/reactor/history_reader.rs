@@ -17,7 +17,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::unix::pipe;
 use mio::{Interest, Token};
@@ -54,10 +54,7 @@ impl HistoryReader {
         waker.set_nonblocking(false)?;
         registry.register(&mut wake, READER, Interest::READABLE)?;
         // Test-only: a slow disk, so a test can act while a read is under way.
-        let delay = std::env::var("AUTOPOIESIS_TEST_READ_DELAY_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_millis);
+        let delay = super::test_delay("AUTOPOIESIS_TEST_READ_DELAY_MS");
         let thread = super::spawn_helper("history-read", move || {
             let mut file = file;
             while let Ok(ask) = asked.recv() {

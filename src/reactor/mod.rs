@@ -171,6 +171,15 @@ fn spawn_helper<T: Send + 'static>(
         })
 }
 
+/// Test-only: a helper's delay in milliseconds from the environment
+/// variable `var` (a slow disk, so a test can act while the helper works).
+fn test_delay(var: &str) -> Option<Duration> {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+}
+
 impl Server {
     /// The API server: the listener is bound, then the journal opened and
     /// replayed (unless `--in-memory`). Errors name what failed.

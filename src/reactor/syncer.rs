@@ -48,10 +48,7 @@ impl Syncer {
         reply_tx.set_nonblocking(false)?;
         registry.register(&mut replies, token, Interest::READABLE)?;
         // Test-only: a slow disk, to show the loop does not wait for it.
-        let delay = std::env::var("AUTOPOIESIS_TEST_SYNC_DELAY_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_millis);
+        let delay = super::test_delay("AUTOPOIESIS_TEST_SYNC_DELAY_MS");
         // Test-only: a disk that fails every sync after the first N.
         let fail_after = std::env::var("AUTOPOIESIS_TEST_SYNC_FAIL_AFTER")
             .ok()
